@@ -1,0 +1,1 @@
+//! Shared helpers for keel's criterion benchmarks (the benchmarks live in `benches/`).

@@ -1,0 +1,85 @@
+//! The pluggable Raft log: the one trait the engine's persist stage writes through and
+//! the log cache reads through. Implemented by the segmented WAL and (feature `rocksdb`)
+//! by RocksDB.
+//!
+//! It lives here, in the crate that owns durable log storage, rather than in raft-core
+//! (which must stay free of I/O concerns) or in the engine (which would force the
+//! snapshot crate's log cache to depend on the whole engine).
+
+use raft_core::{Entry, HardState, SnapshotMetadata};
+
+/// Why a log operation failed. A failed write or sync leaves the log unusable: the
+/// caller must stop rather than retry, since a retried fsync can falsely report success.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// An I/O error from the file system; the log is now closed to writes.
+    #[error("log I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Stored data failed a check (CRC, framing, index continuity).
+    #[error("log corrupt: {0}")]
+    Corrupt(String),
+    /// The requested index is below the first index (compacted).
+    #[error("index {0} is compacted")]
+    Compacted(u64),
+    /// The requested index is above the last index.
+    #[error("index {0} is beyond the last index")]
+    Unavailable(u64),
+    /// The write is invalid (e.g. it leaves a gap in the log).
+    #[error("invalid write: {0}")]
+    InvalidWrite(String),
+    /// An earlier write or sync failed; the log refuses further writes.
+    #[error("log is poisoned by an earlier failed write or sync")]
+    Poisoned,
+    /// Any other backend failure.
+    #[error("log backend error: {0}")]
+    Backend(String),
+}
+
+/// One atomic unit of log mutation, written and (if asked) synced as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogBatch {
+    /// Entries to append; the first may be at or below the last index, in which case the
+    /// conflicting suffix is replaced. Must be contiguous.
+    pub entries: Vec<Entry>,
+    /// A new hard state, if it changed.
+    pub hard_state: Option<HardState>,
+    /// A snapshot that was installed or taken: the log before it is no longer needed
+    /// and, if the snapshot is ahead of the log, the log restarts after it.
+    pub snapshot: Option<SnapshotMetadata>,
+}
+
+impl LogBatch {
+    /// Whether the batch changes nothing.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.hard_state.is_none() && self.snapshot.is_none()
+    }
+}
+
+/// A durable Raft log. Every method takes `&self` so concurrent writers can be merged
+/// by the implementation (group commit); implementations are `Send + Sync`.
+pub trait LogStore: Send + Sync {
+    /// Writes `batch`; with `sync` it returns only once the batch is durable.
+    /// Returns the highest index durable after the call.
+    fn write(&self, batch: &LogBatch, sync: bool) -> Result<u64, LogError>;
+    /// Forces everything written so far to stable storage.
+    fn sync(&self) -> Result<(), LogError>;
+    /// The highest index known durable (written and synced).
+    fn durable_index(&self) -> u64;
+    /// Removes entries from `index` onward (durably, at the next sync).
+    fn truncate_suffix(&self, index: u64) -> Result<(), LogError>;
+    /// Makes entries up to and including `index` purgeable; whole segments (or ranges)
+    /// below it are removed.
+    fn compact(&self, index: u64) -> Result<(), LogError>;
+    /// Entries in `[lo, hi)`, at most `max_size` bytes but at least one.
+    fn entries(&self, lo: u64, hi: u64, max_size: u64) -> Result<Vec<Entry>, LogError>;
+    /// The term of entry `index`, or of the snapshot marker at `first_index() - 1`.
+    fn term(&self, index: u64) -> Result<u64, LogError>;
+    /// The first index held (snapshot index + 1 after a compaction).
+    fn first_index(&self) -> u64;
+    /// The last index held (the snapshot index when no entries follow it).
+    fn last_index(&self) -> u64;
+    /// The last hard state written.
+    fn hard_state(&self) -> HardState;
+    /// The last snapshot marker written, if any.
+    fn snapshot_marker(&self) -> Option<SnapshotMetadata>;
+}
