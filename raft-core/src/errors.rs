@@ -45,6 +45,9 @@ pub enum Error {
     /// The node configuration is invalid.
     #[error("invalid config: {0}")]
     ConfigInvalid(String),
+    /// A received message is malformed (its fields contradict each other).
+    #[error("malformed message: {0}")]
+    MalformedMessage(&'static str),
     /// A stored or received value failed to decode.
     #[error("decode error: {0}")]
     Decode(#[from] DecodeError),

@@ -213,7 +213,10 @@ impl Storage for MemoryStorage {
         if index < self.compacted_index {
             return Err(StorageError::Compacted.into());
         }
-        match self.entries.get((index - self.compacted_index - 1) as usize) {
+        match self
+            .entries
+            .get((index - self.compacted_index - 1) as usize)
+        {
             Some(e) => Ok(e.term),
             None => Err(StorageError::Unavailable.into()),
         }
