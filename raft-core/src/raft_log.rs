@@ -70,11 +70,14 @@ impl<S: Storage> RaftLog<S> {
             .expect("the last entry's term is always available")
     }
 
-    /// The term of entry `index`: `Ok(0)` outside the log, `Err(Compacted)` for a
-    /// compacted index.
+    /// The term of entry `index`: `Err(Compacted)` below the first index - 1 (whose
+    /// term is still known), `Ok(0)` past the last index.
     pub fn term(&self, index: u64) -> Result<u64> {
         let dummy = self.first_index() - 1;
-        if index < dummy || index > self.last_index() {
+        if index < dummy {
+            return Err(StorageError::Compacted.into());
+        }
+        if index > self.last_index() {
             return Ok(0);
         }
         if let Some(t) = self.unstable.maybe_term(index) {

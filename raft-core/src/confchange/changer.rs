@@ -117,8 +117,10 @@ impl<'a> Changer<'a> {
     }
 
     fn init_progress(&self, prs: &mut BTreeMap<u64, Progress>, id: u64, is_learner: bool) {
+        // Probing starts at the last index (the follower likely has most of the log);
+        // never at 0, which has no predecessor to match.
         let mut pr = Progress::new(
-            self.last_index,
+            self.last_index.max(1),
             self.tracker.max_inflight_msgs,
             self.tracker.max_inflight_bytes,
         );
