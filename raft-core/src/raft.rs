@@ -145,8 +145,11 @@ impl<S: Storage> Raft<S> {
             disable_proposal_forwarding: c.disable_proposal_forwarding,
             max_msg_size: c.max_size_per_msg_bytes,
             max_uncommitted_size: c.max_uncommitted_size_bytes,
-            // Mix the id in so nodes sharing a seed still draw different timeouts.
-            rng: Rng::new(c.seed ^ c.id.wrapping_mul(0x9e37_79b9_7f4a_7c15)),
+            // Mix the id in so nodes sharing a seed still draw unrelated timeouts. The
+            // mix must be non-linear: SplitMix64 steps its state by this same constant,
+            // so states `id * constant` would make node id+1's sequence node id's
+            // shifted by one draw, and peers one election apart would tie forever.
+            rng: Rng::new(Rng::new(c.seed ^ c.id.wrapping_mul(0x9e37_79b9_7f4a_7c15)).next_u64()),
         };
         let last = r.raft_log.last_index();
         confchange::restore(&mut r.prs, last, &rs.conf_state)?;
@@ -161,6 +164,14 @@ impl<S: Storage> Raft<S> {
             r.load_state(rs.hard_state)?;
         }
         if c.applied > 0 {
+            if c.applied < r.raft_log.applied {
+                // The state machine is older than the log's snapshot: it must be
+                // restored from that snapshot before the node starts.
+                return Err(Error::ConfigInvalid(format!(
+                    "applied index {} is below the snapshot index {}",
+                    c.applied, r.raft_log.applied
+                )));
+            }
             if c.applied > r.raft_log.committed {
                 return Err(Error::ConfigInvalid(format!(
                     "applied index {} is beyond the commit index {}",
@@ -389,10 +400,12 @@ impl<S: Storage> Raft<S> {
         let (max_msgs, max_bytes) = (self.prs.max_inflight_msgs, self.prs.max_inflight_bytes);
         self.prs.visit(|pid, pr| {
             let is_learner = pr.is_learner;
-            let recent_active = pr.recent_active;
             *pr = crate::tracker::Progress::new(last + 1, max_msgs, max_bytes);
             pr.is_learner = is_learner;
-            pr.recent_active = recent_active;
+            // Activity is counted per term: a leader must hear from a quorum within
+            // its first election timeout, not ride on what an earlier term saw (§6.2;
+            // a stale flag would also stretch the read lease).
+            pr.recent_active = pid == id;
             if pid == id {
                 // The leader counts only what its own disk holds (§10.2.1).
                 pr.matched = persisted;
@@ -962,6 +975,11 @@ impl<S: Storage> Raft<S> {
         };
         pr.recent_active = true;
         pr.probe_sent = false;
+        // A full window whose appends were all lost never drains on its own: free one
+        // slot so the append below goes out (etcd / raft-rs do the same).
+        if pr.state == ProgressState::Replicate && pr.ins.full() {
+            pr.ins.free_first_one();
+        }
         if pr.matched < last_index || pr.state == ProgressState::Probe {
             self.send_append(m.from);
         }
