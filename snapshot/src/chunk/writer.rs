@@ -1,0 +1,141 @@
+//! Writing a chunk stream.
+
+use std::io::{self, Write};
+
+use raft_core::SnapshotMetadata;
+
+use super::frame::{frame_head, ChunkKind, StreamHeader, StreamTrailer};
+use super::{FRAME_HEAD_BYTES, FRAME_OVERHEAD_BYTES, MAX_CHUNK_SIZE_BYTES};
+use crate::error::{Result, SnapshotError};
+
+/// Writes state-machine bytes as a chunk stream into `W`, holding at most one chunk.
+///
+/// Every data chunk but the last is full, so chunk `k` of a stored file sits at a
+/// computable offset. Dropping the writer without [`finish`](Self::finish) leaves a
+/// stream without a trailer, which every reader rejects.
+#[derive(Debug)]
+pub struct ChunkWriter<W: Write> {
+    inner: W,
+    // The frame being built: FRAME_HEAD_BYTES reserved for the head, then the payload.
+    frame: Vec<u8>,
+    chunk_size_bytes: usize,
+    next_seq: u64,
+    whole: crc32fast::Hasher,
+    data_bytes: u64,
+    data_chunks: u64,
+    bytes_written: u64,
+}
+
+impl<W: Write> ChunkWriter<W> {
+    /// Starts a stream for the snapshot `metadata`, writing its header frame.
+    pub fn new(
+        inner: W,
+        metadata: &SnapshotMetadata,
+        chunk_size_bytes: u32,
+    ) -> Result<ChunkWriter<W>> {
+        if chunk_size_bytes == 0 || chunk_size_bytes > MAX_CHUNK_SIZE_BYTES {
+            return Err(SnapshotError::InvalidArgument(format!(
+                "chunk size {chunk_size_bytes} outside 1..={MAX_CHUNK_SIZE_BYTES}"
+            )));
+        }
+        let header = StreamHeader {
+            metadata: metadata.clone(),
+            chunk_size_bytes,
+        };
+        let payload = header.encode_payload();
+        let mut w = ChunkWriter {
+            inner,
+            frame: Vec::with_capacity(FRAME_OVERHEAD_BYTES + chunk_size_bytes as usize),
+            chunk_size_bytes: chunk_size_bytes as usize,
+            next_seq: 0,
+            whole: crc32fast::Hasher::new(),
+            data_bytes: 0,
+            data_chunks: 0,
+            bytes_written: 0,
+        };
+        w.frame.resize(FRAME_HEAD_BYTES, 0);
+        w.frame.extend_from_slice(&payload);
+        w.emit(ChunkKind::Header).map_err(SnapshotError::Stream)?;
+        Ok(w)
+    }
+
+    /// The writer the frames go to.
+    pub fn inner(&self) -> &W {
+        &self.inner
+    }
+
+    /// Bytes of frames written to the inner writer so far.
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes_written
+    }
+
+    /// Writes the partial last chunk and the trailer, and returns the inner writer (not
+    /// flushed or synced: that is the caller's business) with the trailer written.
+    pub fn finish(mut self) -> Result<(W, StreamTrailer)> {
+        if self.frame.len() > FRAME_HEAD_BYTES {
+            self.emit_data().map_err(SnapshotError::Stream)?;
+        }
+        let trailer = StreamTrailer {
+            data_bytes: self.data_bytes,
+            data_chunks: self.data_chunks,
+            checksum: self.whole.clone().finalize(),
+        };
+        self.frame.extend_from_slice(&trailer.encode_payload());
+        self.emit(ChunkKind::Trailer)
+            .map_err(SnapshotError::Stream)?;
+        Ok((self.inner, trailer))
+    }
+
+    fn emit_data(&mut self) -> io::Result<()> {
+        let payload_bytes = (self.frame.len() - FRAME_HEAD_BYTES) as u64;
+        self.data_bytes += payload_bytes;
+        self.data_chunks += 1;
+        self.emit(ChunkKind::Data)
+    }
+
+    // Completes the frame in `self.frame` (head + payload), writes it, and resets the
+    // buffer to an empty payload. The payload is hashed once: its CRC feeds the
+    // whole-snapshot checksum and, combined with the head's, the frame CRC (so saving
+    // costs one CRC pass over the data, not two).
+    fn emit(&mut self, kind: ChunkKind) -> io::Result<()> {
+        let payload_len = self.frame.len() - FRAME_HEAD_BYTES;
+        // Payloads are bounded by chunk_size_bytes (≤ MAX_CHUNK_SIZE_BYTES) or by the
+        // small header and trailer, all far below u32::MAX.
+        let len = u32::try_from(payload_len).unwrap_or(u32::MAX);
+        let mut payload_crc = crc32fast::Hasher::new();
+        payload_crc.update(&self.frame[FRAME_HEAD_BYTES..]);
+        if kind != ChunkKind::Trailer {
+            self.whole.combine(&payload_crc);
+        }
+        let head = frame_head(kind, self.next_seq, len);
+        self.frame[..FRAME_HEAD_BYTES].copy_from_slice(&head);
+        let mut frame_crc = crc32fast::Hasher::new();
+        frame_crc.update(&head);
+        frame_crc.combine(&payload_crc);
+        let crc = frame_crc.finalize();
+        self.frame.extend_from_slice(&crc.to_le_bytes());
+        self.inner.write_all(&self.frame)?;
+        self.bytes_written += self.frame.len() as u64;
+        self.next_seq += 1;
+        self.frame.truncate(FRAME_HEAD_BYTES);
+        Ok(())
+    }
+}
+
+impl<W: Write> Write for ChunkWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let room = self.chunk_size_bytes + FRAME_HEAD_BYTES - self.frame.len();
+        let n = room.min(buf.len());
+        self.frame.extend_from_slice(&buf[..n]);
+        if self.frame.len() == self.chunk_size_bytes + FRAME_HEAD_BYTES {
+            self.emit_data()?;
+        }
+        Ok(n)
+    }
+
+    /// Flushes the inner writer. A partial chunk stays buffered: chunks are full except
+    /// the last, which only [`finish`](ChunkWriter::finish) writes.
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}

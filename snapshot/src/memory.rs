@@ -1,0 +1,209 @@
+//! Snapshot bytes for the in-memory state machine (a `BTreeMap<Vec<u8>, Vec<u8>>`).
+//!
+//! Layout, inside the chunk stream's data bytes:
+//!
+//! ```text
+//! magic "KMAP" | version u8 | record count u64 LE |
+//! { key_len u32 LE | key | value_len u32 LE | value } * count
+//! ```
+//!
+//! The count comes first because a `BTreeMap` knows its length; keys must be strictly
+//! increasing, which both rebuilds the map in order and catches duplicated records.
+
+use std::collections::BTreeMap;
+use std::io::{self, Read, Write};
+
+use crate::state_machine::{SnapshotConsumer, SnapshotProducer};
+
+/// The in-memory state machine's map.
+pub type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+
+const MAGIC: &[u8; 4] = b"KMAP";
+const VERSION: u8 = 1;
+
+/// Bounds a reader enforces so a damaged image cannot make it allocate without limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapLimits {
+    /// Largest key accepted.
+    pub max_key_bytes: u32,
+    /// Largest value accepted.
+    pub max_value_bytes: u32,
+}
+
+impl Default for MapLimits {
+    /// 64 KiB keys and 64 MiB values: well above the HTTP API's 4 KiB / 1 MiB defaults.
+    fn default() -> Self {
+        MapLimits {
+            max_key_bytes: 64 << 10,
+            max_value_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Writes `map` into `out` in the layout above, one record at a time.
+pub fn write_map(map: &Map, out: &mut dyn Write) -> io::Result<()> {
+    write_records(map.len() as u64, map.iter(), out)
+}
+
+/// Writes `count` records from `records` (which must yield exactly `count` pairs in
+/// strictly increasing key order), for state machines that keep their map behind
+/// something other than a plain `BTreeMap`.
+pub fn write_records<'a, I>(count: u64, records: I, out: &mut dyn Write) -> io::Result<()>
+where
+    I: IntoIterator<Item = (&'a Vec<u8>, &'a Vec<u8>)>,
+{
+    out.write_all(MAGIC)?;
+    out.write_all(&[VERSION])?;
+    out.write_all(&count.to_le_bytes())?;
+    let mut written = 0u64;
+    for (k, v) in records {
+        put_field(out, k)?;
+        put_field(out, v)?;
+        written += 1;
+    }
+    if written != count {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("promised {count} records, wrote {written}"),
+        ));
+    }
+    Ok(())
+}
+
+fn put_field(out: &mut dyn Write, bytes: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(bytes.len()).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("a field of {} bytes does not fit the format", bytes.len()),
+        )
+    })?;
+    out.write_all(&len.to_le_bytes())?;
+    out.write_all(bytes)
+}
+
+/// Reads a map written by [`write_map`], rejecting anything malformed (bad magic,
+/// oversized or unordered keys, missing or extra bytes) with `InvalidData`.
+pub fn read_map(input: &mut dyn Read, limits: MapLimits) -> io::Result<Map> {
+    let mut head = [0u8; 4 + 1 + 8];
+    input.read_exact(&mut head)?;
+    if &head[..4] != MAGIC {
+        return Err(invalid("not a keel map image (bad magic)".into()));
+    }
+    if head[4] != VERSION {
+        return Err(invalid(format!(
+            "unsupported map image version {}",
+            head[4]
+        )));
+    }
+    let mut count = [0u8; 8];
+    count.copy_from_slice(&head[5..13]);
+    let count = u64::from_le_bytes(count);
+    let mut map = Map::new();
+    for _ in 0..count {
+        let key = get_field(input, limits.max_key_bytes, "key")?;
+        let value = get_field(input, limits.max_value_bytes, "value")?;
+        if map.last_key_value().is_some_and(|(last, _)| *last >= key) {
+            return Err(invalid("keys out of order or repeated".into()));
+        }
+        map.insert(key, value);
+    }
+    let mut extra = [0u8; 1];
+    if input.read(&mut extra)? != 0 {
+        return Err(invalid("bytes after the last record".into()));
+    }
+    Ok(map)
+}
+
+fn get_field(input: &mut dyn Read, max_bytes: u32, what: &str) -> io::Result<Vec<u8>> {
+    let mut len = [0u8; 4];
+    input.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len);
+    if len > max_bytes {
+        return Err(invalid(format!(
+            "{what} of {len} bytes exceeds {max_bytes}"
+        )));
+    }
+    let mut out = Vec::new();
+    // Grows only as bytes arrive, so a lying length cannot force a big allocation.
+    input.take(u64::from(len)).read_to_end(&mut out)?;
+    if out.len() != len as usize {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("{what} cut short"),
+        ));
+    }
+    Ok(out)
+}
+
+fn invalid(msg: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, msg)
+}
+
+impl SnapshotProducer for Map {
+    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        write_map(self, out)
+    }
+}
+
+/// Rebuilds a [`Map`] from a snapshot; the engine swaps it in once the store says the
+/// stream passed its final check.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MapConsumer {
+    /// Bounds on what one record may claim.
+    pub limits: MapLimits,
+}
+
+impl SnapshotConsumer for MapConsumer {
+    type Image = Map;
+
+    fn read_snapshot(&self, input: &mut dyn Read) -> io::Result<Map> {
+        read_map(input, self.limits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> Map {
+        (0..100u32)
+            .map(|i| (i.to_be_bytes().to_vec(), vec![i as u8; i as usize]))
+            .collect()
+    }
+
+    #[test]
+    fn round_trip() {
+        let map = sample();
+        let mut bytes = Vec::new();
+        map.write_snapshot(&mut bytes).unwrap();
+        let back = MapConsumer::default()
+            .read_snapshot(&mut bytes.as_slice())
+            .unwrap();
+        assert_eq!(back, map);
+    }
+
+    #[test]
+    fn every_truncation_and_extension_is_rejected() {
+        let mut bytes = Vec::new();
+        write_map(&sample(), &mut bytes).unwrap();
+        for cut in 0..bytes.len() {
+            assert!(read_map(&mut &bytes[..cut], MapLimits::default()).is_err());
+        }
+        bytes.push(0);
+        assert!(read_map(&mut bytes.as_slice(), MapLimits::default()).is_err());
+    }
+
+    #[test]
+    fn lying_lengths_and_order_are_rejected() {
+        let mut bytes = Vec::new();
+        write_map(&sample(), &mut bytes).unwrap();
+        // First key length claims 4 GiB.
+        bytes[13..17].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(read_map(&mut bytes.as_slice(), MapLimits::default()).is_err());
+
+        let mut dup = Vec::new();
+        let rec = (b"a".to_vec(), b"1".to_vec());
+        write_records(2, [(&rec.0, &rec.1), (&rec.0, &rec.1)], &mut dup).unwrap();
+        assert!(read_map(&mut dup.as_slice(), MapLimits::default()).is_err());
+    }
+}

@@ -1,0 +1,659 @@
+//! The durable snapshot store: one directory of `{term:016x}-{index:016x}.snap` files.
+//!
+//! Each file is a chunk stream (see [`crate::chunk`]): metadata, state-machine bytes,
+//! per-chunk CRCs and a whole-snapshot checksum. A snapshot is written under a `.tmp`
+//! name, synced, renamed into place and the directory synced, so after a crash at any
+//! point the directory holds the old snapshots and possibly the complete new one,
+//! never a partial file under a real name. Leftover `.tmp` files are removed on open;
+//! `.partial` files of resumable transfers are kept until [`SnapshotStore::retain`]
+//! finds them stale.
+//!
+//! Loading tries the newest snapshot first; one that fails any check is renamed
+//! `.broken` (kept for inspection), logged, and the next older one is tried.
+
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use raft_core::SnapshotMetadata;
+use wal::fs::FileSystem;
+
+use crate::chunk::DEFAULT_CHUNK_SIZE_BYTES;
+use crate::chunk::{ChunkWriter, SnapshotReader, StreamHeader, StreamTrailer};
+use crate::error::{Result, SnapshotError};
+use crate::file_io::{FileReader, FileWriter};
+use crate::state_machine::{SnapshotConsumer, SnapshotProducer};
+use crate::transfer::{SnapshotReceiver, SnapshotSender};
+
+const SNAP_EXT: &str = ".snap";
+const TMP_EXT: &str = ".tmp";
+const BROKEN_EXT: &str = ".broken";
+const PARTIAL_EXT: &str = ".partial";
+// Read-ahead for stored snapshots: large enough that frame heads cost no extra calls.
+const READ_BUFFER_BYTES: usize = 256 << 10;
+
+/// How the store behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// How many of the newest snapshots [`SnapshotStore::retain`] keeps (at least 1).
+    pub retain_count: usize,
+    /// State-machine bytes per chunk in newly written snapshots.
+    pub chunk_size_bytes: u32,
+    /// Largest snapshot (in file bytes) a receiver accepts before aborting, so a
+    /// runaway sender cannot fill the disk.
+    pub max_receive_bytes: u64,
+    /// How many `.broken` files are kept for inspection; older ones are deleted by
+    /// [`SnapshotStore::retain`].
+    pub max_broken_files: usize,
+    /// A resumable receiver ([`SnapshotStore::receiver_for`]) syncs its partial file
+    /// each time this many more bytes have arrived, bounding what a crash can make it
+    /// fetch again.
+    pub receive_sync_every_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            retain_count: 3,
+            chunk_size_bytes: DEFAULT_CHUNK_SIZE_BYTES,
+            max_receive_bytes: 1 << 40,
+            max_broken_files: 3,
+            receive_sync_every_bytes: 64 << 20,
+        }
+    }
+}
+
+/// A snapshot's name: the term and index of the last entry it covers.
+///
+/// Ordered by index, then term: within one log both only grow, and the index is what
+/// says how much of the log a snapshot replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SnapshotId {
+    /// Index of the last entry covered.
+    pub index: u64,
+    /// Term of that entry.
+    pub term: u64,
+}
+
+impl SnapshotId {
+    /// The id of the snapshot with this metadata.
+    pub fn of(metadata: &SnapshotMetadata) -> SnapshotId {
+        SnapshotId {
+            index: metadata.index,
+            term: metadata.term,
+        }
+    }
+
+    /// The file name: `{term:016x}-{index:016x}.snap`.
+    pub fn file_name(&self) -> String {
+        format!("{:016x}-{:016x}{SNAP_EXT}", self.term, self.index)
+    }
+
+    /// Parses a file name made by [`file_name`](Self::file_name).
+    pub fn parse(name: &str) -> Option<SnapshotId> {
+        let stem = name.strip_suffix(SNAP_EXT)?;
+        let (term, index) = stem.split_once('-')?;
+        let id = SnapshotId {
+            term: u64::from_str_radix(term, 16).ok()?,
+            index: u64::from_str_radix(index, 16).ok()?,
+        };
+        // Only the canonical spelling: another one ("+1", upper case) would name a
+        // file that `path_of` cannot find again.
+        (id.file_name() == name).then_some(id)
+    }
+}
+
+/// What [`SnapshotStore::save`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SavedSnapshot {
+    /// The snapshot's id.
+    pub id: SnapshotId,
+    /// Where it is.
+    pub path: PathBuf,
+    /// Bytes of the file.
+    pub file_bytes: u64,
+    /// Its trailer (data size, chunk count, checksum).
+    pub trailer: StreamTrailer,
+}
+
+/// A snapshot loaded by [`SnapshotStore::load_newest`].
+#[derive(Debug)]
+pub struct Loaded<T> {
+    /// Which snapshot.
+    pub id: SnapshotId,
+    /// Its metadata.
+    pub metadata: SnapshotMetadata,
+    /// What the consumer built from it.
+    pub image: T,
+    /// Newer snapshots that were damaged, renamed `.broken` and skipped, newest first
+    /// (each a [`SnapshotError::Damaged`] naming the file).
+    pub skipped: Vec<SnapshotError>,
+}
+
+/// What [`SnapshotStore::retain`] did.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Retention {
+    /// Snapshots kept, newest first.
+    pub kept: Vec<SnapshotId>,
+    /// Snapshots deleted.
+    pub deleted: Vec<SnapshotId>,
+    /// The WAL may purge entries up to and including this index: the oldest kept
+    /// snapshot's index (0 when none is kept). The oldest rather than the newest, so
+    /// that if the newest turns out damaged the log still reaches back to the fallback.
+    pub wal_purge_through: u64,
+}
+
+/// A directory of snapshots on a [`FileSystem`]. Methods take `&self`; directory
+/// changes (install, rename, delete) are serialized by an internal lock.
+#[derive(Debug)]
+pub struct SnapshotStore {
+    fs: Arc<dyn FileSystem>,
+    dir: PathBuf,
+    options: StoreOptions,
+    dir_lock: Mutex<()>,
+    next_receive_id: AtomicU64,
+}
+
+impl SnapshotStore {
+    /// Opens (creating if needed) the snapshot directory `dir`, removing temporary
+    /// files left by an interrupted save or transfer.
+    pub fn open(
+        fs: Arc<dyn FileSystem>,
+        dir: impl Into<PathBuf>,
+        options: StoreOptions,
+    ) -> Result<SnapshotStore> {
+        let dir = dir.into();
+        if options.retain_count == 0 {
+            return Err(SnapshotError::InvalidArgument(
+                "retain_count must be at least 1".into(),
+            ));
+        }
+        if options.chunk_size_bytes == 0
+            || options.chunk_size_bytes > crate::chunk::MAX_CHUNK_SIZE_BYTES
+        {
+            return Err(SnapshotError::InvalidArgument(format!(
+                "chunk_size_bytes {} outside 1..={}",
+                options.chunk_size_bytes,
+                crate::chunk::MAX_CHUNK_SIZE_BYTES
+            )));
+        }
+        fs.create_dir_all(&dir)
+            .map_err(|e| SnapshotError::io(&dir, e))?;
+        let store = SnapshotStore {
+            fs,
+            dir,
+            options,
+            dir_lock: Mutex::new(()),
+            next_receive_id: AtomicU64::new(0),
+        };
+        let mut removed = false;
+        for name in store.names()? {
+            if name.ends_with(TMP_EXT) {
+                let path = store.dir.join(&name);
+                log::info!("removing leftover temporary snapshot {}", path.display());
+                store
+                    .fs
+                    .remove_file(&path)
+                    .map_err(|e| SnapshotError::io(&path, e))?;
+                removed = true;
+            }
+        }
+        if removed {
+            store.sync_dir()?;
+        }
+        Ok(store)
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &StoreOptions {
+        &self.options
+    }
+
+    /// The path of snapshot `id`.
+    pub fn path_of(&self, id: SnapshotId) -> PathBuf {
+        self.dir.join(id.file_name())
+    }
+
+    /// The snapshots present (by name; not yet checked), newest first.
+    pub fn list(&self) -> Result<Vec<SnapshotId>> {
+        list_snapshots(self.fs.as_ref(), &self.dir)
+    }
+
+    /// Names of files renamed `.broken`, sorted.
+    pub fn broken_files(&self) -> Result<Vec<String>> {
+        Ok(self
+            .names()?
+            .into_iter()
+            .filter(|n| n.ends_with(BROKEN_EXT))
+            .collect())
+    }
+
+    /// Writes a snapshot of `producer`'s state at `metadata` durably: temporary file,
+    /// sync, rename, directory sync. Holds one chunk in memory at a time. Does not
+    /// delete older snapshots; call [`retain`](Self::retain) afterwards. Saving the
+    /// same snapshot id from two threads at once is not supported (they share a
+    /// temporary name); different ids may be saved concurrently.
+    pub fn save(
+        &self,
+        metadata: &SnapshotMetadata,
+        producer: &dyn SnapshotProducer,
+    ) -> Result<SavedSnapshot> {
+        if metadata.index == 0 {
+            // Index 0 is raft-core's "no snapshot" placeholder.
+            return Err(SnapshotError::InvalidArgument(
+                "a snapshot at index 0 means no snapshot".into(),
+            ));
+        }
+        let id = SnapshotId::of(metadata);
+        let path = self.path_of(id);
+        let tmp = self.dir.join(format!("{}{TMP_EXT}", id.file_name()));
+        if self
+            .fs
+            .exists(&tmp)
+            .map_err(|e| SnapshotError::io(&tmp, e))?
+        {
+            self.fs
+                .remove_file(&tmp)
+                .map_err(|e| SnapshotError::io(&tmp, e))?;
+        }
+        let file = self
+            .fs
+            .create(&tmp)
+            .map_err(|e| SnapshotError::io(&tmp, e))?;
+        let result = self.write_stream(FileWriter::new(file), metadata, producer, &tmp);
+        let (file_bytes, trailer) = match result {
+            Ok(done) => done,
+            Err(e) => {
+                // Best effort: a leftover temporary file is also removed on next open.
+                if let Err(rm) = self.fs.remove_file(&tmp) {
+                    log::warn!("could not remove {}: {rm}", tmp.display());
+                }
+                return Err(e);
+            }
+        };
+        // Only the rename and directory sync need excluding retention and installs;
+        // writing the data (seconds for a large state) does not.
+        let _guard = self.dir_lock.lock();
+        self.fs
+            .rename(&tmp, &path)
+            .map_err(|e| SnapshotError::io(&tmp, e))?;
+        self.sync_dir()?;
+        Ok(SavedSnapshot {
+            id,
+            path,
+            file_bytes,
+            trailer,
+        })
+    }
+
+    // Writes and syncs the stream; returns the file size and trailer.
+    fn write_stream(
+        &self,
+        writer: FileWriter,
+        metadata: &SnapshotMetadata,
+        producer: &dyn SnapshotProducer,
+        tmp: &Path,
+    ) -> Result<(u64, StreamTrailer)> {
+        let mut chunks = ChunkWriter::new(writer, metadata, self.options.chunk_size_bytes)
+            .map_err(|e| file_error(e, tmp))?;
+        if let Err(e) = producer.write_snapshot(&mut chunks) {
+            // The producer sees our write errors too; blame the file only if it failed.
+            return Err(if chunks_failed(&chunks) {
+                SnapshotError::io(tmp, e)
+            } else {
+                SnapshotError::StateMachine(e)
+            });
+        }
+        let (writer, trailer) = chunks.finish().map_err(|e| file_error(e, tmp))?;
+        writer
+            .file()
+            .sync_data()
+            .map_err(|e| SnapshotError::io(tmp, e))?;
+        Ok((writer.offset(), trailer))
+    }
+
+    /// Loads the newest snapshot that passes every check into `consumer`. Damaged ones
+    /// are renamed `.broken`, logged at error level and reported in
+    /// [`Loaded::skipped`]; `None` if no valid snapshot remains. I/O errors and the
+    /// consumer's own errors are returned, not treated as damage.
+    pub fn load_newest<C: SnapshotConsumer + ?Sized>(
+        &self,
+        consumer: &C,
+    ) -> Result<Option<Loaded<C::Image>>> {
+        let mut skipped = Vec::new();
+        for id in self.list()? {
+            match self.load(id, consumer) {
+                Ok((metadata, image)) => {
+                    return Ok(Some(Loaded {
+                        id,
+                        metadata,
+                        image,
+                        skipped,
+                    }))
+                }
+                Err(e @ SnapshotError::Damaged { .. }) => {
+                    log::error!("{e}; renaming it {BROKEN_EXT} and trying an older snapshot");
+                    self.quarantine(id)?;
+                    skipped.push(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
+    /// Reads snapshot `id` into `consumer`, checking everything. Damage is reported as
+    /// [`SnapshotError::Damaged`] naming the file (and the file is left as it is).
+    pub fn load<C: SnapshotConsumer + ?Sized>(
+        &self,
+        id: SnapshotId,
+        consumer: &C,
+    ) -> Result<(SnapshotMetadata, C::Image)> {
+        let path = self.path_of(id);
+        let damaged = |reason: SnapshotError| {
+            if reason.is_corruption() {
+                SnapshotError::Damaged {
+                    path: path.clone(),
+                    reason: Box::new(reason),
+                }
+            } else {
+                file_error(reason, &path)
+            }
+        };
+        let mut reader = self.open_reader(&path).map_err(damaged)?;
+        let metadata = reader.header().metadata.clone();
+        if SnapshotId::of(&metadata) != id {
+            return Err(damaged(SnapshotError::Malformed {
+                seq: 0,
+                reason: format!(
+                    "header says term {} index {} but the name says term {} index {}",
+                    metadata.term, metadata.index, id.term, id.index
+                ),
+            }));
+        }
+        let image = match consumer.read_snapshot(&mut reader) {
+            Ok(image) => image,
+            Err(e) => {
+                return Err(match reader.take_failure() {
+                    Some(stream) => damaged(stream),
+                    None => SnapshotError::StateMachine(e),
+                })
+            }
+        };
+        reader.finish().map_err(damaged)?;
+        Ok((metadata, image))
+    }
+
+    /// Reads snapshot `id` through, checking every chunk and the final checksum
+    /// without keeping anything (for `keel snapshot verify`).
+    pub fn verify(&self, id: SnapshotId) -> Result<(StreamHeader, StreamTrailer)> {
+        verify_file(self.fs.as_ref(), &self.path_of(id))
+    }
+
+    /// Keeps the newest [`StoreOptions::retain_count`] snapshots and deletes older
+    /// ones (and `.broken` files beyond [`StoreOptions::max_broken_files`], and partial
+    /// transfers of snapshots no newer than the newest held), then reports how far the
+    /// WAL may be purged.
+    pub fn retain(&self) -> Result<Retention> {
+        let _guard = self.dir_lock.lock();
+        let ids = self.list()?;
+        let keep = self.options.retain_count.min(ids.len());
+        let (kept, old) = ids.split_at(keep);
+        let mut changed = false;
+        for id in old {
+            let path = self.path_of(*id);
+            self.fs
+                .remove_file(&path)
+                .map_err(|e| SnapshotError::io(&path, e))?;
+            changed = true;
+        }
+        // A partial transfer of a snapshot no newer than the newest one held can never
+        // be useful again.
+        let newest_index = ids.first().map_or(0, |id| id.index);
+        changed |= self.remove_partials_below(newest_index.saturating_add(1))?;
+        let broken = self.broken_files()?;
+        let excess = broken.len().saturating_sub(self.options.max_broken_files);
+        // Names start with the zero-padded term and index, so sorting puts the oldest
+        // first.
+        for name in &broken[..excess] {
+            let path = self.dir.join(name);
+            self.fs
+                .remove_file(&path)
+                .map_err(|e| SnapshotError::io(&path, e))?;
+            changed = true;
+        }
+        if changed {
+            self.sync_dir()?;
+        }
+        Ok(Retention {
+            kept: kept.to_vec(),
+            deleted: old.to_vec(),
+            wal_purge_through: kept.last().map_or(0, |id| id.index),
+        })
+    }
+
+    /// A sender streaming snapshot `id` chunk by chunk, starting at chunk `from_seq`
+    /// (0 for a fresh transfer, the receiver's [`next_seq`](SnapshotReceiver::next_seq)
+    /// to resume one).
+    pub fn sender(&self, id: SnapshotId, from_seq: u64) -> Result<SnapshotSender> {
+        let path = self.path_of(id);
+        if !self
+            .fs
+            .exists(&path)
+            .map_err(|e| SnapshotError::io(&path, e))?
+        {
+            return Err(SnapshotError::NotFound {
+                term: id.term,
+                index: id.index,
+            });
+        }
+        let file = self
+            .fs
+            .open_readonly(&path)
+            .map_err(|e| SnapshotError::io(&path, e))?;
+        SnapshotSender::new(file, path, from_seq)
+    }
+
+    /// A receiver that writes an incoming chunk stream into a temporary file in this
+    /// directory and installs it as a snapshot once the final check passes.
+    pub fn receiver(self: &Arc<Self>) -> Result<SnapshotReceiver> {
+        let n = self.next_receive_id.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.dir.join(format!("receive-{n:08}{TMP_EXT}"));
+        if self
+            .fs
+            .exists(&tmp)
+            .map_err(|e| SnapshotError::io(&tmp, e))?
+        {
+            self.fs
+                .remove_file(&tmp)
+                .map_err(|e| SnapshotError::io(&tmp, e))?;
+        }
+        let file = self
+            .fs
+            .create(&tmp)
+            .map_err(|e| SnapshotError::io(&tmp, e))?;
+        Ok(SnapshotReceiver::new(Arc::clone(self), file, tmp, None))
+    }
+
+    /// A receiver for the snapshot `expected` (as announced by the leader's snapshot
+    /// message): a stream carrying any other snapshot is refused. If an earlier
+    /// attempt left a partial file for it (even across a crash), the receiver resumes
+    /// after its last good chunk; send from [`SnapshotReceiver::next_seq`].
+    pub fn receiver_for(self: &Arc<Self>, expected: &SnapshotMetadata) -> Result<SnapshotReceiver> {
+        let id = SnapshotId::of(expected);
+        let partial = self.dir.join(format!("{}{PARTIAL_EXT}", id.file_name()));
+        self.remove_partials_below(id.index)?;
+        let exists = self
+            .fs
+            .exists(&partial)
+            .map_err(|e| SnapshotError::io(&partial, e))?;
+        if exists {
+            let file = self
+                .fs
+                .open(&partial)
+                .map_err(|e| SnapshotError::io(&partial, e))?;
+            return SnapshotReceiver::resume(Arc::clone(self), file, partial, expected.clone());
+        }
+        let file = self
+            .fs
+            .create(&partial)
+            .map_err(|e| SnapshotError::io(&partial, e))?;
+        // Make the partial file's name durable so what it gathers can outlive a crash.
+        self.sync_dir()?;
+        Ok(SnapshotReceiver::new(
+            Arc::clone(self),
+            file,
+            partial,
+            Some(expected.clone()),
+        ))
+    }
+
+    // Moves a received, synced temporary file into place as snapshot `id`.
+    pub(crate) fn install(&self, tmp: &Path, id: SnapshotId) -> Result<PathBuf> {
+        let path = self.path_of(id);
+        let _guard = self.dir_lock.lock();
+        self.fs
+            .rename(tmp, &path)
+            .map_err(|e| SnapshotError::io(tmp, e))?;
+        self.sync_dir()?;
+        Ok(path)
+    }
+
+    pub(crate) fn fs(&self) -> &Arc<dyn FileSystem> {
+        &self.fs
+    }
+
+    fn open_reader(&self, path: &Path) -> Result<SnapshotReader<BufReader<FileReader>>> {
+        open_reader(self.fs.as_ref(), path)
+    }
+
+    // Removes partial transfers of snapshots below `index` (each superseded by a newer
+    // snapshot), so at most the transfers still worth resuming stay on disk. Returns
+    // whether anything was removed; the caller syncs the directory.
+    fn remove_partials_below(&self, index: u64) -> Result<bool> {
+        let mut removed = false;
+        for name in self.names()? {
+            let stale = name
+                .strip_suffix(PARTIAL_EXT)
+                .and_then(SnapshotId::parse)
+                .is_some_and(|id| id.index < index);
+            if stale {
+                let path = self.dir.join(&name);
+                self.fs
+                    .remove_file(&path)
+                    .map_err(|e| SnapshotError::io(&path, e))?;
+                removed = true;
+            }
+        }
+        Ok(removed)
+    }
+
+    fn quarantine(&self, id: SnapshotId) -> Result<()> {
+        let path = self.path_of(id);
+        let broken = self.dir.join(format!("{}{BROKEN_EXT}", id.file_name()));
+        let _guard = self.dir_lock.lock();
+        self.fs
+            .rename(&path, &broken)
+            .map_err(|e| SnapshotError::io(&path, e))?;
+        self.sync_dir()
+    }
+
+    fn names(&self) -> Result<Vec<String>> {
+        self.fs
+            .list_dir(&self.dir)
+            .map_err(|e| SnapshotError::io(&self.dir, e))
+    }
+
+    fn sync_dir(&self) -> Result<()> {
+        self.fs
+            .sync_dir(&self.dir)
+            .map_err(|e| SnapshotError::io(&self.dir, e))
+    }
+}
+
+fn chunks_failed(chunks: &ChunkWriter<FileWriter>) -> bool {
+    chunks.inner().failed()
+}
+
+// Gives a stream I/O error the path of the file it happened on.
+fn file_error(e: SnapshotError, path: &Path) -> SnapshotError {
+    match e {
+        SnapshotError::Stream(source) => SnapshotError::io(path, source),
+        other => other,
+    }
+}
+
+fn open_reader(fs: &dyn FileSystem, path: &Path) -> Result<SnapshotReader<BufReader<FileReader>>> {
+    let file = fs
+        .open_readonly(path)
+        .map_err(|e| SnapshotError::io(path, e))?;
+    let reader = FileReader::new(file).map_err(|e| SnapshotError::io(path, e))?;
+    SnapshotReader::new(BufReader::with_capacity(READ_BUFFER_BYTES, reader))
+}
+
+/// The snapshots in `dir` (by name; not yet checked), newest first, without changing
+/// anything (for `keel snapshot ls`; [`SnapshotStore::open`] removes temporary files).
+pub fn list_snapshots(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<SnapshotId>> {
+    let mut ids: Vec<SnapshotId> = fs
+        .list_dir(dir)
+        .map_err(|e| SnapshotError::io(dir, e))?
+        .iter()
+        .filter_map(|n| SnapshotId::parse(n))
+        .collect();
+    ids.sort_unstable_by(|a, b| b.cmp(a));
+    Ok(ids)
+}
+
+/// Checks a snapshot file end to end (every chunk CRC, the trailer's totals and
+/// checksum, nothing after the trailer) without keeping its data. Damage comes back as
+/// [`SnapshotError::Damaged`] naming the file.
+pub fn verify_file(fs: &dyn FileSystem, path: &Path) -> Result<(StreamHeader, StreamTrailer)> {
+    let damaged = |reason: SnapshotError| {
+        if reason.is_corruption() {
+            SnapshotError::Damaged {
+                path: path.to_path_buf(),
+                reason: Box::new(reason),
+            }
+        } else {
+            file_error(reason, path)
+        }
+    };
+    let reader = open_reader(fs, path).map_err(damaged)?;
+    let header = reader.header().clone();
+    let trailer = reader.finish().map_err(damaged)?;
+    Ok((header, trailer))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_parse_only_their_canonical_names() {
+        let id = SnapshotId {
+            term: 0xab,
+            index: 0x1234,
+        };
+        assert_eq!(id.file_name(), "00000000000000ab-0000000000001234.snap");
+        assert_eq!(SnapshotId::parse(&id.file_name()), Some(id));
+        for bad in [
+            "00000000000000AB-0000000000001234.snap",
+            "ab-1234.snap",
+            "+0000000000000ab-0000000000001234.snap",
+            "00000000000000ab-0000000000001234.snap.broken",
+            "00000000000000ab-0000000000001234.snap.tmp",
+            "00000000000000ab0000000000001234.snap",
+            "",
+        ] {
+            assert_eq!(SnapshotId::parse(bad), None, "{bad}");
+        }
+        assert!(SnapshotId { index: 2, term: 1 } > SnapshotId { index: 1, term: 5 });
+    }
+}

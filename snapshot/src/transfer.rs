@@ -1,0 +1,352 @@
+//! Sending and receiving a snapshot chunk by chunk.
+//!
+//! The sender reads a stored snapshot's frames one at a time; the engine ships each
+//! [`Chunk`] (as [`Chunk::encode`] bytes) in whatever message it likes. The receiver
+//! checks each chunk as it arrives (its CRC, its sequence number, its kind and size),
+//! appends it to a temporary file and, once the trailer's totals and whole-snapshot
+//! checksum match, syncs the file and renames it into the store. Any bad, missing,
+//! duplicated or reordered chunk aborts the transfer: the temporary file is removed
+//! and the receiver refuses further chunks.
+//!
+//! Resuming: a connection that breaks without a bad chunk leaves the receiver intact.
+//! Open a new sender at [`SnapshotReceiver::next_seq`] and carry on from there. A
+//! receiver made with [`SnapshotStore::receiver_for`] (for the snapshot the leader's
+//! snapshot message announced) goes further: its partial file survives the receiver
+//! and even a crash, and the next `receiver_for` of the same snapshot re-checks what
+//! the file holds, cuts any torn tail, and resumes after the last good chunk.
+//!
+//! The Raft message itself carries only the snapshot's metadata (the log cache's
+//! `Storage::snapshot` returns empty `data`); the chunks travel beside it.
+
+use std::io::BufReader;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use raft_core::SnapshotMetadata;
+use wal::fs::FsFile;
+
+use crate::chunk::{
+    Accepted, Chunk, ChunkKind, FrameReader, StreamHeader, StreamValidator, FRAME_OVERHEAD_BYTES,
+};
+use crate::error::{Result, SnapshotError};
+use crate::file_io::{FileReader, FileWriter};
+use crate::store::{SnapshotId, SnapshotStore};
+
+/// Streams a stored snapshot as chunks.
+#[derive(Debug)]
+pub struct SnapshotSender {
+    frames: FrameReader<BufReader<FileReader>>,
+    path: PathBuf,
+    next_seq: u64,
+    done: bool,
+}
+
+impl SnapshotSender {
+    pub(crate) fn new(file: Arc<dyn FsFile>, path: PathBuf, from_seq: u64) -> Result<Self> {
+        let reader = FileReader::new(file).map_err(|e| SnapshotError::io(&path, e))?;
+        let mut frames = FrameReader::new(BufReader::with_capacity(64 << 10, reader));
+        if from_seq > 0 {
+            frames
+                .skip_to(from_seq)
+                .map_err(|e| damaged_or_io(e, &path))?;
+        }
+        Ok(SnapshotSender {
+            frames,
+            path,
+            next_seq: from_seq,
+            done: false,
+        })
+    }
+
+    /// The sequence number of the next chunk [`next_chunk`](Self::next_chunk) returns.
+    pub fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+
+    /// The next chunk, or `None` once the trailer has been sent. Each chunk's CRC is
+    /// checked on the way out, so a damaged stored file fails here rather than at
+    /// the far end.
+    pub fn next_chunk(&mut self) -> Result<Option<Chunk>> {
+        if self.done {
+            return Ok(None);
+        }
+        let chunk = self
+            .frames
+            .next_chunk()
+            .map_err(|e| damaged_or_io(e, &self.path))?
+            .ok_or_else(|| {
+                damaged_or_io(
+                    SnapshotError::Truncated {
+                        next_seq: self.next_seq,
+                    },
+                    &self.path,
+                )
+            })?;
+        if chunk.seq != self.next_seq {
+            return Err(damaged_or_io(
+                SnapshotError::ChunkOutOfOrder {
+                    expected: self.next_seq,
+                    got: chunk.seq,
+                },
+                &self.path,
+            ));
+        }
+        self.next_seq += 1;
+        self.done = chunk.kind == ChunkKind::Trailer;
+        Ok(Some(chunk))
+    }
+}
+
+fn damaged_or_io(e: SnapshotError, path: &Path) -> SnapshotError {
+    match e {
+        SnapshotError::Stream(source) => SnapshotError::io(path, source),
+        e if e.is_corruption() => SnapshotError::Damaged {
+            path: path.to_path_buf(),
+            reason: Box::new(e),
+        },
+        e => e,
+    }
+}
+
+/// Where a transfer stands after a chunk was accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReceiveStatus {
+    /// Send the chunk with this sequence number next.
+    NeedMore {
+        /// The next chunk wanted.
+        next_seq: u64,
+    },
+    /// The snapshot passed its final check and is installed in the store.
+    Installed {
+        /// Its id.
+        id: SnapshotId,
+        /// Its metadata.
+        metadata: SnapshotMetadata,
+        /// Its file.
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Receiving,
+    Installed,
+    Aborted,
+}
+
+/// Receives one snapshot chunk by chunk into a temporary file of a store.
+///
+/// Dropping an unfinished receiver removes its temporary file, except the partial file
+/// of a [`SnapshotStore::receiver_for`] receiver, which is kept so the transfer can
+/// resume. A bad chunk removes either.
+#[derive(Debug)]
+pub struct SnapshotReceiver {
+    store: Arc<SnapshotStore>,
+    writer: FileWriter,
+    tmp: PathBuf,
+    validator: StreamValidator,
+    expected: Option<SnapshotMetadata>,
+    bytes_written: u64,
+    bytes_synced: u64,
+    phase: Phase,
+}
+
+impl SnapshotReceiver {
+    pub(crate) fn new(
+        store: Arc<SnapshotStore>,
+        file: Arc<dyn FsFile>,
+        tmp: PathBuf,
+        expected: Option<SnapshotMetadata>,
+    ) -> SnapshotReceiver {
+        SnapshotReceiver {
+            store,
+            writer: FileWriter::new(file),
+            tmp,
+            validator: StreamValidator::new(),
+            expected,
+            bytes_written: 0,
+            bytes_synced: 0,
+            phase: Phase::Receiving,
+        }
+    }
+
+    /// A receiver continuing the partial file `tmp` of snapshot `expected`: replays
+    /// its frames through the validator, keeps the longest valid prefix (stopping
+    /// before the trailer, which the sender resends), and cuts the rest.
+    pub(crate) fn resume(
+        store: Arc<SnapshotStore>,
+        file: Arc<dyn FsFile>,
+        tmp: PathBuf,
+        expected: SnapshotMetadata,
+    ) -> Result<SnapshotReceiver> {
+        let reader = FileReader::new(Arc::clone(&file)).map_err(|e| SnapshotError::io(&tmp, e))?;
+        let mut frames = FrameReader::new(BufReader::with_capacity(256 << 10, reader));
+        let mut validator = StreamValidator::new();
+        let mut good_bytes = 0u64;
+        let mut payload = Vec::new();
+        // Any read error, damaged frame or rule violation just ends the usable prefix.
+        while let Ok(Some((seq, kind))) = frames.read_into(&mut payload) {
+            if kind == ChunkKind::Trailer {
+                break;
+            }
+            match validator.accept(seq, kind, &payload) {
+                Ok(Accepted::Header(h)) if h.metadata != expected => {
+                    validator = StreamValidator::new();
+                    break;
+                }
+                Ok(_) => good_bytes += (FRAME_OVERHEAD_BYTES + payload.len()) as u64,
+                Err(_) => break,
+            }
+        }
+        if validator.next_seq() == 0 {
+            good_bytes = 0;
+        }
+        file.set_len(good_bytes)
+            .map_err(|e| SnapshotError::io(&tmp, e))?;
+        if good_bytes > 0 {
+            log::info!(
+                "resuming snapshot transfer into {} at chunk {} ({good_bytes} bytes kept)",
+                tmp.display(),
+                validator.next_seq()
+            );
+        }
+        let mut rx = SnapshotReceiver::new(store, file, tmp, Some(expected));
+        rx.validator = validator;
+        rx.bytes_written = good_bytes;
+        rx.bytes_synced = good_bytes;
+        Ok(rx)
+    }
+
+    /// The sequence number of the next chunk wanted: where a resumed sender starts.
+    pub fn next_seq(&self) -> u64 {
+        self.validator.next_seq()
+    }
+
+    /// The snapshot's header, once chunk 0 has arrived.
+    pub fn header(&self) -> Option<&StreamHeader> {
+        self.validator.header()
+    }
+
+    /// File bytes received so far.
+    pub fn bytes_received(&self) -> u64 {
+        self.bytes_written
+    }
+
+    /// Accepts one encoded frame as sent over the wire.
+    pub fn receive_frame(&mut self, frame: &[u8]) -> Result<ReceiveStatus> {
+        self.check_open()?;
+        match Chunk::decode(frame) {
+            Ok(chunk) => self.accept(&chunk, frame),
+            Err(e) => Err(self.abort_with(e)),
+        }
+    }
+
+    /// Accepts one chunk.
+    pub fn receive(&mut self, chunk: &Chunk) -> Result<ReceiveStatus> {
+        self.check_open()?;
+        let frame = chunk.encode();
+        self.accept(chunk, &frame)
+    }
+
+    /// Gives up on the transfer, removing the temporary file.
+    pub fn abort(mut self) {
+        self.cleanup();
+    }
+
+    fn check_open(&self) -> Result<()> {
+        match self.phase {
+            Phase::Receiving => Ok(()),
+            Phase::Installed => Err(SnapshotError::TransferEnded("already installed")),
+            Phase::Aborted => Err(SnapshotError::TransferEnded("aborted after an error")),
+        }
+    }
+
+    fn accept(&mut self, chunk: &Chunk, frame: &[u8]) -> Result<ReceiveStatus> {
+        let limit_bytes = self.store.options().max_receive_bytes;
+        if self.bytes_written.saturating_add(frame.len() as u64) > limit_bytes {
+            return Err(self.abort_with(SnapshotError::TooLarge { limit_bytes }));
+        }
+        let end = match self.validator.accept(chunk.seq, chunk.kind, &chunk.payload) {
+            Ok(Accepted::End(_)) => true,
+            Ok(Accepted::Header(h)) => match &self.expected {
+                Some(want) if *want != h.metadata => {
+                    let e = SnapshotError::WrongSnapshot {
+                        expected_index: want.index,
+                        expected_term: want.term,
+                        got_index: h.metadata.index,
+                        got_term: h.metadata.term,
+                    };
+                    return Err(self.abort_with(e));
+                }
+                _ => false,
+            },
+            Ok(Accepted::Data(_)) => false,
+            Err(e) => return Err(self.abort_with(e)),
+        };
+        if let Err(e) = self.writer.file().write_at(frame, self.bytes_written) {
+            return Err(self.abort_with(SnapshotError::io(&self.tmp, e)));
+        }
+        self.bytes_written += frame.len() as u64;
+        let sync_every = self.store.options().receive_sync_every_bytes;
+        if !end && self.expected.is_some() && self.bytes_written - self.bytes_synced >= sync_every {
+            if let Err(e) = self.writer.file().sync_data() {
+                return Err(self.abort_with(SnapshotError::io(&self.tmp, e)));
+            }
+            self.bytes_synced = self.bytes_written;
+        }
+        if !end {
+            return Ok(ReceiveStatus::NeedMore {
+                next_seq: self.validator.next_seq(),
+            });
+        }
+        match self.install() {
+            Ok(status) => Ok(status),
+            Err(e) => Err(self.abort_with(e)),
+        }
+    }
+
+    fn install(&mut self) -> Result<ReceiveStatus> {
+        let Some(header) = self.validator.header() else {
+            // A complete stream always had a header; report rather than panic.
+            return Err(SnapshotError::TransferEnded("complete without a header"));
+        };
+        let metadata = header.metadata.clone();
+        let id = SnapshotId::of(&metadata);
+        self.writer
+            .file()
+            .sync_data()
+            .map_err(|e| SnapshotError::io(&self.tmp, e))?;
+        let path = self.store.install(&self.tmp, id)?;
+        self.phase = Phase::Installed;
+        Ok(ReceiveStatus::Installed { id, metadata, path })
+    }
+
+    fn abort_with(&mut self, e: SnapshotError) -> SnapshotError {
+        log::warn!(
+            "aborting snapshot transfer into {}: {e}",
+            self.tmp.display()
+        );
+        self.cleanup();
+        e
+    }
+
+    fn cleanup(&mut self) {
+        if self.phase == Phase::Receiving {
+            self.phase = Phase::Aborted;
+            if let Err(e) = self.store.fs().remove_file(&self.tmp) {
+                log::warn!("could not remove {}: {e}", self.tmp.display());
+            }
+        }
+    }
+}
+
+impl Drop for SnapshotReceiver {
+    fn drop(&mut self) {
+        // A resumable receiver's partial file is worth keeping; an anonymous one's
+        // could never be found again.
+        if self.expected.is_none() {
+            self.cleanup();
+        }
+    }
+}
