@@ -53,6 +53,14 @@ impl Inflights {
         self.bytes += bytes;
     }
 
+    /// Frees the oldest message, if any (etcd's `FreeFirstOne`): lets a window whose
+    /// appends were lost send again.
+    pub fn free_first_one(&mut self) {
+        if let Some((_, b)) = self.queue.pop_front() {
+            self.bytes -= b;
+        }
+    }
+
     /// Frees every message ending at or below `index`.
     pub fn free_to(&mut self, index: u64) {
         while let Some(&(i, b)) = self.queue.front() {
