@@ -63,7 +63,9 @@ pub trait LogStore: Send + Sync {
     fn write(&self, batch: &LogBatch, sync: bool) -> Result<u64, LogError>;
     /// Forces everything written so far to stable storage.
     fn sync(&self) -> Result<(), LogError>;
-    /// The highest index known durable (written and synced).
+    /// The highest index known durable (written and synced, along with every index
+    /// before it). Replacing or truncating a suffix lowers it to just below the change
+    /// until the next sync makes the change durable.
     fn durable_index(&self) -> u64;
     /// Removes entries from `index` onward (durably, at the next sync).
     fn truncate_suffix(&self, index: u64) -> Result<(), LogError>;
