@@ -1,7 +1,65 @@
-//! keel's engine: the raft, persist and apply stages joined by channels, the state
-//! machines and the embedded `Db`.
+//! keel's engine: the raft, persist and apply stages joined by bounded channels, the
+//! state machines, and the embedded [`Db`].
 //!
-//! Owns: threads and their channels. Must not: reimplement consensus (that is
-//! raft-core) or file formats (wal, snapshot).
+//! Owns: the node's threads and the channels between them, the order in which a `Ready`
+//! is sent, persisted and applied (etcd's `raftNode.start`), the callers waiting for
+//! their writes and reads, the state machine, snapshots taken and installed, log
+//! compaction, metrics and failpoints.
+//!
+//! Must not: reimplement consensus (that is raft-core), write file formats of its own
+//! (the log is `wal`'s, snapshots are `snapshot`'s), acknowledge a write before it is
+//! durable on a quorum and applied locally, or block a stage on an unbounded queue.
+//!
+//! # The pipeline of one node
+//!
+//! ```text
+//!  callers ──Request──▶ ┌────────────┐ ──PersistTask──▶ ┌───────────────┐ ──▶ LogStore (WAL)
+//!  transport ─bytes──▶  │ raft stage │ ◀──Persisted──── │ persist stage │ ──▶ LogCache
+//!                       │  RawNode   │                  └───────────────┘
+//!                       │            │ ──ApplyTask────▶ ┌───────────────┐ ──▶ state machine,
+//!                       │            │ ◀──wake (cap 1)─ │  apply stage  │     snapshot store,
+//!                       └─────┬──────┘                  └───────────────┘     compaction
+//!                             ├ Snapshot messages ──▶ snapshot sender thread ──▶ transport
+//!                             └ leader messages ──▶ transport (follower messages leave
+//!                               from the persist stage, once durable)
+//! ```
+//!
+//! The raft stage alone owns the `RawNode`; the persist stage alone writes the log and
+//! the cache's tail; the apply stage alone writes the state machine, takes snapshots and
+//! compacts. Shared behind locks: the waiting-write registry, the published status, the
+//! state machine (for readers) and the `LogCache` (its own lock). Every channel is
+//! bounded; see each stage's module for why none of them can deadlock.
+//!
+//! ```no_run
+//! let db = keel::Db::open(keel::Config::single_node("data/"))?;
+//! db.put(b"k", b"v")?;
+//! assert_eq!(db.get(b"k")?, Some(b"v".to_vec()));
+//! db.close()?;
+//! # Ok::<(), keel::Error>(())
+//! ```
 
 #![deny(missing_docs)]
+
+mod apply_stage;
+mod command;
+mod config;
+mod db;
+mod error;
+mod metrics;
+mod node;
+mod outbox;
+mod persist_stage;
+mod proposals;
+mod raft_stage;
+mod snapshot_transfer;
+pub mod state_machine;
+pub mod transport;
+
+pub use command::{Command, Op};
+pub use config::{Config, LogBackend, StateMachineKind};
+pub use db::{Db, Role, Status};
+pub use error::{Error, Result};
+/// Membership types used by [`Db::change_membership`], from raft-core.
+pub use raft_core::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
+};

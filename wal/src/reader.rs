@@ -41,6 +41,8 @@ pub struct ScannedRecord {
     pub offset: u64,
     /// Offset just past the frame (and its padding).
     pub end_offset: u64,
+    /// Length of the frame's payload in bytes (without frame header and padding).
+    pub payload_len: u64,
     /// The decoded record.
     pub record: WalRecord,
     /// For an entries record, where each entry's encoding sits in the payload.
@@ -140,6 +142,7 @@ pub fn scan_segment_bytes(name: SegmentName, data: &[u8]) -> SegmentScan {
                     Ok((record, entry_spans)) => events.push(ScanEvent::Record(ScannedRecord {
                         offset: pos,
                         end_offset: next,
+                        payload_len,
                         record,
                         entry_spans,
                     })),

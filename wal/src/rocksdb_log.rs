@@ -76,6 +76,9 @@ impl RocksLogStore {
             .into_iter()
             .map(|name| ColumnFamilyDescriptor::new(name, Options::default()));
         let db = DB::open_cf_descriptors(&opts, path, cfs).map_err(backend)?;
+        // What RocksDB replayed may sit only in the page cache of a crashed process's
+        // machine; make it durable before `recover` reports it as such.
+        db.flush_wal(true).map_err(backend)?;
         let state = recover(&db)?;
         Ok(RocksLogStore {
             db,
@@ -324,8 +327,10 @@ impl LogStore for RocksLogStore {
     }
 
     fn sync(&self) -> Result<(), LogError> {
+        // Nothing written since open needs no sync: `open` synced what it recovered.
+        // (`seq.max(1)` here used to wait forever for a batch that was never written.)
         let seq = self.state.read().written_seq;
-        self.sync_to(seq.max(1))
+        self.sync_to(seq)
     }
 
     fn durable_index(&self) -> u64 {

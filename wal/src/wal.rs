@@ -343,6 +343,36 @@ impl Wal {
         self.sync()
     }
 
+    /// [`LogStore::write`] for concurrent appenders that assign indexes themselves:
+    /// `queued` is called once the batch has its place in the write queue, before the
+    /// call waits for the batch to be written (and synced). Batches are staged in queue
+    /// order, so a caller that picks its batch's indexes under a lock and releases that
+    /// lock in `queued` (e.g. `move || drop(guard)`) has its batches applied in index
+    /// order while still sharing writes and syncs with the other appenders. `queued` is
+    /// called exactly once, also when the write is refused.
+    pub fn write_queued(
+        &self,
+        batch: &LogBatch,
+        sync: bool,
+        queued: impl FnOnce(),
+    ) -> Result<u64, LogError> {
+        if self.is_poisoned() {
+            queued();
+            return Err(LogError::Poisoned);
+        }
+        if batch.is_empty() {
+            queued();
+            return self.write(batch, sync);
+        }
+        let op = Op::Batch {
+            batch: Box::new(PreparedBatch::new(batch)),
+            sync,
+        };
+        self.inner
+            .barrier
+            .submit_queued(op, queued, |ops| self.inner.perform_group(ops))
+    }
+
     fn submit(&self, op: Op) -> OpResult {
         self.inner
             .barrier

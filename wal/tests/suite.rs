@@ -99,6 +99,290 @@ fn suite(log: &dyn LogStore) {
     assert_eq!(log.snapshot_marker(), Some(snap(105, 3)));
 }
 
+/// Opens the backend under test on the same storage each time it is called; the
+/// previous instance is always dropped first.
+type Opener<'a> = &'a dyn Fn() -> Box<dyn LogStore>;
+
+/// The suite, then a reopen after a clean close: the same log comes back.
+fn reopen_after_clean_close(open: Opener) {
+    let log = open();
+    suite(log.as_ref());
+    log.sync().unwrap();
+    drop(log);
+    let model = MemLogStore::new();
+    suite(&model);
+    let log = open();
+    assert_same_log(log.as_ref(), &model);
+    assert_eq!(log.durable_index(), log.last_index());
+    // Appending after reopen continues the log.
+    log.write(&batch(ents(110, 111, 3, 5)), true).unwrap();
+    drop(log);
+    let log = open();
+    assert_eq!(log.last_index(), 110);
+    assert_eq!(
+        log.entries(110, 111, u64::MAX).unwrap(),
+        ents(110, 111, 3, 5)
+    );
+}
+
+/// Replacing a suffix that reaches far back (several WAL segments), and a truncation,
+/// survive reopen.
+fn suffix_replacement_survives_reopen(open: Opener) {
+    let log = open();
+    for i in (1..=300u64).step_by(10) {
+        log.write(&batch(ents(i, i + 10, 1, 50)), true).unwrap();
+    }
+    log.write(&batch(ents(50, 60, 2, 70)), true).unwrap();
+    assert_eq!(log.last_index(), 59);
+    let check = |log: &dyn LogStore| {
+        let got = log.entries(1, 60, u64::MAX).unwrap();
+        assert_eq!(got[..49], ents(1, 50, 1, 50)[..]);
+        assert_eq!(got[49..], ents(50, 60, 2, 70)[..]);
+        assert!(matches!(log.term(60), Err(LogError::Unavailable(60))));
+    };
+    check(log.as_ref());
+    drop(log);
+    let log = open();
+    check(log.as_ref());
+    log.truncate_suffix(55).unwrap();
+    log.sync().unwrap();
+    assert_eq!(log.durable_index(), 54);
+    drop(log);
+    let log = open();
+    assert_eq!(log.last_index(), 54);
+    // The log goes on after the truncation point with a new term.
+    log.write(&batch(ents(55, 57, 3, 8)), true).unwrap();
+    assert_eq!(
+        log.entries(54, 57, u64::MAX).unwrap()[1..],
+        ents(55, 57, 3, 8)[..]
+    );
+}
+
+/// Compaction keeps what is needed across reopen: later entries, the base term, the
+/// hard state; compacting everything leaves an empty log that can be appended to.
+fn compaction_survives_reopen(open: Opener) {
+    let log = open();
+    let mut b = batch(Vec::new());
+    for i in (1..=400u64).step_by(4) {
+        b.entries = ents(i, i + 4, 1, 60);
+        b.hard_state = Some(hs(1, i));
+        log.write(&b, true).unwrap();
+    }
+    log.compact(300).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = open();
+    assert_eq!(log.first_index(), 301);
+    assert_eq!(log.last_index(), 400);
+    assert_eq!(log.term(300).unwrap(), 1);
+    assert!(matches!(log.term(299), Err(LogError::Compacted(299))));
+    assert_eq!(log.hard_state(), hs(1, 397));
+    assert_eq!(
+        log.entries(301, 401, u64::MAX).unwrap(),
+        ents(301, 401, 1, 60)
+    );
+    log.compact(400).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = open();
+    assert_eq!((log.first_index(), log.last_index()), (401, 400));
+    assert_eq!(log.term(400).unwrap(), 1);
+    log.write(&batch(ents(401, 402, 2, 1)), true).unwrap();
+    assert_eq!(log.term(401).unwrap(), 2);
+}
+
+/// The snapshot marker and hard state survive the compaction of the entries around
+/// them, and a reopen.
+fn snapshot_marker_survives_compaction(open: Opener) {
+    let log = open();
+    let b = LogBatch {
+        snapshot: Some(snap(1000, 5)),
+        entries: ents(1001, 1002, 5, 10),
+        hard_state: Some(hs(5, 1000)),
+    };
+    log.write(&b, true).unwrap();
+    for i in 1002..1200u64 {
+        log.write(&batch(ents(i, i + 1, 5, 40)), true).unwrap();
+    }
+    log.compact(1150).unwrap();
+    log.sync().unwrap();
+    drop(log);
+    let log = open();
+    assert_eq!(log.snapshot_marker(), Some(snap(1000, 5)));
+    assert_eq!(log.hard_state(), hs(5, 1000));
+    assert_eq!(log.first_index(), 1151);
+    assert_eq!(log.last_index(), 1199);
+    assert_eq!(log.term(1150).unwrap(), 5);
+}
+
+/// Appenders that take indexes in order under a lock, write unsynced, release the lock
+/// and then wait for durability (the pattern of a pipelined persist stage): every
+/// entry is durable when its writer returns, and the log holds all of them in order.
+fn concurrent_ordered_appenders(log: Arc<dyn LogStore>) {
+    let next = Arc::new(parking_lot::Mutex::new(log.last_index() + 1));
+    let start = log.last_index() + 1;
+    let (writers, per_writer) = (8u64, 40u64);
+    let threads: Vec<_> = (0..writers)
+        .map(|_| {
+            let (log, next) = (log.clone(), next.clone());
+            std::thread::spawn(move || {
+                for _ in 0..per_writer {
+                    let index = {
+                        let mut n = next.lock();
+                        let index = *n;
+                        log.write(&batch(ents(index, index + 1, 1, 32)), false)
+                            .unwrap();
+                        *n += 1;
+                        index
+                    };
+                    log.sync().unwrap();
+                    assert!(log.durable_index() >= index);
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let end = start + writers * per_writer;
+    assert_eq!(log.last_index(), end - 1);
+    assert_eq!(log.durable_index(), end - 1);
+    assert_eq!(
+        log.entries(start, end, u64::MAX).unwrap(),
+        ents(start, end, 1, 32)
+    );
+}
+
+/// Readers always see a consistent log while a writer appends and compacts.
+fn readers_consistent_during_writes_and_compaction(log: Arc<dyn LogStore>) {
+    log.write(&batch(ents(1, 2, 1, 30)), true).unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let reads = Arc::new(AtomicU64::new(0));
+    let readers: Vec<_> = (0..3)
+        .map(|_| {
+            let (log, stop, reads) = (log.clone(), stop.clone(), reads.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let (lo, hi) = (log.first_index(), log.last_index() + 1);
+                    match log.entries(lo, hi, u64::MAX) {
+                        Ok(got) => {
+                            for e in got {
+                                assert_eq!(e.data, payload(e.index, e.term, 30));
+                            }
+                            reads.fetch_add(1, Ordering::Relaxed);
+                        }
+                        // Compaction may overtake the read; that is the only error allowed.
+                        Err(LogError::Compacted(_)) => {}
+                        Err(e) => panic!("read failed: {e}"),
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut i = 2u64;
+    while i < 400 || (reads.load(Ordering::Relaxed) < 50 && i < 20_000) {
+        log.write(&batch(ents(i, i + 1, 1, 30)), true).unwrap();
+        if i.checked_rem(50) == Some(0) {
+            log.compact(i - 20).unwrap();
+        }
+        i += 1;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().unwrap();
+    }
+    assert!(reads.load(Ordering::Relaxed) > 0);
+}
+
+/// Every backend-generic case against one backend. `open` must open the same storage
+/// each time; `fresh` makes a new empty storage and returns its opener.
+fn generic_cases(fresh: &dyn Fn() -> Box<dyn Fn() -> Box<dyn LogStore>>) {
+    reopen_after_clean_close(fresh().as_ref());
+    suffix_replacement_survives_reopen(fresh().as_ref());
+    compaction_survives_reopen(fresh().as_ref());
+    snapshot_marker_survives_compaction(fresh().as_ref());
+    concurrent_ordered_appenders(Arc::from(fresh()()));
+    readers_consistent_during_writes_and_compaction(Arc::from(fresh()()));
+}
+
+#[test]
+fn generic_cases_wal_sim() {
+    let seed = AtomicU64::new(100);
+    generic_cases(&|| {
+        let fs = sim(seed.fetch_add(1, Ordering::Relaxed));
+        Box::new(move || Box::new(open_sim(&fs, small_opts())) as Box<dyn LogStore>)
+    });
+}
+
+#[test]
+fn generic_cases_wal_real_fs() {
+    let dirs = parking_lot::Mutex::new(Vec::new());
+    generic_cases(&|| {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().to_path_buf();
+        dirs.lock().push(tmp);
+        Box::new(move || {
+            let opts = WalOptions {
+                segment_size_bytes: 8192,
+                ..WalOptions::default()
+            };
+            Box::new(Wal::open(StdFs::shared(), &path, opts).unwrap()) as Box<dyn LogStore>
+        })
+    });
+}
+
+#[cfg(feature = "rocksdb")]
+mod rocks {
+    use super::*;
+    use wal::RocksLogStore;
+
+    fn open_rocks(path: &Path) -> Box<dyn LogStore> {
+        Box::new(RocksLogStore::open(path).unwrap())
+    }
+
+    #[test]
+    fn suite_rocksdb() {
+        let tmp = tempfile::tempdir().unwrap();
+        suite(open_rocks(tmp.path()).as_ref());
+    }
+
+    #[test]
+    fn generic_cases_rocksdb() {
+        let dirs = parking_lot::Mutex::new(Vec::new());
+        generic_cases(&|| {
+            let tmp = tempfile::tempdir().unwrap();
+            let path = tmp.path().to_path_buf();
+            dirs.lock().push(tmp);
+            Box::new(move || open_rocks(&path))
+        });
+    }
+
+    /// A second open of a directory in use is refused (RocksDB's lock file), rather
+    /// than two logs writing one directory.
+    #[test]
+    fn rocksdb_refuses_a_second_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = open_rocks(tmp.path());
+        assert!(RocksLogStore::open(tmp.path()).is_err());
+        drop(log);
+        assert!(RocksLogStore::open(tmp.path()).is_ok());
+    }
+
+    /// `sync` on a freshly opened (or reopened) log with nothing written returns.
+    #[test]
+    fn rocksdb_sync_without_writes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let log = open_rocks(tmp.path());
+        log.sync().unwrap();
+        log.write(&batch(ents(1, 3, 1, 10)), false).unwrap();
+        drop(log);
+        let log = open_rocks(tmp.path());
+        log.sync().unwrap();
+        assert_eq!(log.durable_index(), 2);
+        assert_eq!(log.entries(1, 3, u64::MAX).unwrap(), ents(1, 3, 1, 10));
+    }
+}
+
 #[test]
 fn suite_mem() {
     suite(&MemLogStore::new());
@@ -329,6 +613,59 @@ fn group_commit_merges_concurrent_writers() {
         stats.syncs < writes,
         "group commit should merge syncs: {stats:?}"
     );
+}
+
+#[test]
+fn write_queued_keeps_index_order_and_shares_syncs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = WalOptions {
+        segment_size_bytes: 64 << 10,
+        ..WalOptions::default()
+    };
+    let wal = Arc::new(Wal::open(StdFs::shared(), tmp.path(), opts.clone()).unwrap());
+    let next = Arc::new(parking_lot::Mutex::new(1u64));
+    let (writers, per_writer) = (16u64, 50u64);
+    let threads: Vec<_> = (0..writers)
+        .map(|_| {
+            let (wal, next) = (wal.clone(), next.clone());
+            std::thread::spawn(move || {
+                for _ in 0..per_writer {
+                    let mut n = next.lock();
+                    let index = *n;
+                    *n += 1;
+                    let b = batch(ents(index, index + 1, 1, 100));
+                    let durable = wal.write_queued(&b, true, move || drop(n)).unwrap();
+                    assert!(durable >= index, "{index} not durable: {durable}");
+                }
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().unwrap();
+    }
+    let total = writers * per_writer;
+    assert_eq!(wal.last_index(), total);
+    assert_eq!(wal.durable_index(), total);
+    let stats = wal.stats();
+    assert_eq!(stats.batches, total);
+    assert!(
+        stats.syncs < total,
+        "group commit should merge syncs: {stats:?}"
+    );
+    let wal = Arc::into_inner(wal).unwrap();
+    wal.close().unwrap();
+    let wal = Wal::open(StdFs::shared(), tmp.path(), opts).unwrap();
+    assert_eq!(
+        wal.entries(1, total + 1, u64::MAX).unwrap(),
+        ents(1, total + 1, 1, 100)
+    );
+    // A refused batch still releases the caller's lock.
+    let mut released = false;
+    let err = wal.write_queued(&batch(ents(total + 5, total + 6, 1, 1)), true, || {
+        released = true
+    });
+    assert!(matches!(err, Err(LogError::InvalidWrite(_))));
+    assert!(released);
 }
 
 #[test]

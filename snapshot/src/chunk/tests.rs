@@ -52,6 +52,28 @@ fn read_all(bytes: &[u8]) -> Result<(Vec<u8>, StreamTrailer)> {
 }
 
 #[test]
+fn write_sizes_do_not_change_the_bytes() {
+    // A write of a whole chunk or more with nothing buffered is framed without copying
+    // (ChunkWriter::emit_direct); the stream must be byte-for-byte what small writes
+    // make, and the byte count must follow.
+    let (expected, expected_trailer) = stream(100, 16);
+    for piece in [1, 15, 16, 17, 32, 33, 100] {
+        let mut w = ChunkWriter::new(Vec::new(), &meta(), 16).unwrap();
+        for p in data(100).chunks(piece) {
+            w.write_all(p).unwrap();
+            assert_eq!(
+                w.bytes_written(),
+                w.inner().len() as u64,
+                "pieces of {piece}"
+            );
+        }
+        let (bytes, trailer) = w.finish().unwrap();
+        assert_eq!(bytes, expected, "pieces of {piece}");
+        assert_eq!(trailer, expected_trailer, "pieces of {piece}");
+    }
+}
+
+#[test]
 fn round_trip_at_every_boundary() {
     for len in [0, 1, 15, 16, 17, 48, 55] {
         let (bytes, trailer) = stream(len, 16);

@@ -94,36 +94,73 @@ impl<W: Write> ChunkWriter<W> {
     }
 
     // Completes the frame in `self.frame` (head + payload), writes it, and resets the
-    // buffer to an empty payload. The payload is hashed once: its CRC feeds the
-    // whole-snapshot checksum and, combined with the head's, the frame CRC (so saving
-    // costs one CRC pass over the data, not two).
+    // buffer to an empty payload.
     fn emit(&mut self, kind: ChunkKind) -> io::Result<()> {
-        let payload_len = self.frame.len() - FRAME_HEAD_BYTES;
-        // Payloads are bounded by chunk_size_bytes (≤ MAX_CHUNK_SIZE_BYTES) or by the
-        // small header and trailer, all far below u32::MAX.
-        let len = u32::try_from(payload_len).unwrap_or(u32::MAX);
-        let mut payload_crc = crc32fast::Hasher::new();
-        payload_crc.update(&self.frame[FRAME_HEAD_BYTES..]);
-        if kind != ChunkKind::Trailer {
-            self.whole.combine(&payload_crc);
-        }
-        let head = frame_head(kind, self.next_seq, len);
+        let (head, crc) = seal(
+            &mut self.whole,
+            kind,
+            self.next_seq,
+            &self.frame[FRAME_HEAD_BYTES..],
+        );
         self.frame[..FRAME_HEAD_BYTES].copy_from_slice(&head);
-        let mut frame_crc = crc32fast::Hasher::new();
-        frame_crc.update(&head);
-        frame_crc.combine(&payload_crc);
-        let crc = frame_crc.finalize();
-        self.frame.extend_from_slice(&crc.to_le_bytes());
+        self.frame.extend_from_slice(&crc);
         self.inner.write_all(&self.frame)?;
         self.bytes_written += self.frame.len() as u64;
         self.next_seq += 1;
         self.frame.truncate(FRAME_HEAD_BYTES);
         Ok(())
     }
+
+    // Writes one full data chunk straight from the caller's buffer (nothing may be
+    // buffered): head, payload and CRC as three writes, without first copying the
+    // payload into `self.frame`. For a large state machine written in chunk-sized
+    // pieces that copy was a fifth of the CPU time of a save.
+    fn emit_direct(&mut self, payload: &[u8]) -> io::Result<()> {
+        debug_assert_eq!(self.frame.len(), FRAME_HEAD_BYTES);
+        let (head, crc) = seal(&mut self.whole, ChunkKind::Data, self.next_seq, payload);
+        self.data_bytes += payload.len() as u64;
+        self.data_chunks += 1;
+        self.inner.write_all(&head)?;
+        self.inner.write_all(payload)?;
+        self.inner.write_all(&crc)?;
+        self.bytes_written += (FRAME_OVERHEAD_BYTES + payload.len()) as u64;
+        self.next_seq += 1;
+        Ok(())
+    }
+}
+
+// The head and CRC of frame `seq` carrying `payload`. The payload is hashed once: its
+// CRC feeds the whole-snapshot checksum `whole` (except for the trailer) and, combined
+// with the head's, the frame CRC (so saving costs one CRC pass over the data, not two).
+fn seal(
+    whole: &mut crc32fast::Hasher,
+    kind: ChunkKind,
+    seq: u64,
+    payload: &[u8],
+) -> ([u8; FRAME_HEAD_BYTES], [u8; 4]) {
+    // Payloads are bounded by chunk_size_bytes (≤ MAX_CHUNK_SIZE_BYTES) or by the
+    // small header and trailer, all far below u32::MAX.
+    let len = u32::try_from(payload.len()).unwrap_or(u32::MAX);
+    let mut payload_crc = crc32fast::Hasher::new();
+    payload_crc.update(payload);
+    if kind != ChunkKind::Trailer {
+        whole.combine(&payload_crc);
+    }
+    let head = frame_head(kind, seq, len);
+    let mut frame_crc = crc32fast::Hasher::new();
+    frame_crc.update(&head);
+    frame_crc.combine(&payload_crc);
+    (head, frame_crc.finalize().to_le_bytes())
 }
 
 impl<W: Write> Write for ChunkWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.frame.len() == FRAME_HEAD_BYTES && buf.len() >= self.chunk_size_bytes {
+            // A whole chunk and nothing buffered: frame it where it is.
+            let n = self.chunk_size_bytes;
+            self.emit_direct(&buf[..n])?;
+            return Ok(n);
+        }
         let room = self.chunk_size_bytes + FRAME_HEAD_BYTES - self.frame.len();
         let n = room.min(buf.len());
         self.frame.extend_from_slice(&buf[..n]);

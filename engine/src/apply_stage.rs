@@ -1,0 +1,235 @@
+//! The apply stage: applies committed entries to the state machine in order, answers
+//! the callers waiting for them, installs snapshots received from the leader, and takes
+//! a snapshot every `snapshot_every` applied entries, then compacts the log behind it
+//! (keeping `catch_up_entries` as a margin for slow followers).
+//!
+//! The "notify" handshake etcd needs between its raft loop and its apply loop is
+//! implicit here: raft-core hands out committed entries only once they are durable
+//! locally, and the raft stage forwards a received snapshot only after the persist stage
+//! reported it durable, so nothing this stage compacts or installs can outrun the disk.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::RwLock;
+use raft_core::{ConfState, Entry, EntryType, SnapshotMetadata};
+use snapshot::{LogCache, SnapshotId, SnapshotStore};
+use wal::LogStore;
+
+use crate::command::Command;
+use crate::node::Shared;
+use crate::state_machine::StateMachine;
+
+/// Work for the apply stage, in log order.
+pub(crate) enum ApplyTask {
+    /// Committed entries; `conf_states` holds the membership after each membership
+    /// change among them (the raft stage already applied those to raft).
+    Entries {
+        entries: Vec<Entry>,
+        conf_states: Vec<(u64, ConfState)>,
+        commit_index: u64,
+    },
+    /// A durable snapshot from the leader to install.
+    Snapshot(SnapshotMetadata),
+}
+
+pub(crate) struct ApplyStage {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) tasks: Receiver<ApplyTask>,
+    /// Wakes the raft stage after progress (capacity 1: one pending wake-up is enough).
+    pub(crate) wake_raft: Sender<()>,
+    pub(crate) sm: Arc<RwLock<dyn StateMachine>>,
+    pub(crate) cache: LogCache<dyn LogStore>,
+    pub(crate) store: Arc<SnapshotStore>,
+    pub(crate) conf_state: ConfState,
+    pub(crate) snapshot_every: u64,
+    pub(crate) catch_up_entries: u64,
+    /// Index of the newest snapshot taken or installed.
+    pub(crate) last_snapshot_index: u64,
+    /// Term of the last applied entry (for the next snapshot's metadata).
+    pub(crate) applied_term: u64,
+    pub(crate) max_batch: usize,
+    pub(crate) commit_index: Arc<AtomicU64>,
+}
+
+impl ApplyStage {
+    /// Runs until the raft stage drops its sender, or a snapshot cannot be installed.
+    pub(crate) fn run(mut self) {
+        while let Ok(first) = self.tasks.recv() {
+            let mut tasks = vec![first];
+            while tasks.len() < self.max_batch {
+                match self.tasks.try_recv() {
+                    Ok(t) => tasks.push(t),
+                    Err(_) => break,
+                }
+            }
+            for task in tasks {
+                let outcome = match task {
+                    ApplyTask::Entries {
+                        entries,
+                        conf_states,
+                        commit_index,
+                    } => {
+                        self.commit_index.fetch_max(commit_index, Ordering::Relaxed);
+                        self.apply_entries(&entries, conf_states);
+                        Ok(())
+                    }
+                    ApplyTask::Snapshot(meta) => self.install(&meta),
+                };
+                if let Err(why) = outcome {
+                    self.shared.fail(&why);
+                    return;
+                }
+            }
+            let applied = self.sm.read().applied_index();
+            self.shared.applied.advance(applied);
+            let commit = self.commit_index.load(Ordering::Relaxed);
+            let m = &self.shared.metrics;
+            m.proposals_applied.set(applied as i64);
+            m.apply_lag.set(commit.saturating_sub(applied) as i64);
+            m.proposals_pending
+                .set(self.shared.proposals.pending() as i64);
+            // Full means a wake-up is already pending; the raft stage reads the index.
+            let _ = self.wake_raft.try_send(());
+            self.maybe_snapshot();
+        }
+    }
+
+    fn apply_entries(&mut self, entries: &[Entry], conf_states: Vec<(u64, ConfState)>) {
+        let my_id = self.shared.id;
+        let mut conf_states = conf_states.into_iter().peekable();
+        let mut sm = self.sm.write();
+        for e in entries {
+            // Membership as of this entry (a skipped entry's is already in the state's
+            // snapshot, so only newer ones count).
+            while let Some((index, cs)) = conf_states.next_if(|(i, _)| *i <= e.index) {
+                if index > sm.applied_index() {
+                    self.conf_state = cs;
+                }
+            }
+            if e.index <= sm.applied_index() {
+                // Already in the state (a replay after restart, or covered by a
+                // snapshot): applying is idempotent by index.
+                continue;
+            }
+            let mut request = None;
+            match e.entry_type {
+                EntryType::Normal if !e.data.is_empty() => match Command::decode(&e.data) {
+                    Ok(cmd) => {
+                        if let Err(err) = sm.apply(e.index, &cmd.op) {
+                            // Every replica fails the same way on the same entry, so
+                            // skipping keeps them equal; report it loudly.
+                            log::error!("node {my_id}: applying entry {} failed: {err}", e.index);
+                            sm.skip_to(e.index);
+                        }
+                        request = Some((cmd.origin, cmd.request_id));
+                    }
+                    Err(err) => {
+                        log::error!("node {my_id}: entry {} is undecodable: {err}", e.index);
+                        sm.skip_to(e.index);
+                    }
+                },
+                _ => sm.skip_to(e.index),
+            }
+            self.applied_term = e.term;
+            self.shared
+                .proposals
+                .on_applied(my_id, e.index, e.term, request);
+        }
+    }
+
+    fn install(&mut self, meta: &SnapshotMetadata) -> Result<(), String> {
+        let mut sm = self.sm.write();
+        if meta.index <= sm.applied_index() {
+            return Ok(());
+        }
+        let id = SnapshotId::of(meta);
+        let loaded = sm
+            .restore_snapshot(&self.store, id)
+            .map_err(|e| format!("installing snapshot {id:?} failed: {e}"))?;
+        drop(sm);
+        self.conf_state = loaded.conf_state;
+        self.applied_term = loaded.term;
+        self.last_snapshot_index = loaded.index;
+        self.shared.proposals.on_snapshot(loaded.index);
+        self.commit_index.fetch_max(loaded.index, Ordering::Relaxed);
+        log::info!(
+            "node {}: installed snapshot at index {}",
+            self.shared.id,
+            loaded.index
+        );
+        Ok(())
+    }
+
+    fn maybe_snapshot(&mut self) {
+        if self.snapshot_every == 0 {
+            return;
+        }
+        let sm = self.sm.read();
+        let applied = sm.applied_index();
+        if applied < self.last_snapshot_index.saturating_add(self.snapshot_every) {
+            return;
+        }
+        let meta = SnapshotMetadata {
+            conf_state: self.conf_state.clone(),
+            index: applied,
+            term: self.applied_term,
+        };
+        let started = Instant::now();
+        // Readers keep reading while the image is written; only applying waits.
+        let saved = sm.save_snapshot(&self.store, &meta);
+        drop(sm);
+        if let Err(e) = saved {
+            log::error!("node {}: snapshot at {applied} failed: {e}", self.shared.id);
+            // Try again after another interval rather than on every batch.
+            self.last_snapshot_index = applied;
+            return;
+        }
+        self.shared
+            .metrics
+            .snapshot_save_seconds
+            .observe(started.elapsed().as_secs_f64());
+        self.last_snapshot_index = applied;
+        let purge_through = match self.store.retain() {
+            Ok(r) => r.wal_purge_through,
+            Err(e) => {
+                log::warn!("node {}: snapshot retention failed: {e}", self.shared.id);
+                0
+            }
+        };
+        if let Err(e) = self.cache.record_snapshot(meta) {
+            // A newer snapshot from the leader got there first; nothing to compact.
+            log::debug!(
+                "node {}: snapshot at {applied} not recorded: {e}",
+                self.shared.id
+            );
+            return;
+        }
+        // The oldest kept snapshot bounds compaction, so a damaged newest one can still
+        // fall back to an older one plus the log.
+        let compact_to = applied
+            .saturating_sub(self.catch_up_entries)
+            .min(purge_through);
+        let first = self.cache.stats().first_index;
+        if compact_to < first {
+            return;
+        }
+        // The cache first, then the log (the cache's protocol).
+        if let Err(e) = self.cache.compact(compact_to) {
+            log::debug!(
+                "node {}: cache compaction to {compact_to}: {e}",
+                self.shared.id
+            );
+            return;
+        }
+        if let Err(e) = self.cache.log().compact(compact_to) {
+            // The log is poisoned now; the persist stage's next write stops the node.
+            log::error!(
+                "node {}: log compaction to {compact_to} failed: {e}",
+                self.shared.id
+            );
+        }
+    }
+}

@@ -1,0 +1,237 @@
+//! How a node is configured: identity and peers, where its data lives, which log
+//! backend it writes, and the timing and flow-control knobs handed to raft-core.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use wal::fs::{FileSystem, StdFs};
+
+use crate::error::{Error, Result};
+use crate::transport::Transport;
+
+/// Which durable Raft log a node writes (`DIR/wal/` for the WAL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogBackend {
+    /// keel's segmented write-ahead log (the default).
+    #[default]
+    Wal,
+    /// RocksDB as the Raft log, in `DIR/rocksdb/` (cargo feature `rocksdb`).
+    #[cfg(feature = "rocksdb")]
+    RocksDb,
+}
+
+/// Which state machine a node applies to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum StateMachineKind {
+    /// An in-memory `BTreeMap`, rebuilt from the newest snapshot plus the log at start.
+    #[default]
+    Memory,
+}
+
+/// Configuration of one node. Start from [`Config::single_node`] or [`Config::cluster`]
+/// and change what you need.
+#[derive(Clone)]
+pub struct Config {
+    /// This node's id (never 0).
+    pub id: u64,
+    /// The voters a brand-new cluster starts with (including `id`). Ignored once the
+    /// node has a snapshot: membership then comes from it and the log.
+    pub peers: Vec<u64>,
+    /// The data directory: `wal/` and `snap/` live under it.
+    pub data_dir: PathBuf,
+    /// How messages reach the other nodes; `None` for a single node.
+    pub transport: Option<Arc<dyn Transport>>,
+    /// The file system all durable I/O goes through (the real one by default; the
+    /// simulated one in crash tests).
+    pub fs: Arc<dyn FileSystem>,
+    /// The Raft log backend.
+    pub log_backend: LogBackend,
+    /// The state machine.
+    pub state_machine: StateMachineKind,
+    /// Whether log writes are fsynced before they are acknowledged. Off is only for
+    /// benchmarks and throwaway data: a crash may then lose acknowledged writes.
+    pub fsync: bool,
+    /// Bytes of a WAL segment file.
+    pub wal_segment_size_bytes: u64,
+    /// Milliseconds per Raft tick.
+    pub tick_ms: u64,
+    /// Ticks without a leader before a follower campaigns.
+    pub election_ticks: usize,
+    /// Ticks between a leader's heartbeats.
+    pub heartbeat_ticks: usize,
+    /// Take a snapshot after this many entries were applied since the last one
+    /// (0 disables snapshots).
+    pub snapshot_every: u64,
+    /// Entries kept in the log behind a snapshot so slightly slow followers catch up
+    /// from the log instead of needing the snapshot.
+    pub catch_up_entries: u64,
+    /// Snapshots kept in `snap/`.
+    pub snapshots_retained: usize,
+    /// Largest key + value accepted in one write.
+    pub max_entry_bytes: u64,
+    /// Most bytes of entries in one append message.
+    pub max_size_per_msg_bytes: u64,
+    /// Most append messages in flight to one follower.
+    pub max_inflight_msgs: usize,
+    /// Most bytes of entries in flight to one follower (0 = bounded by count only).
+    pub max_inflight_bytes: u64,
+    /// Most bytes of appended but uncommitted entries on a leader (0 = unbounded).
+    pub max_uncommitted_size_bytes: u64,
+    /// Most bytes of committed entries handed to the apply stage at once.
+    pub max_committed_size_per_ready_bytes: u64,
+    /// Bytes of recent entries the log cache keeps in memory.
+    pub log_cache_max_bytes: u64,
+    /// Capacity of the queue from callers to the raft stage.
+    pub request_queue_len: usize,
+    /// Most requests (writes and reads) waiting for an answer at once.
+    pub max_pending_requests: usize,
+    /// Capacity of the queue of inbound messages from the transport.
+    pub inbox_queue_len: usize,
+    /// Readies handed to the persist stage and not yet reported durable, at most.
+    pub max_inflight_readies: usize,
+    /// Default timeout of every blocking `Db` call, in milliseconds.
+    pub request_timeout_ms: u64,
+    /// Seed of raft-core's randomness (election timeouts).
+    pub seed: u64,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("id", &self.id)
+            .field("peers", &self.peers)
+            .field("data_dir", &self.data_dir)
+            .field("has_transport", &self.transport.is_some())
+            .field("log_backend", &self.log_backend)
+            .field("fsync", &self.fsync)
+            .field("tick_ms", &self.tick_ms)
+            .field("election_ticks", &self.election_ticks)
+            .field("heartbeat_ticks", &self.heartbeat_ticks)
+            .field("snapshot_every", &self.snapshot_every)
+            .field("catch_up_entries", &self.catch_up_entries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Config {
+    /// A one-node cluster storing its data under `data_dir`.
+    pub fn single_node(data_dir: impl AsRef<Path>) -> Config {
+        Config {
+            id: 1,
+            peers: vec![1],
+            data_dir: data_dir.as_ref().to_path_buf(),
+            transport: None,
+            fs: StdFs::shared(),
+            log_backend: LogBackend::Wal,
+            state_machine: StateMachineKind::Memory,
+            fsync: true,
+            wal_segment_size_bytes: 64 << 20,
+            tick_ms: 100,
+            election_ticks: 10,
+            heartbeat_ticks: 1,
+            snapshot_every: 10_000,
+            catch_up_entries: 5_000,
+            snapshots_retained: 3,
+            max_entry_bytes: 1 << 20,
+            max_size_per_msg_bytes: 1 << 20,
+            max_inflight_msgs: 256,
+            max_inflight_bytes: 0,
+            max_uncommitted_size_bytes: 64 << 20,
+            max_committed_size_per_ready_bytes: 16 << 20,
+            log_cache_max_bytes: 16 << 20,
+            request_queue_len: 4096,
+            max_pending_requests: 65_536,
+            inbox_queue_len: 4096,
+            max_inflight_readies: 64,
+            request_timeout_ms: 5_000,
+            seed: 0,
+        }
+    }
+
+    /// Node `id` of a cluster whose initial voters are `peers`, reaching the others
+    /// through `transport`.
+    pub fn cluster(
+        id: u64,
+        peers: Vec<u64>,
+        data_dir: impl AsRef<Path>,
+        transport: Arc<dyn Transport>,
+    ) -> Config {
+        Config {
+            id,
+            peers,
+            transport: Some(transport),
+            seed: id,
+            ..Config::single_node(data_dir)
+        }
+    }
+
+    /// Checks that the settings make sense together.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |why: &str| Err(Error::Config(why.to_string()));
+        if self.id == 0 {
+            return bad("id must not be 0");
+        }
+        if !self.peers.contains(&self.id) {
+            return bad("peers must include this node's id");
+        }
+        if self.peers.len() > 1 && self.transport.is_none() {
+            return bad("a cluster of several nodes needs a transport");
+        }
+        if self.tick_ms == 0 {
+            return bad("tick_ms must be at least 1");
+        }
+        if self.request_timeout_ms == 0 {
+            return bad("request_timeout_ms must be at least 1");
+        }
+        let queues = [
+            self.request_queue_len,
+            self.inbox_queue_len,
+            self.max_inflight_readies,
+            self.max_pending_requests,
+        ];
+        if queues.contains(&0) {
+            return bad("queue lengths and max_inflight_readies must be at least 1");
+        }
+        if self.max_entry_bytes == 0 {
+            return bad("max_entry_bytes must be at least 1");
+        }
+        if self.snapshots_retained == 0 {
+            return bad("snapshots_retained must be at least 1");
+        }
+        // The timing and flow-control knobs raft-core checks itself.
+        self.raft_config(0)
+            .validate()
+            .map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// The raft-core configuration these settings imply.
+    pub(crate) fn raft_config(&self, applied: u64) -> raft_core::Config {
+        raft_core::Config {
+            id: self.id,
+            election_tick: self.election_ticks,
+            heartbeat_tick: self.heartbeat_ticks,
+            applied,
+            max_size_per_msg_bytes: self.max_size_per_msg_bytes,
+            max_inflight_msgs: self.max_inflight_msgs,
+            max_inflight_bytes: self.max_inflight_bytes,
+            max_uncommitted_size_bytes: self.max_uncommitted_size_bytes,
+            max_committed_size_per_ready_bytes: self.max_committed_size_per_ready_bytes,
+            // Both keep a partitioned node from disrupting a healthy leader when it
+            // comes back, and let a leader that lost its quorum step down.
+            check_quorum: true,
+            pre_vote: true,
+            seed: self.seed,
+            ..raft_core::Config::new(self.id)
+        }
+    }
+
+    /// Where the WAL lives.
+    pub fn wal_dir(&self) -> PathBuf {
+        self.data_dir.join("wal")
+    }
+
+    /// Where snapshots live.
+    pub fn snap_dir(&self) -> PathBuf {
+        self.data_dir.join("snap")
+    }
+}

@@ -1,0 +1,291 @@
+//! [`Db`]: the embedded, replicated map applications use.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{bounded, RecvTimeoutError, SendTimeoutError};
+use raft_core::{ConfChangeV2, ConfState, StateRole};
+
+use crate::command::Op;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::node::Node;
+use crate::raft_stage::Request;
+
+/// A node's role, as [`Db::status`] reports it.
+pub type Role = StateRole;
+
+/// What a node is doing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// This node's id.
+    pub id: u64,
+    /// Its role.
+    pub role: Role,
+    /// Its current term.
+    pub term: u64,
+    /// The leader it knows of.
+    pub leader: Option<u64>,
+    /// Highest index known committed.
+    pub commit_index: u64,
+    /// Highest index applied to the state machine.
+    pub applied_index: u64,
+    /// First index still in the log.
+    pub first_index: u64,
+    /// Last index in the log.
+    pub last_index: u64,
+    /// Index of the newest snapshot (0 for none).
+    pub snapshot_index: u64,
+    /// Voters of the current configuration.
+    pub voters: Vec<u64>,
+    /// Learners of the current configuration.
+    pub learners: Vec<u64>,
+    /// Why the node stopped, if it stopped on its own.
+    pub fatal: Option<String>,
+}
+
+/// A handle on one running node. Cheap to clone; every clone drives the same node.
+/// The node stops when [`close`](Db::close) is called or the last handle is dropped
+/// (dropping without `close` is what a crash looks like to the data directory, minus
+/// the page cache: everything acknowledged was already synced).
+#[derive(Clone)]
+pub struct Db {
+    node: Arc<Node>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("id", &self.node.shared.id)
+            .finish()
+    }
+}
+
+// Pause between attempts of a linearizable read whose round was lost to a leader
+// change.
+const READ_RETRY_PAUSE: Duration = Duration::from_millis(5);
+
+impl Db {
+    /// Opens (recovering) or creates the node described by `config` and starts its
+    /// threads.
+    pub fn open(config: Config) -> Result<Db> {
+        Ok(Db {
+            node: Arc::new(Node::open(config)?),
+        })
+    }
+
+    /// This node's id.
+    pub fn id(&self) -> u64 {
+        self.node.shared.id
+    }
+
+    fn default_timeout(&self) -> Duration {
+        Duration::from_millis(self.node.config.request_timeout_ms)
+    }
+
+    /// Sets `key` to `value`; returns once the write is committed and applied here.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<()> {
+        self.put_timeout(key, value, self.default_timeout())
+    }
+
+    /// [`put`](Self::put) with an explicit timeout.
+    pub fn put_timeout(&self, key: &[u8], value: &[u8], timeout: Duration) -> Result<()> {
+        let op = Op::Put {
+            key: key.to_vec(),
+            value: value.to_vec(),
+        };
+        self.write(op, timeout).map(|_| ())
+    }
+
+    /// Removes `key`; returns once the delete is committed and applied here.
+    pub fn delete(&self, key: &[u8]) -> Result<()> {
+        self.delete_timeout(key, self.default_timeout())
+    }
+
+    /// [`delete`](Self::delete) with an explicit timeout.
+    pub fn delete_timeout(&self, key: &[u8], timeout: Duration) -> Result<()> {
+        self.write(Op::Delete { key: key.to_vec() }, timeout)
+            .map(|_| ())
+    }
+
+    fn check_running(&self) -> Result<()> {
+        if self.node.shared.is_stopped() {
+            return Err(self.node.shared.stopped_error());
+        }
+        Ok(())
+    }
+
+    // Proposes `op` and waits until it is applied; returns its index.
+    fn write(&self, op: Op, timeout: Duration) -> Result<u64> {
+        self.check_running()?;
+        let max_bytes = self.node.config.max_entry_bytes;
+        if op.size_bytes() > max_bytes {
+            return Err(Error::TooLarge {
+                size_bytes: op.size_bytes(),
+                max_bytes,
+            });
+        }
+        let deadline = Instant::now() + timeout;
+        let shared = &self.node.shared;
+        let (id, answer) = shared.proposals.register()?;
+        let outcome = match self
+            .node
+            .requests
+            .send_timeout(Request::Propose { id, op }, timeout)
+        {
+            Ok(()) => match answer.recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            {
+                Ok(result) => result,
+                Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(timeout)),
+                Err(RecvTimeoutError::Disconnected) => Err(shared.stopped_error()),
+            },
+            Err(SendTimeoutError::Timeout(_)) => Err(Error::Timeout(timeout)),
+            Err(SendTimeoutError::Disconnected(_)) => Err(shared.stopped_error()),
+        };
+        if outcome.is_err() {
+            shared.proposals.cancel(id);
+            shared.metrics.proposals_failed.inc();
+        }
+        outcome
+    }
+
+    /// The value of `key`, linearizable: the leader confirms it still leads (ReadIndex)
+    /// and this node waits until it has applied everything committed before the read.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.get_timeout(key, self.default_timeout())
+    }
+
+    /// [`get`](Self::get) with an explicit timeout.
+    pub fn get_timeout(&self, key: &[u8], timeout: Duration) -> Result<Option<Vec<u8>>> {
+        self.read_index(timeout)?;
+        // The state machine only moves forward, so it is at or past the read index.
+        self.node.sm.read().get(key)
+    }
+
+    /// Waits until a linearizable read may be served locally; returns its read index.
+    fn read_index(&self, timeout: Duration) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        let shared = &self.node.shared;
+        // Bounded by the deadline: every attempt waits at most until it.
+        loop {
+            self.check_running()?;
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            if remaining.is_zero() {
+                return Err(Error::Timeout(timeout));
+            }
+            let (reply, answer) = bounded(1);
+            match self
+                .node
+                .requests
+                .send_timeout(Request::Read { reply }, remaining)
+            {
+                Ok(()) => {}
+                Err(SendTimeoutError::Timeout(_)) => return Err(Error::Timeout(timeout)),
+                Err(SendTimeoutError::Disconnected(_)) => return Err(shared.stopped_error()),
+            }
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            match answer.recv_timeout(remaining) {
+                Ok(Ok(index)) => {
+                    return if shared.applied.wait_for(index, deadline)? {
+                        Ok(index)
+                    } else {
+                        Err(Error::Timeout(timeout))
+                    };
+                }
+                // The round was lost to a leader change or a lost message: try again.
+                Ok(Err(Error::ProposalLost(_))) => std::thread::sleep(READ_RETRY_PAUSE),
+                Ok(Err(e)) => return Err(e),
+                Err(RecvTimeoutError::Timeout) => return Err(Error::Timeout(timeout)),
+                Err(RecvTimeoutError::Disconnected) => return Err(shared.stopped_error()),
+            }
+        }
+    }
+
+    /// The value of `key` in this node's state machine, without asking the leader: may
+    /// be stale (it is what this node has applied).
+    pub fn get_local(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.check_running()?;
+        self.node.sm.read().get(key)
+    }
+
+    /// Changes the membership (proposed on the leader only); returns the membership
+    /// once the change is committed and in effect. Removing a member is tested; a node
+    /// being added must (for now) be started with `Config::peers` listing the new
+    /// membership, as there is no join mode yet.
+    pub fn change_membership(&self, cc: ConfChangeV2) -> Result<ConfState> {
+        self.check_running()?;
+        let timeout = self.default_timeout();
+        let (reply, answer) = bounded(1);
+        match self
+            .node
+            .requests
+            .send_timeout(Request::ConfChange { cc, reply }, timeout)
+        {
+            Ok(()) => {}
+            Err(SendTimeoutError::Timeout(_)) => return Err(Error::Timeout(timeout)),
+            Err(SendTimeoutError::Disconnected(_)) => return Err(self.node.shared.stopped_error()),
+        }
+        match answer.recv_timeout(timeout) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(timeout)),
+            Err(RecvTimeoutError::Disconnected) => Err(self.node.shared.stopped_error()),
+        }
+    }
+
+    /// What the node is doing now.
+    pub fn status(&self) -> Status {
+        let shared = &self.node.shared;
+        let view = shared.view();
+        let applied_index = shared.applied.get();
+        let cache = self.node.cache.stats();
+        Status {
+            id: shared.id,
+            role: view.role,
+            term: view.term,
+            leader: Some(view.leader).filter(|&l| l != 0),
+            // The raft stage publishes its view once per loop turn, so the apply stage
+            // can be a moment ahead of it; nothing is applied before it is committed.
+            commit_index: view.commit.max(applied_index),
+            applied_index,
+            first_index: cache.first_index,
+            last_index: cache.last_index,
+            snapshot_index: cache.snapshot_index,
+            voters: view.conf_state.voters.clone(),
+            learners: view.conf_state.learners.clone(),
+            fatal: shared.fatal_reason(),
+        }
+    }
+
+    /// The node's metrics in the Prometheus text exposition format.
+    pub fn metrics_text(&self) -> String {
+        self.node
+            .shared
+            .metrics
+            .proposals_pending
+            .set(self.node.shared.proposals.pending() as i64);
+        self.node.shared.metrics.text()
+    }
+
+    /// Stops the node cleanly: every stage finishes and its thread is joined, and the
+    /// log is synced. Every acknowledged write is durable. Returns the error that
+    /// stopped the node earlier, if one did. Other handles get `Stopped` afterwards.
+    pub fn close(&self) -> Result<()> {
+        self.node.shutdown();
+        let synced = self.node.cache.log().sync();
+        if let Some(why) = self.node.shared.fatal_reason() {
+            return Err(Error::Stopped(why));
+        }
+        synced?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    fn assert_shareable<T: Send + Sync + Clone + 'static>() {}
+
+    #[test]
+    fn db_is_send_sync_clone() {
+        assert_shareable::<super::Db>();
+    }
+}

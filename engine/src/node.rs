@@ -1,0 +1,402 @@
+//! One node: opening its storage (recovery), wiring the stages together, and stopping
+//! them.
+//!
+//! The thread and channel diagram is in the crate documentation.
+//!
+//! Ownership: the raft stage alone owns the `RawNode`; the persist stage alone writes
+//! the log and the cache's tail; the apply stage alone writes the state machine and
+//! takes snapshots. Shared, lock-protected: the waiting-proposal registry, the
+//! published status, the state machine for readers, and the `LogCache` (its own lock).
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::{bounded, Sender};
+use parking_lot::{Mutex, RwLock};
+use raft_core::{ConfState, RawNode, StateRole, Storage};
+use snapshot::{LogCache, LogCacheOptions, SnapshotStore, StoreOptions};
+use wal::{LogBatch, LogStore, SyncPolicy, Wal, WalOptions};
+
+use crate::apply_stage::ApplyStage;
+use crate::config::{Config, LogBackend, StateMachineKind};
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+use crate::persist_stage::PersistStage;
+use crate::proposals::{AppliedWatch, Proposals};
+use crate::raft_stage::{RaftStage, Request};
+use crate::snapshot_transfer::{self, NodeSink};
+use crate::state_machine::{MemoryStateMachine, StateMachine};
+use crate::transport::MessageSink;
+
+/// What the raft stage publishes for `status()`.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct RaftView {
+    pub(crate) role: StateRole,
+    pub(crate) term: u64,
+    pub(crate) leader: u64,
+    pub(crate) commit: u64,
+    pub(crate) conf_state: ConfState,
+}
+
+/// State every stage and every `Db` handle of one node shares.
+pub(crate) struct Shared {
+    pub(crate) id: u64,
+    pub(crate) metrics: Metrics,
+    pub(crate) proposals: Proposals,
+    pub(crate) applied: AppliedWatch,
+    view: RwLock<RaftView>,
+    stopped: AtomicBool,
+    fatal: Mutex<Option<String>>,
+}
+
+impl Shared {
+    /// Stops the node because of `why`: logged at error level, kept for every later
+    /// call to report, and every waiter woken.
+    pub(crate) fn fail(&self, why: &str) {
+        log::error!("node {} stopping: {why}", self.id);
+        let mut fatal = self.fatal.lock();
+        if fatal.is_none() {
+            *fatal = Some(why.to_string());
+        }
+        drop(fatal);
+        self.mark_stopped();
+    }
+
+    pub(crate) fn fatal_reason(&self) -> Option<String> {
+        self.fatal.lock().clone()
+    }
+
+    pub(crate) fn mark_stopped(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.applied.stop();
+    }
+
+    pub(crate) fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
+
+    /// The error a call on a stopped node returns.
+    pub(crate) fn stopped_error(&self) -> Error {
+        Error::Stopped(self.fatal_reason().unwrap_or_else(|| "closed".into()))
+    }
+
+    pub(crate) fn publish<S: Storage>(&self, raw: &RawNode<S>) {
+        let r = &raw.raft;
+        let mut v = self.view.write();
+        v.role = r.state;
+        v.term = r.term;
+        v.leader = r.leader_id;
+        v.commit = r.raft_log.committed;
+    }
+
+    pub(crate) fn set_conf_state(&self, cs: &ConfState) {
+        self.view.write().conf_state = cs.clone();
+    }
+
+    pub(crate) fn view(&self) -> RaftView {
+        self.view.read().clone()
+    }
+}
+
+/// A running node: its shared state, the handles callers use, and its threads.
+pub(crate) struct Node {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) requests: Sender<Request>,
+    pub(crate) sm: Arc<RwLock<dyn StateMachine>>,
+    pub(crate) cache: LogCache<dyn LogStore>,
+    pub(crate) config: Config,
+    stop: Sender<()>,
+    sink: Arc<dyn MessageSink>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn open_log(config: &Config) -> Result<Arc<dyn LogStore>> {
+    match config.log_backend {
+        LogBackend::Wal => {
+            let opts = WalOptions {
+                segment_size_bytes: config.wal_segment_size_bytes,
+                sync_policy: if config.fsync {
+                    SyncPolicy::Always
+                } else {
+                    SyncPolicy::Never
+                },
+                ..WalOptions::default()
+            };
+            let wal = Wal::open(Arc::clone(&config.fs), config.wal_dir(), opts)?;
+            Ok(Arc::new(wal))
+        }
+        #[cfg(feature = "rocksdb")]
+        LogBackend::RocksDb => {
+            let log = wal::RocksLogStore::open(config.data_dir.join("rocksdb"))?;
+            Ok(Arc::new(log))
+        }
+    }
+}
+
+fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    Ok(std::thread::Builder::new().name(name).spawn(f)?)
+}
+
+impl Node {
+    pub(crate) fn open(config: Config) -> Result<Node> {
+        config.validate()?;
+        let id = config.id;
+        config.fs.create_dir_all(&config.data_dir)?;
+        let log = open_log(&config)?;
+        let store = Arc::new(SnapshotStore::open(
+            Arc::clone(&config.fs),
+            config.snap_dir(),
+            StoreOptions {
+                retain_count: config.snapshots_retained,
+                ..StoreOptions::default()
+            },
+        )?);
+        let mut sm = match config.state_machine {
+            StateMachineKind::Memory => MemoryStateMachine::new(),
+        };
+        // The newest snapshot that passes every check; damaged ones are skipped (and
+        // the log still reaches back to an older one, see the apply stage).
+        let mut loaded = None;
+        for snap_id in store.list()? {
+            match sm.restore_snapshot(&store, snap_id) {
+                Ok(meta) => {
+                    loaded = Some(meta);
+                    break;
+                }
+                Err(Error::Snapshot(e @ snapshot::SnapshotError::Damaged { .. })) => {
+                    log::error!("node {id}: skipping damaged snapshot {snap_id:?}: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        let cache = LogCache::open(
+            Arc::clone(&log),
+            LogCacheOptions {
+                max_bytes: config.log_cache_max_bytes,
+            },
+        )?;
+        let conf_state = recover_log(&config, log.as_ref(), &cache, loaded.as_ref())?;
+        cache.set_conf_state(conf_state.clone());
+        let applied = sm.applied_index();
+        let mut raw = RawNode::new(&config.raft_config(applied), cache.clone())?;
+        if raw.raft.prs.is_singleton() && raw.raft.prs.is_voter(id) {
+            // A lone voter need not wait an election timeout to lead.
+            raw.campaign()?;
+        }
+
+        let shared = Arc::new(Shared {
+            id,
+            metrics: Metrics::new(id)?,
+            proposals: Proposals::new(config.max_pending_requests),
+            applied: AppliedWatch::new(applied),
+            view: RwLock::new(RaftView {
+                conf_state: conf_state.clone(),
+                ..RaftView::default()
+            }),
+            stopped: AtomicBool::new(false),
+            fatal: Mutex::new(None),
+        });
+        shared.publish(&raw);
+
+        let inflight = config.max_inflight_readies;
+        let (request_tx, request_rx) = bounded(config.request_queue_len);
+        let (inbox_tx, inbox_rx) = bounded(config.inbox_queue_len);
+        let (stop_tx, stop_rx) = bounded(1);
+        let (persist_tx, persist_rx) = bounded(inflight);
+        let (persisted_tx, persisted_rx) = bounded(inflight);
+        // Each task holds at most max_committed_size_per_ready_bytes of entries.
+        let (apply_tx, apply_rx) = bounded(16);
+        let (wake_tx, wake_rx) = bounded(1);
+        let (snap_tx, snap_rx) = bounded(4);
+        let (snap_status_tx, snap_status_rx) = bounded(8);
+        let outbox = Outbox::new(id, config.transport.clone(), snap_tx);
+
+        let sm: Arc<RwLock<dyn StateMachine>> = Arc::new(RwLock::new(sm));
+        let mut threads = Vec::new();
+        let persist = PersistStage {
+            shared: Arc::clone(&shared),
+            tasks: persist_rx,
+            done: persisted_tx,
+            cache: cache.clone(),
+            outbox: outbox.clone(),
+            fsync: config.fsync,
+            max_batch: inflight,
+        };
+        threads.push(spawn(format!("keel-persist-{id}"), move || persist.run())?);
+        let apply = ApplyStage {
+            shared: Arc::clone(&shared),
+            tasks: apply_rx,
+            wake_raft: wake_tx,
+            sm: Arc::clone(&sm),
+            cache: cache.clone(),
+            store: Arc::clone(&store),
+            conf_state,
+            snapshot_every: config.snapshot_every,
+            catch_up_entries: config.catch_up_entries,
+            last_snapshot_index: loaded.as_ref().map_or(0, |m| m.index),
+            applied_term: loaded.as_ref().map_or(0, |m| m.term),
+            max_batch: 16,
+            commit_index: Arc::new(AtomicU64::new(0)),
+        };
+        threads.push(spawn(format!("keel-apply-{id}"), move || apply.run())?);
+        let snap_status_rx = match &config.transport {
+            Some(transport) => {
+                let (transport, store) = (Arc::clone(transport), Arc::clone(&store));
+                threads.push(spawn(format!("keel-snapsend-{id}"), move || {
+                    snapshot_transfer::run_sender(id, transport, store, snap_rx, snap_status_tx)
+                })?);
+                snap_status_rx
+            }
+            // No peers, no snapshots to send.
+            None => crossbeam_channel::never(),
+        };
+        let raft = RaftStage {
+            raw,
+            shared: Arc::clone(&shared),
+            requests: request_rx,
+            inbox: if config.transport.is_some() {
+                inbox_rx
+            } else {
+                crossbeam_channel::never()
+            },
+            stop: stop_rx,
+            persist_tx,
+            persisted_rx,
+            apply_tx,
+            applied_rx: wake_rx,
+            snap_status_rx,
+            outbox,
+            tick_ms: config.tick_ms,
+            read_expiry_ticks: 4 * config.election_ticks as u64,
+            max_inflight_readies: inflight,
+            max_pending_reads: config.max_pending_requests,
+            read_ctx_seed: read_ctx_seed(),
+            last_number: 0,
+        };
+        threads.push(spawn(format!("keel-raft-{id}"), move || raft.run())?);
+        let sink: Arc<dyn MessageSink> = Arc::new(NodeSink {
+            id,
+            inbox: inbox_tx,
+            store: Arc::clone(&store),
+        });
+        if let Some(transport) = &config.transport {
+            transport.register(id, Arc::clone(&sink));
+        }
+        // Without a transport nothing arrives; the raft stage then waits on `never()`.
+        Ok(Node {
+            shared,
+            requests: request_tx,
+            sm,
+            cache,
+            config,
+            stop: stop_tx,
+            sink,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Stops every stage and joins its thread. Idempotent. What was acknowledged is
+    /// already durable (the persist stage syncs before anything is acknowledged); the
+    /// persist stage finishes the writes that queued before it exits.
+    pub(crate) fn shutdown(&self) {
+        let _ = self.stop.try_send(());
+        let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *self.threads.lock());
+        // The raft stage is last in the list; joining it first lets the others see
+        // their inputs close. Joining in reverse does exactly that.
+        for t in threads.into_iter().rev() {
+            let name = t.thread().name().unwrap_or("keel").to_string();
+            if t.join().is_err() {
+                self.shared.fail(&format!("thread {name} panicked"));
+            }
+        }
+        // Only now: unregistering drops the inbox's sender, which the raft stage would
+        // otherwise see as a failure.
+        if let Some(transport) = &self.config.transport {
+            transport.unregister(self.shared.id, &self.sink);
+        }
+        self.shared.mark_stopped();
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+// Different on every start, so a restarted node's read contexts never match requests
+// its previous run left in the leader's queue.
+fn read_ctx_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos << 16
+}
+
+/// Brings the log in line with the snapshot the state machine was loaded from, and
+/// returns the membership to start with.
+fn recover_log(
+    config: &Config,
+    log: &dyn LogStore,
+    cache: &LogCache<dyn LogStore>,
+    loaded: Option<&raft_core::SnapshotMetadata>,
+) -> Result<ConfState> {
+    let marker = cache.snapshot_metadata();
+    let loaded_index = loaded.map_or(0, |m| m.index);
+    if marker.index > loaded_index {
+        // The log restarts after a snapshot we could not load: entries between are gone.
+        return Err(Error::Config(format!(
+            "the log starts after snapshot {} but the newest loadable snapshot is at {loaded_index}; \
+             the snapshot directory is missing or damaged",
+            marker.index
+        )));
+    }
+    let Some(meta) = loaded else {
+        if log.first_index() > 1 {
+            return Err(Error::Config(format!(
+                "the log is compacted to {} but there is no snapshot",
+                log.first_index() - 1
+            )));
+        }
+        return Ok(ConfState {
+            voters: config.peers.clone(),
+            ..ConfState::default()
+        });
+    };
+    let mut hs = log.hard_state();
+    let in_log = meta.index <= cache.last_index().unwrap_or(0)
+        && cache.term(meta.index).is_ok_and(|t| t == meta.term);
+    let mut batch = LogBatch::default();
+    if meta.index > marker.index && !in_log {
+        // A snapshot received from the leader whose marker never reached the log: the
+        // log restarts after it, as it would have.
+        batch.snapshot = Some(meta.clone());
+    }
+    if hs.term < meta.term {
+        // A term below the last entry's would confuse the next election; moving to a
+        // later term (with no vote in it) is always safe.
+        hs.term = meta.term;
+        hs.vote = 0;
+        batch.hard_state = Some(hs);
+    }
+    if hs.commit < meta.index {
+        // Everything in a snapshot was committed; the hard state may lag because the
+        // apply stage can snapshot before the persist stage writes the newer commit.
+        hs.commit = meta.index;
+        batch.hard_state = Some(hs);
+    }
+    if !batch.is_empty() {
+        log.write(&batch, true)?;
+        if config.fsync {
+            log.sync()?;
+        }
+    }
+    if batch.snapshot.is_some() {
+        cache.apply_snapshot(meta.clone())?;
+    } else if meta.index > marker.index {
+        cache.record_snapshot(meta.clone())?;
+    }
+    Ok(meta.conf_state.clone())
+}

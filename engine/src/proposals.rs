@@ -1,0 +1,270 @@
+//! Callers waiting for their writes, and for the applied index to reach a read index.
+//!
+//! A write is registered under a request id before it is proposed; the id travels in
+//! the entry ([`crate::command`]) so the proposing node recognizes its entry when it is
+//! applied, even when a follower forwarded it. When this node is leader the raft stage
+//! also records the entry's (index, term): if a different entry is applied at that
+//! index (another leader overwrote it), the caller gets an error, never a false
+//! success.
+//!
+//! Three threads touch this (callers, raft stage, apply stage), so it is a lock rather
+//! than a channel; every critical section is a few map operations.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Instant;
+
+use crossbeam_channel::{bounded, Receiver, Sender};
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::{Error, Result};
+
+struct Waiter {
+    reply: Sender<Result<u64>>,
+    position: Option<(u64, u64)>,
+}
+
+#[derive(Default)]
+struct Inner {
+    waiters: HashMap<u64, Waiter>,
+    // index -> (term, request id) for proposals this node appended as leader.
+    by_index: BTreeMap<u64, (u64, u64)>,
+    next_id: u64,
+}
+
+/// The registry of waiting writes.
+pub(crate) struct Proposals {
+    inner: Mutex<Inner>,
+    max_pending: usize,
+}
+
+impl Proposals {
+    pub(crate) fn new(max_pending: usize) -> Proposals {
+        Proposals {
+            inner: Mutex::new(Inner {
+                next_id: 1,
+                ..Inner::default()
+            }),
+            max_pending,
+        }
+    }
+
+    /// Registers a write; the receiver yields its applied index or why it failed.
+    pub(crate) fn register(&self) -> Result<(u64, Receiver<Result<u64>>)> {
+        let mut inner = self.inner.lock();
+        if inner.waiters.len() >= self.max_pending {
+            return Err(Error::Busy(inner.waiters.len()));
+        }
+        let id = inner.next_id;
+        inner.next_id += 1;
+        // Capacity 1: exactly one answer is ever sent, so the sender never blocks.
+        let (reply, rx) = bounded(1);
+        inner.waiters.insert(
+            id,
+            Waiter {
+                reply,
+                position: None,
+            },
+        );
+        Ok((id, rx))
+    }
+
+    /// Forgets a write whose caller gave up.
+    pub(crate) fn cancel(&self, id: u64) {
+        let mut inner = self.inner.lock();
+        if let Some(w) = inner.waiters.remove(&id) {
+            if let Some((index, _)) = w.position {
+                inner.by_index.remove(&index);
+            }
+        }
+    }
+
+    /// The leader appended write `id` at (`index`, `term`).
+    pub(crate) fn place(&self, id: u64, index: u64, term: u64) {
+        let mut inner = self.inner.lock();
+        if let Some(w) = inner.waiters.get_mut(&id) {
+            w.position = Some((index, term));
+            // A stale registration at this index belongs to an entry that can no
+            // longer be applied there: this one replaced it in our own log.
+            if let Some((_, old)) = inner.by_index.insert(index, (term, id)) {
+                if old != id {
+                    finish(
+                        &mut inner,
+                        old,
+                        Err(Error::ProposalLost(format!(
+                            "replaced at index {index} by a newer entry"
+                        ))),
+                    );
+                }
+            }
+        }
+    }
+
+    /// Fails write `id`.
+    pub(crate) fn fail(&self, id: u64, err: Error) {
+        finish(&mut self.inner.lock(), id, Err(err));
+    }
+
+    /// Entry (`index`, `term`) was applied; `request` is (origin, request id) if it
+    /// carried a write.
+    pub(crate) fn on_applied(
+        &self,
+        my_id: u64,
+        index: u64,
+        term: u64,
+        request: Option<(u64, u64)>,
+    ) {
+        let mut inner = self.inner.lock();
+        let mine = request
+            .filter(|(origin, _)| *origin == my_id)
+            .map(|(_, id)| id);
+        if let Some((placed_term, id)) = inner.by_index.remove(&index) {
+            if placed_term != term || mine != Some(id) {
+                finish(
+                    &mut inner,
+                    id,
+                    Err(Error::ProposalLost(format!(
+                        "index {index} was taken by another leader's entry (term {term})"
+                    ))),
+                );
+            }
+        }
+        if let Some(id) = mine {
+            finish(&mut inner, id, Ok(index));
+        }
+    }
+
+    /// A snapshot installed the state up to `index`: writes placed at or below it may
+    /// or may not be in it.
+    pub(crate) fn on_snapshot(&self, index: u64) {
+        let mut inner = self.inner.lock();
+        let covered: Vec<u64> = inner
+            .by_index
+            .range(..=index)
+            .map(|(_, (_, id))| *id)
+            .collect();
+        for id in covered {
+            finish(
+                &mut inner,
+                id,
+                Err(Error::Indeterminate(format!(
+                    "a snapshot up to index {index} replaced the log"
+                ))),
+            );
+        }
+    }
+
+    /// Fails every waiting write (shutdown).
+    pub(crate) fn fail_all(&self, why: &str) {
+        let mut inner = self.inner.lock();
+        let ids: Vec<u64> = inner.waiters.keys().copied().collect();
+        for id in ids {
+            finish(&mut inner, id, Err(Error::Stopped(why.to_string())));
+        }
+    }
+
+    /// Writes waiting.
+    pub(crate) fn pending(&self) -> usize {
+        self.inner.lock().waiters.len()
+    }
+}
+
+fn finish(inner: &mut Inner, id: u64, result: Result<u64>) {
+    if let Some(w) = inner.waiters.remove(&id) {
+        if let Some((index, _)) = w.position {
+            if inner.by_index.get(&index).is_some_and(|(_, i)| *i == id) {
+                inner.by_index.remove(&index);
+            }
+        }
+        // The caller may have timed out and dropped its receiver; nothing to do then.
+        let _ = w.reply.try_send(result);
+    }
+}
+
+/// The applied index, for readers waiting until their read index is applied.
+pub(crate) struct AppliedWatch {
+    state: Mutex<(u64, bool)>,
+    changed: Condvar,
+}
+
+impl AppliedWatch {
+    pub(crate) fn new(applied: u64) -> AppliedWatch {
+        AppliedWatch {
+            state: Mutex::new((applied, false)),
+            changed: Condvar::new(),
+        }
+    }
+
+    pub(crate) fn get(&self) -> u64 {
+        self.state.lock().0
+    }
+
+    pub(crate) fn advance(&self, applied: u64) {
+        let mut st = self.state.lock();
+        if applied > st.0 {
+            st.0 = applied;
+            self.changed.notify_all();
+        }
+    }
+
+    /// Wakes every waiter for good (the node stopped).
+    pub(crate) fn stop(&self) {
+        self.state.lock().1 = true;
+        self.changed.notify_all();
+    }
+
+    /// Waits until the applied index reaches `index`. `Ok(false)` on timeout.
+    pub(crate) fn wait_for(&self, index: u64, deadline: Instant) -> Result<bool> {
+        let mut st = self.state.lock();
+        loop {
+            if st.0 >= index {
+                return Ok(true);
+            }
+            if st.1 {
+                return Err(Error::Stopped("node stopped".into()));
+            }
+            if self.changed.wait_until(&mut st, deadline).timed_out() {
+                return Ok(st.0 >= index);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_overwritten_proposal_fails_and_a_matching_one_succeeds() {
+        let p = Proposals::new(10);
+        let (a, rx_a) = p.register().unwrap();
+        let (b, rx_b) = p.register().unwrap();
+        p.place(a, 5, 2);
+        p.place(b, 6, 2);
+        // Another leader's entry (term 3) landed at index 5.
+        p.on_applied(1, 5, 3, Some((2, 99)));
+        assert!(matches!(rx_a.try_recv(), Ok(Err(Error::ProposalLost(_)))));
+        // Ours at index 6 was kept.
+        p.on_applied(1, 6, 2, Some((1, b)));
+        assert!(matches!(rx_b.try_recv(), Ok(Ok(6))));
+        assert_eq!(p.pending(), 0);
+    }
+
+    #[test]
+    fn a_forwarded_proposal_is_matched_by_request_id() {
+        let p = Proposals::new(10);
+        let (a, rx) = p.register().unwrap();
+        // Never placed (a follower forwarded it); applied at whatever index.
+        p.on_applied(3, 42, 7, Some((3, a)));
+        assert!(matches!(rx.try_recv(), Ok(Ok(42))));
+    }
+
+    #[test]
+    fn registry_is_bounded_and_snapshots_make_outcomes_unknown() {
+        let p = Proposals::new(1);
+        let (a, rx) = p.register().unwrap();
+        assert!(matches!(p.register(), Err(Error::Busy(1))));
+        p.place(a, 3, 1);
+        p.on_snapshot(10);
+        assert!(matches!(rx.try_recv(), Ok(Err(Error::Indeterminate(_)))));
+    }
+}

@@ -1,0 +1,634 @@
+//! The raft stage: the one thread that owns the `RawNode`.
+//!
+//! It ticks on a timer, steps inbound messages, batches client proposals and reads,
+//! and handles each `Ready` in etcd's `raftNode.start` order:
+//!
+//! 1. soft state → leadership, status and metrics;
+//! 2. read states → the reads waiting for them;
+//! 3. committed entries → membership changes applied to raft here (raft-core requires
+//!    it on this thread), then everything to the apply stage;
+//! 4. messages → sent now: raft-core puts only a leader's messages here, and a leader
+//!    may replicate before its own write is durable (Raft thesis §10.2.1);
+//! 5. entries, hard state, snapshot and the follower's `persisted_messages` → the
+//!    persist stage (`advance_append_async`); the persist stage reports the durable
+//!    Ready number back and this stage calls `on_persist_ready`, which is when a leader
+//!    counts itself in the quorum. Messages of a Ready whose committed entries include a
+//!    membership change are held until the apply stage applied it.
+//!
+//! Readies in flight to the persist stage are bounded by `max_inflight_readies`, which
+//! also sizes both channels between the two stages, so neither ever blocks the other
+//! into a deadlock.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{select, Receiver, Sender};
+use raft_core::{
+    codec, ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, RawNode, Ready,
+    SnapshotMetadata, SnapshotStatus, StateRole,
+};
+use snapshot::LogCache;
+use wal::LogStore;
+
+use crate::apply_stage::ApplyTask;
+use crate::command::{Command, Op};
+use crate::error::{Error, Result};
+use crate::node::Shared;
+use crate::outbox::{Outbox, SendFailures};
+use crate::persist_stage::{PersistTask, Persisted};
+
+/// What callers ask of the raft stage.
+pub(crate) enum Request {
+    /// Propose a write registered in `Proposals` under `id`.
+    Propose { id: u64, op: Op },
+    /// A linearizable read: answered with the index the read may be served at.
+    Read { reply: Sender<Result<u64>> },
+    /// A membership change: answered with the membership once it is applied to raft.
+    ConfChange {
+        cc: ConfChangeV2,
+        reply: Sender<Result<ConfState>>,
+    },
+}
+
+// Inbound messages and requests handled per loop turn before a Ready is taken, at most.
+const MAX_DRAIN: usize = 1024;
+
+struct PendingRead {
+    waiters: Vec<Sender<Result<u64>>>,
+    issued_tick: u64,
+}
+
+struct PendingConfChange {
+    index: u64,
+    term: u64,
+    reply: Sender<Result<ConfState>>,
+}
+
+pub(crate) struct RaftStage {
+    pub(crate) raw: RawNode<LogCache<dyn LogStore>>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) requests: Receiver<Request>,
+    pub(crate) inbox: Receiver<Vec<u8>>,
+    pub(crate) stop: Receiver<()>,
+    pub(crate) persist_tx: Sender<PersistTask>,
+    pub(crate) persisted_rx: Receiver<Persisted>,
+    pub(crate) apply_tx: Sender<ApplyTask>,
+    pub(crate) applied_rx: Receiver<()>,
+    pub(crate) snap_status_rx: Receiver<(u64, SnapshotStatus)>,
+    pub(crate) outbox: Outbox,
+    pub(crate) tick_ms: u64,
+    pub(crate) read_expiry_ticks: u64,
+    pub(crate) max_inflight_readies: usize,
+    pub(crate) max_pending_reads: usize,
+    pub(crate) read_ctx_seed: u64,
+    /// Number of the last Ready handed out.
+    pub(crate) last_number: u64,
+}
+
+struct Loop {
+    inflight_readies: usize,
+    // Readies that carried a snapshot, to hand to the apply stage once durable.
+    pending_snapshots: VecDeque<(u64, SnapshotMetadata)>,
+    held: VecDeque<(u64, Vec<Message>)>,
+    reads: HashMap<Vec<u8>, PendingRead>,
+    pending_read_count: usize,
+    next_read: u64,
+    conf_changes: Vec<PendingConfChange>,
+    // Reads that arrived while this node leads but has not committed an entry of its
+    // term yet (see `start_read`).
+    deferred_reads: Vec<Sender<Result<u64>>>,
+    ticks: u64,
+    leader: u64,
+}
+
+impl RaftStage {
+    /// Runs until stopped, or until another stage failed.
+    pub(crate) fn run(mut self) {
+        let ticker = crossbeam_channel::tick(Duration::from_millis(self.tick_ms));
+        let mut st = Loop {
+            inflight_readies: 0,
+            pending_snapshots: VecDeque::new(),
+            held: VecDeque::new(),
+            reads: HashMap::new(),
+            pending_read_count: 0,
+            next_read: self.read_ctx_seed,
+            conf_changes: Vec::new(),
+            deferred_reads: Vec::new(),
+            ticks: 0,
+            leader: 0,
+        };
+        let why = loop {
+            let turn: std::result::Result<(), String> = select! {
+                recv(self.stop) -> _ => break "closed".to_string(),
+                recv(ticker) -> _ => {
+                    self.on_tick(&mut st);
+                    Ok(())
+                }
+                recv(self.inbox) -> m => match m {
+                    Ok(bytes) => {
+                        self.on_inbound(bytes);
+                        Ok(())
+                    }
+                    Err(_) => Err("inbox closed".to_string()),
+                },
+                recv(self.requests) -> r => match r {
+                    Ok(r) => {
+                        self.on_requests(&mut st, r);
+                        Ok(())
+                    }
+                    Err(_) => Err("request queue closed".to_string()),
+                },
+                recv(self.persisted_rx) -> p => match p {
+                    Ok(p) => self.on_persisted(&mut st, p),
+                    Err(_) => Err("the persist stage stopped".to_string()),
+                },
+                recv(self.applied_rx) -> r => match r {
+                    Ok(()) => {
+                        self.on_applied(&mut st);
+                        Ok(())
+                    }
+                    Err(_) => Err("the apply stage stopped".to_string()),
+                },
+                recv(self.snap_status_rx) -> s => match s {
+                    Ok((to, status)) => {
+                        self.raw.report_snapshot(to, status);
+                        Ok(())
+                    }
+                    Err(_) => Err("the snapshot sender stopped".to_string()),
+                },
+            };
+            if let Err(why) = turn {
+                break why;
+            }
+            if let Some(why) = self.shared.fatal_reason() {
+                break why;
+            }
+            if !st.deferred_reads.is_empty() && self.leader_commit_is_current() {
+                self.start_read(&mut st, Vec::new());
+            }
+            if let Err(why) = self.drain_readies(&mut st) {
+                break why;
+            }
+            self.shared.publish(&self.raw);
+        };
+        self.shutdown(&mut st, &why);
+    }
+
+    fn shutdown(&mut self, st: &mut Loop, why: &str) {
+        if why != "closed" {
+            self.shared.fail(why);
+        }
+        self.shared.mark_stopped();
+        for (_, read) in st.reads.drain() {
+            for w in read.waiters {
+                let _ = w.try_send(Err(Error::Stopped(why.to_string())));
+            }
+        }
+        for w in st.deferred_reads.drain(..) {
+            let _ = w.try_send(Err(Error::Stopped(why.to_string())));
+        }
+        for cc in st.conf_changes.drain(..) {
+            let _ = cc.reply.try_send(Err(Error::Stopped(why.to_string())));
+        }
+        self.shared.proposals.fail_all(why);
+        // Answer requests still queued so no caller waits for its full timeout (callers
+        // check the stopped flag first, so few arrive after this).
+        for _ in 0..self.requests.len() {
+            match self.requests.try_recv() {
+                Ok(r) => self.reject(r, || Error::Stopped(why.to_string())),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn reject(&self, r: Request, err: impl Fn() -> Error) {
+        match r {
+            Request::Propose { id, .. } => self.shared.proposals.fail(id, err()),
+            Request::Read { reply } => {
+                let _ = reply.try_send(Err(err()));
+            }
+            Request::ConfChange { reply, .. } => {
+                let _ = reply.try_send(Err(err()));
+            }
+        }
+    }
+
+    fn on_tick(&mut self, st: &mut Loop) {
+        self.raw.tick();
+        st.ticks += 1;
+        // A read whose ReadIndex message was lost would wait forever: expire it, and
+        // let the caller retry.
+        let expiry = self.read_expiry_ticks;
+        let ticks = st.ticks;
+        let mut expired = 0;
+        st.reads.retain(|_, r| {
+            let keep = ticks.saturating_sub(r.issued_tick) < expiry;
+            if !keep {
+                expired += r.waiters.len();
+                for w in r.waiters.drain(..) {
+                    let _ = w.try_send(Err(Error::ProposalLost("read request expired".into())));
+                }
+            }
+            keep
+        });
+        st.pending_read_count -= expired;
+    }
+
+    fn on_inbound(&mut self, first: Vec<u8>) {
+        self.step_bytes(&first);
+        for _ in 0..MAX_DRAIN {
+            match self.inbox.try_recv() {
+                Ok(bytes) => self.step_bytes(&bytes),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn step_bytes(&mut self, bytes: &[u8]) {
+        let m: Message = match codec::decode(bytes) {
+            Ok(m) => m,
+            Err(e) => {
+                log::warn!(
+                    "node {}: dropping an undecodable message: {e}",
+                    self.shared.id
+                );
+                return;
+            }
+        };
+        if m.to != self.shared.id {
+            log::warn!(
+                "node {}: dropping a message addressed to {}",
+                self.shared.id,
+                m.to
+            );
+            return;
+        }
+        if let Err(e) = self.raw.step(m) {
+            log::debug!("node {}: step: {e}", self.shared.id);
+        }
+    }
+
+    fn on_requests(&mut self, st: &mut Loop, first: Request) {
+        let mut proposals: Vec<(u64, Op)> = Vec::new();
+        let mut reads: Vec<Sender<Result<u64>>> = Vec::new();
+        let mut next = Some(first);
+        let mut handled = 0;
+        while let Some(r) = next.take() {
+            match r {
+                Request::Propose { id, op } => proposals.push((id, op)),
+                Request::Read { reply } => reads.push(reply),
+                Request::ConfChange { cc, reply } => self.propose_conf_change(st, cc, reply),
+            }
+            handled += 1;
+            if handled < MAX_DRAIN {
+                next = self.requests.try_recv().ok();
+            }
+        }
+        self.propose_writes(proposals);
+        self.start_read(st, reads);
+    }
+
+    fn leader_hint(&self) -> Option<u64> {
+        Some(self.raw.raft.leader_id).filter(|&l| l != 0)
+    }
+
+    fn propose_writes(&mut self, proposals: Vec<(u64, Op)>) {
+        if proposals.is_empty() {
+            return;
+        }
+        let id = self.shared.id;
+        let datas: Vec<Vec<u8>> = proposals
+            .iter()
+            .map(|(request_id, op)| {
+                Command {
+                    origin: id,
+                    request_id: *request_id,
+                    op: op.clone(),
+                }
+                .encode()
+            })
+            .collect();
+        let is_leader = self.raw.role() == StateRole::Leader;
+        let last_before = self.raw.raft.raft_log.last_index();
+        let term = self.raw.raft.term;
+        match self.raw.propose_batch(datas) {
+            Ok(()) => {
+                let appended = self.raw.raft.raft_log.last_index() - last_before;
+                if is_leader && appended == proposals.len() as u64 {
+                    for (i, (request_id, _)) in proposals.iter().enumerate() {
+                        self.shared
+                            .proposals
+                            .place(*request_id, last_before + 1 + i as u64, term);
+                    }
+                }
+            }
+            Err(e) => {
+                let leader = self.leader_hint();
+                for (request_id, _) in proposals {
+                    let err = match leader {
+                        None => Error::NotLeader { leader: None },
+                        Some(_) => Error::ProposalLost(e.to_string()),
+                    };
+                    self.shared.proposals.fail(request_id, err);
+                }
+            }
+        }
+    }
+
+    // Whether a leader's commit index is known to be current: only once an entry of
+    // its own term committed (§6.4). raft-core answers a lone voter's ReadIndex with
+    // the commit index at once, and after a restart that index is the persisted one,
+    // which may lag writes that were acknowledged (the apply stage can answer a write
+    // before the hard state carrying its commit is written).
+    fn leader_commit_is_current(&self) -> bool {
+        let r = &self.raw.raft;
+        r.state != StateRole::Leader || r.raft_log.term(r.raft_log.committed).ok() == Some(r.term)
+    }
+
+    fn start_read(&mut self, st: &mut Loop, mut reads: Vec<Sender<Result<u64>>>) {
+        if !st.deferred_reads.is_empty() && self.leader_commit_is_current() {
+            reads.append(&mut st.deferred_reads);
+        }
+        if reads.is_empty() {
+            return;
+        }
+        if !self.leader_commit_is_current() {
+            if st.deferred_reads.len() + reads.len() > self.max_pending_reads {
+                for r in reads {
+                    let _ = r.try_send(Err(Error::Busy(st.deferred_reads.len())));
+                }
+            } else {
+                st.deferred_reads.append(&mut reads);
+            }
+            return;
+        }
+        if st.pending_read_count + reads.len() > self.max_pending_reads {
+            for r in reads {
+                let _ = r.try_send(Err(Error::Busy(st.pending_read_count)));
+            }
+            return;
+        }
+        // One ReadIndex round serves every read that queued meanwhile. The context
+        // carries the node id so concurrent reads from different nodes never collide
+        // in the leader's table.
+        st.next_read += 1;
+        let mut ctx = self.shared.id.to_le_bytes().to_vec();
+        ctx.extend_from_slice(&st.next_read.to_le_bytes());
+        match self.raw.read_index(ctx.clone()) {
+            Ok(()) => {
+                st.pending_read_count += reads.len();
+                st.reads.insert(
+                    ctx,
+                    PendingRead {
+                        waiters: reads,
+                        issued_tick: st.ticks,
+                    },
+                );
+            }
+            Err(_) => {
+                let leader = self.leader_hint();
+                for r in reads {
+                    let _ = r.try_send(Err(Error::NotLeader { leader }));
+                }
+            }
+        }
+    }
+
+    fn propose_conf_change(
+        &mut self,
+        st: &mut Loop,
+        cc: ConfChangeV2,
+        reply: Sender<Result<ConfState>>,
+    ) {
+        if self.raw.role() != StateRole::Leader {
+            let _ = reply.try_send(Err(Error::NotLeader {
+                leader: self.leader_hint(),
+            }));
+            return;
+        }
+        let last_before = self.raw.raft.raft_log.last_index();
+        let term = self.raw.raft.term;
+        match self.raw.propose_conf_change_v2(&cc) {
+            Ok(()) => st.conf_changes.push(PendingConfChange {
+                index: last_before + 1,
+                term,
+                reply,
+            }),
+            Err(e) => {
+                let _ = reply.try_send(Err(e.into()));
+            }
+        }
+    }
+
+    fn on_persisted(&mut self, st: &mut Loop, p: Persisted) -> std::result::Result<(), String> {
+        // Snapshots first: the apply stage must install one before the entries raft
+        // hands out after it (raft-core holds those back until `on_persist_ready`).
+        while let Some((number, meta)) = st.pending_snapshots.front() {
+            if *number > p.number {
+                break;
+            }
+            let task = ApplyTask::Snapshot(meta.clone());
+            st.pending_snapshots.pop_front();
+            self.apply_tx
+                .send(task)
+                .map_err(|_| "the apply stage stopped".to_string())?;
+        }
+        self.raw.on_persist_ready(p.number);
+        st.inflight_readies = self.readies_after(p.number);
+        st.held.extend(p.held);
+        self.release_held(st);
+        Ok(())
+    }
+
+    // Readies handed out after `number` (those still with the persist stage).
+    fn readies_after(&self, number: u64) -> usize {
+        self.last_number.saturating_sub(number) as usize
+    }
+
+    fn on_applied(&mut self, st: &mut Loop) {
+        let applied = self.shared.applied.get();
+        let log = &self.raw.raft.raft_log;
+        if applied > log.applied && applied <= log.committed {
+            self.raw.advance_apply_to(applied);
+        }
+        self.release_held(st);
+    }
+
+    fn release_held(&mut self, st: &mut Loop) {
+        let applied = self.shared.applied.get();
+        while st.held.front().is_some_and(|(index, _)| *index <= applied) {
+            if let Some((_, msgs)) = st.held.pop_front() {
+                fail::fail_point!("raftBeforeFollowerSend");
+                let failures = self.outbox.send(msgs);
+                self.report_failures(failures);
+            }
+        }
+    }
+
+    fn report_failures(&mut self, failures: SendFailures) {
+        for id in failures.unreachable {
+            self.raw.report_unreachable(id);
+        }
+        for id in failures.snapshot_failed {
+            self.raw.report_snapshot(id, SnapshotStatus::Failure);
+        }
+    }
+
+    fn drain_readies(&mut self, st: &mut Loop) -> std::result::Result<(), String> {
+        // Bounded by the in-flight limit: each turn hands out at most that many.
+        while st.inflight_readies < self.max_inflight_readies && self.raw.has_ready() {
+            let rd = self.raw.ready();
+            self.handle_ready(st, rd)?;
+        }
+        Ok(())
+    }
+
+    fn handle_ready(&mut self, st: &mut Loop, mut rd: Ready) -> std::result::Result<(), String> {
+        // 1. Soft state.
+        if let Some(ss) = rd.ss() {
+            let m = &self.shared.metrics;
+            if ss.leader_id != st.leader {
+                if ss.leader_id != 0 {
+                    m.leader_changes.inc();
+                }
+                // Reads sent to the old leader will not be answered.
+                let leader = Some(ss.leader_id).filter(|&l| l != 0);
+                for (_, read) in st.reads.drain() {
+                    for w in read.waiters {
+                        let _ = w.try_send(Err(Error::ProposalLost(format!(
+                            "leader changed (now {leader:?})"
+                        ))));
+                    }
+                }
+                st.pending_read_count = 0;
+                for w in st.deferred_reads.drain(..) {
+                    let _ = w.try_send(Err(Error::ProposalLost("leader changed".into())));
+                }
+                st.leader = ss.leader_id;
+            }
+            m.has_leader.set(i64::from(ss.leader_id != 0));
+            m.is_leader
+                .set(i64::from(ss.raft_state == StateRole::Leader));
+        }
+        // 2. Read states.
+        for rs in rd.take_read_states() {
+            if let Some(read) = st.reads.remove(&rs.request_ctx) {
+                st.pending_read_count -= read.waiters.len();
+                for w in read.waiters {
+                    let _ = w.try_send(Ok(rs.index));
+                }
+            }
+        }
+        // 3. Committed entries: membership changes take effect in raft now, then the
+        // apply stage gets everything.
+        let committed = rd.take_committed_entries();
+        let hold_until_applied = self.handle_committed(st, committed)?;
+        // 4. Messages that may leave before the write is durable (a leader's).
+        let msgs = rd.take_messages();
+        if !msgs.is_empty() {
+            fail::fail_point!("raftBeforeLeaderSend");
+            let failures = self.outbox.send(msgs);
+            self.report_failures(failures);
+        }
+        // 5. Durable work, and the messages that must wait for it.
+        let snapshot = (!rd.snapshot().is_empty()).then(|| rd.snapshot().metadata.clone());
+        if let Some(meta) = &snapshot {
+            st.pending_snapshots.push_back((rd.number(), meta.clone()));
+        }
+        let task = PersistTask {
+            number: rd.number(),
+            entries: rd.take_entries(),
+            hard_state: rd.hs().copied(),
+            snapshot,
+            must_sync: rd.must_sync(),
+            messages: rd.take_persisted_messages(),
+            hold_until_applied,
+        };
+        self.last_number = rd.number();
+        self.raw.advance_append_async(rd);
+        st.inflight_readies += 1;
+        // Never blocks: at most max_inflight_readies tasks are outstanding and the
+        // channel holds that many.
+        self.persist_tx
+            .send(task)
+            .map_err(|_| "the persist stage stopped".to_string())?;
+        Ok(())
+    }
+
+    // Applies membership changes among `committed` to raft, forwards the entries to
+    // the apply stage, and returns the index the Ready's persisted messages must wait
+    // for (the last membership change, if any).
+    fn handle_committed(
+        &mut self,
+        st: &mut Loop,
+        committed: Vec<Entry>,
+    ) -> std::result::Result<Option<u64>, String> {
+        if committed.is_empty() {
+            return Ok(None);
+        }
+        let mut conf_states = Vec::new();
+        for e in committed.iter().filter(|e| e.is_conf_change()) {
+            let cc = match e.entry_type {
+                EntryType::ConfChange => {
+                    codec::decode::<ConfChange>(&e.data).map(ConfChange::into_v2)
+                }
+                _ => codec::decode::<ConfChangeV2>(&e.data),
+            };
+            let outcome = match cc {
+                Ok(cc) => self.raw.apply_conf_change(&cc).map_err(Error::from),
+                Err(err) => Err(Error::Raft(err.into())),
+            };
+            match &outcome {
+                Ok(cs) => {
+                    self.raw.mut_store().set_conf_state(cs.clone());
+                    conf_states.push((e.index, cs.clone()));
+                    self.shared.set_conf_state(cs);
+                }
+                // Every replica refuses the same entry the same way; skip it.
+                Err(err) => log::error!(
+                    "node {}: membership change at {} refused: {err}",
+                    self.shared.id,
+                    e.index
+                ),
+            }
+            let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut st.conf_changes)
+                .into_iter()
+                .partition(|p| p.index == e.index);
+            st.conf_changes = rest;
+            for p in mine {
+                let answer = match (&outcome, p.term == e.term) {
+                    (Ok(cs), true) => Ok(cs.clone()),
+                    (Err(err), true) => Err(Error::ProposalLost(err.to_string())),
+                    (_, false) => Err(Error::ProposalLost("overwritten by another leader".into())),
+                };
+                let _ = p.reply.try_send(answer);
+            }
+        }
+        let last = committed.last().map_or(0, |e| e.index);
+        // Proposals placed below what is committed now and never seen are gone.
+        st.conf_changes.retain(|p| {
+            if p.index <= last {
+                let _ = p.reply.try_send(Err(Error::ProposalLost(
+                    "overwritten by another leader".into(),
+                )));
+                false
+            } else {
+                true
+            }
+        });
+        let hold = conf_states.last().map(|(i, _)| *i);
+        self.shared
+            .metrics
+            .proposals_committed
+            .set(self.raw.raft.raft_log.committed as i64);
+        self.apply_tx
+            .send(ApplyTask::Entries {
+                entries: committed,
+                conf_states,
+                commit_index: self.raw.raft.raft_log.committed,
+            })
+            .map_err(|_| "the apply stage stopped".to_string())?;
+        Ok(hold)
+    }
+}

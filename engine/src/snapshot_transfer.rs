@@ -1,0 +1,136 @@
+//! Moving snapshots between nodes: the sender thread that streams a stored snapshot to
+//! a follower, and the receiving side ([`NodeSink`]) that installs an incoming stream
+//! into the local snapshot store before raft ever sees the `Snapshot` message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
+use raft_core::{codec, Message, MessageType, SnapshotStatus};
+use snapshot::{ReceiveStatus, SnapshotId, SnapshotSender, SnapshotStore};
+
+use crate::transport::{ChunkSource, MessageSink, Transport, TransportError};
+
+// How long an installed snapshot's message may wait for room in the raft stage's
+// inbox before the transfer is reported failed (the leader then retries).
+const INBOX_WAIT: Duration = Duration::from_secs(5);
+
+struct StoredChunks(SnapshotSender);
+
+impl ChunkSource for StoredChunks {
+    fn next_frame(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
+        match self.0.next_chunk() {
+            Ok(Some(chunk)) => Ok(Some(chunk.encode())),
+            Ok(None) => Ok(None),
+            Err(e) => Err(TransportError::Snapshot(e.to_string())),
+        }
+    }
+}
+
+/// The snapshot sender thread's loop: one transfer at a time, each reported back to
+/// the raft stage. Ends when every sender of `requests` is gone.
+pub(crate) fn run_sender(
+    id: u64,
+    transport: Arc<dyn Transport>,
+    store: Arc<SnapshotStore>,
+    requests: Receiver<Message>,
+    reports: Sender<(u64, SnapshotStatus)>,
+) {
+    while let Ok(m) = requests.recv() {
+        let to = m.to;
+        let status = match send_one(id, transport.as_ref(), &store, &m) {
+            Ok(()) => SnapshotStatus::Finish,
+            Err(e) => {
+                log::warn!("node {id}: sending a snapshot to {to} failed: {e}");
+                SnapshotStatus::Failure
+            }
+        };
+        if reports.send((to, status)).is_err() {
+            return;
+        }
+    }
+}
+
+fn send_one(
+    id: u64,
+    transport: &dyn Transport,
+    store: &SnapshotStore,
+    m: &Message,
+) -> Result<(), TransportError> {
+    let Some(snap) = &m.snapshot else {
+        return Err(TransportError::Snapshot(
+            "message without a snapshot".into(),
+        ));
+    };
+    let sender = store
+        .sender(SnapshotId::of(&snap.metadata), 0)
+        .map_err(|e| TransportError::Snapshot(e.to_string()))?;
+    let mut chunks = StoredChunks(sender);
+    transport.send_snapshot(id, m.to, codec::encode(m), &mut chunks)
+}
+
+/// What a transport delivers a node's inbound traffic to.
+pub(crate) struct NodeSink {
+    pub(crate) id: u64,
+    pub(crate) inbox: Sender<Vec<u8>>,
+    pub(crate) store: Arc<SnapshotStore>,
+}
+
+impl MessageSink for NodeSink {
+    fn deliver(&self, bytes: Vec<u8>) {
+        match self.inbox.try_send(bytes) {
+            Ok(()) => {}
+            // Raft retransmits whatever is lost; a full inbox means the node is behind.
+            Err(TrySendError::Full(_)) => log::debug!("node {}: inbox full, dropping", self.id),
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+
+    fn deliver_snapshot(
+        &self,
+        message: Vec<u8>,
+        chunks: &mut dyn ChunkSource,
+    ) -> Result<(), TransportError> {
+        let m: Message = codec::decode(&message)
+            .map_err(|e| TransportError::Snapshot(format!("undecodable message: {e}")))?;
+        let expected = match (&m.msg_type, &m.snapshot) {
+            (MessageType::Snapshot, Some(s)) if m.to == self.id => s.metadata.clone(),
+            _ => {
+                return Err(TransportError::Snapshot(
+                    "not a snapshot for this node".into(),
+                ))
+            }
+        };
+        let mut receiver = self
+            .store
+            .receiver()
+            .map_err(|e| TransportError::Snapshot(e.to_string()))?;
+        // Bounded: the receiver aborts once the stream passes the store's
+        // max_receive_bytes, and every frame adds bytes.
+        loop {
+            let Some(frame) = chunks.next_frame()? else {
+                return Err(TransportError::Snapshot(
+                    "stream ended before its trailer".into(),
+                ));
+            };
+            match receiver.receive_frame(&frame) {
+                Ok(ReceiveStatus::NeedMore { .. }) => {}
+                Ok(ReceiveStatus::Installed { metadata, .. }) => {
+                    if metadata != expected {
+                        return Err(TransportError::Snapshot(
+                            "installed snapshot does not match its message".into(),
+                        ));
+                    }
+                    break;
+                }
+                Err(e) => return Err(TransportError::Snapshot(e.to_string())),
+            }
+        }
+        match self.inbox.send_timeout(message, INBOX_WAIT) {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) | Err(SendTimeoutError::Disconnected(_)) => {
+                Err(TransportError::Unreachable(self.id))
+            }
+        }
+    }
+}

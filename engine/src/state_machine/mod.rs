@@ -1,0 +1,49 @@
+//! The state machine the apply stage drives, and its snapshots.
+//!
+//! The apply stage is the only writer; readers (`Db::get`, `Db::get_local`) share it
+//! behind a read-write lock. Applying is idempotent by index: an entry at or below
+//! [`StateMachine::applied_index`] is skipped, so replaying the log after a restart
+//! (or a duplicated hand-out) never applies anything twice.
+
+mod memory;
+
+pub use memory::MemoryStateMachine;
+
+use raft_core::SnapshotMetadata;
+use snapshot::{SavedSnapshot, SnapshotId, SnapshotStore};
+
+use crate::command::Op;
+use crate::error::Result;
+
+/// A replicated state machine: a map from keys to values.
+pub trait StateMachine: Send + Sync + 'static {
+    /// The highest log index whose effect is in the state.
+    fn applied_index(&self) -> u64;
+    /// Applies `op` committed at `index`; skipped if `index <= applied_index()`.
+    fn apply(&mut self, index: u64, op: &Op) -> Result<()>;
+    /// Records that `index` (an entry without an operation: a leader's no-op, a
+    /// membership change, a damaged payload) was applied.
+    fn skip_to(&mut self, index: u64);
+    /// The value of `key`, as of `applied_index()`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+    /// Number of keys.
+    fn len(&self) -> u64;
+    /// Whether the map is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Streams the state as of `metadata.index` (which must be `applied_index()`) into
+    /// `store` durably.
+    fn save_snapshot(
+        &self,
+        store: &SnapshotStore,
+        metadata: &SnapshotMetadata,
+    ) -> Result<SavedSnapshot>;
+    /// Replaces the whole state with snapshot `id` from `store`; the live state is kept
+    /// if the snapshot fails any check. Returns the snapshot's metadata.
+    fn restore_snapshot(
+        &mut self,
+        store: &SnapshotStore,
+        id: SnapshotId,
+    ) -> Result<SnapshotMetadata>;
+}

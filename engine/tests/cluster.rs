@@ -1,0 +1,357 @@
+//! In-process 3-node clusters: forwarding, linearizable reads on followers, leader
+//! failure and restart, catch-up through a snapshot, and no-leader errors.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{key, value, wait_until, Cluster};
+use keel::{Config, Error};
+
+#[test]
+fn writes_through_any_node_and_reads_on_followers() {
+    let c = Cluster::new(3);
+    let leader = c.wait_leader();
+    let mut i = 0;
+    for id in [1, 2, 3] {
+        for _ in 0..10 {
+            c.db(id).put(&key(i), &value(i)).unwrap();
+            i += 1;
+        }
+    }
+    // A write acknowledged anywhere is visible to a linearizable read everywhere.
+    for id in [1, 2, 3] {
+        for j in 0..i {
+            assert_eq!(
+                c.db(id).get(&key(j)).unwrap(),
+                Some(value(j)),
+                "node {id} key {j}"
+            );
+        }
+    }
+    let follower = c.followers(leader)[0];
+    c.db(follower).delete(&key(0)).unwrap();
+    assert_eq!(c.db(leader).get(&key(0)).unwrap(), None);
+    let st = c.db(follower).status();
+    assert_eq!(st.leader, Some(leader));
+    assert_eq!(st.voters, vec![1, 2, 3]);
+}
+
+#[test]
+fn leader_failure_new_leader_and_restarted_node_catches_up() {
+    let mut c = Cluster::new(3);
+    let old = c.wait_leader();
+    for i in 0..20 {
+        c.db(old).put(&key(i), &value(i)).unwrap();
+    }
+    c.stop(old);
+    let new = c.wait_leader();
+    assert_ne!(new, old);
+    for i in 20..40 {
+        c.db(new).put(&key(i), &value(i)).unwrap();
+    }
+    c.start(old);
+    c.wait_converged();
+    for i in 0..40 {
+        assert_eq!(
+            c.db(old).get_local(&key(i)).unwrap(),
+            Some(value(i)),
+            "key {i}"
+        );
+    }
+    // The restarted node serves linearizable reads and forwards writes again.
+    c.db(old).put(b"back", b"again").unwrap();
+    assert_eq!(c.db(new).get(b"back").unwrap(), Some(b"again".to_vec()));
+}
+
+fn snapshot_often(mut cfg: Config) -> Config {
+    cfg.snapshot_every = 20;
+    cfg.catch_up_entries = 5;
+    cfg
+}
+
+#[test]
+fn follower_down_during_compaction_catches_up_through_a_snapshot() {
+    let mut c = Cluster::with(3, snapshot_often);
+    let leader = c.wait_leader();
+    let down = c.followers(leader)[0];
+    c.stop(down);
+    for i in 0..120 {
+        c.db(leader).put(&key(i % 40), &value(i)).unwrap();
+    }
+    // The leader's log no longer reaches back to what the stopped follower has.
+    let st = wait_until(Duration::from_secs(5), || {
+        let st = c.db(leader).status();
+        (st.first_index > 30).then_some(st)
+    })
+    .expect("leader compacted its log");
+    assert!(st.snapshot_index >= st.first_index - 1);
+
+    c.start(down);
+    c.wait_converged();
+    let st = c.db(down).status();
+    assert!(
+        st.snapshot_index >= 30,
+        "follower installed a snapshot: {st:?}"
+    );
+    for i in 80..120 {
+        assert_eq!(c.db(down).get_local(&key(i % 40)).unwrap(), Some(value(i)));
+    }
+    // And it keeps following after the snapshot.
+    c.db(down).put(b"after", b"snapshot").unwrap();
+    assert_eq!(
+        c.db(down).get(b"after").unwrap(),
+        Some(b"snapshot".to_vec())
+    );
+}
+
+#[test]
+fn without_a_leader_requests_fail_with_a_typed_error() {
+    let mut c = Cluster::new(3);
+    let leader = c.wait_leader();
+    c.db(leader).put(b"k", b"v").unwrap();
+    c.wait_converged();
+    let survivor = c.followers(leader)[0];
+    let other = c.followers(leader)[1];
+    c.stop(leader);
+    c.stop(other);
+    // The survivor loses its leader (check-quorum / election timeout) and cannot win
+    // an election alone.
+    wait_until(Duration::from_secs(5), || {
+        c.db(survivor).status().leader.is_none().then_some(())
+    })
+    .expect("survivor forgot the leader");
+    let err = c
+        .db(survivor)
+        .put_timeout(b"k", b"w", Duration::from_secs(2))
+        .unwrap_err();
+    assert!(matches!(err, Error::NotLeader { leader: None }), "{err}");
+    let err = c
+        .db(survivor)
+        .get_timeout(b"k", Duration::from_secs(2))
+        .unwrap_err();
+    assert!(matches!(err, Error::NotLeader { leader: None }), "{err}");
+    // A stale read is still possible.
+    assert_eq!(c.db(survivor).get_local(b"k").unwrap(), Some(b"v".to_vec()));
+}
+
+#[test]
+fn partition_heals_and_minority_catches_up() {
+    let c = Cluster::new(3);
+    let leader = c.wait_leader();
+    let cut = c.followers(leader)[0];
+    c.net.isolate(cut);
+    for i in 0..10 {
+        c.db(leader).put(&key(i), &value(i)).unwrap();
+    }
+    c.net.heal();
+    c.wait_converged();
+    for i in 0..10 {
+        assert_eq!(c.db(cut).get(&key(i)).unwrap(), Some(value(i)));
+    }
+}
+
+#[test]
+fn removing_a_member_takes_effect_and_writes_continue() {
+    use keel::transport::Transport;
+    use keel::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+
+    let mut c = Cluster::new(3);
+    let leader = c.wait_leader();
+    let gone = c.followers(leader)[0];
+    // Garbage from the network is dropped, never a panic.
+    c.net.send(gone, leader, vec![0xff, 0x00, 0x13]).unwrap();
+    let cc = ConfChangeV2 {
+        changes: vec![ConfChangeSingle {
+            change_type: ConfChangeType::RemoveNode,
+            node_id: gone,
+        }],
+        ..ConfChangeV2::default()
+    };
+    // Only the leader takes membership changes.
+    let stay = c.followers(leader)[1];
+    assert!(matches!(
+        c.db(stay).change_membership(cc.clone()),
+        Err(Error::NotLeader { leader: Some(l) }) if l == leader
+    ));
+    let cs = c.db(leader).change_membership(cc).unwrap();
+    assert!(!cs.voters.contains(&gone));
+    c.stop(gone);
+    for i in 0..10 {
+        c.db(stay).put(&key(i), &value(i)).unwrap();
+    }
+    c.wait_converged();
+    assert_eq!(c.db(stay).status().voters.len(), 2);
+}
+
+#[test]
+fn concurrent_clients_lose_no_acknowledged_write_across_a_leader_restart() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let mut c = Cluster::new(3);
+    let leader = c.wait_leader();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let handles: Vec<_> = (0..6u64)
+        .map(|t| {
+            let db = c.db(1 + t % 3).clone();
+            let (stop, acked) = (Arc::clone(&stop), Arc::clone(&acked));
+            std::thread::spawn(move || {
+                let mut i = t * 1_000_000;
+                while !stop.load(Ordering::Relaxed) {
+                    i += 1;
+                    match db.put_timeout(&key(i), &value(i), Duration::from_millis(500)) {
+                        Ok(()) => acked.lock().unwrap().push(i),
+                        // Its node stopped, or lost its leader: back off a little.
+                        Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    c.stop(leader);
+    std::thread::sleep(Duration::from_millis(500));
+    c.start(leader);
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() > 20, "only {} writes acknowledged", acked.len());
+    c.wait_leader();
+    c.wait_converged();
+    for id in [1, 2, 3] {
+        for &i in &acked {
+            assert_eq!(
+                c.db(id).get_local(&key(i)).unwrap(),
+                Some(value(i)),
+                "node {id} key {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_lossy_slow_network_still_commits_and_converges() {
+    let c = Cluster::new(3);
+    let leader = c.wait_leader();
+    c.net.set_delay_ms(2);
+    c.net.set_drop_rate(0.1);
+    let mut acked = Vec::new();
+    for i in 0..30 {
+        // A lost forward or append can time a write out; Raft's retries commit it.
+        if c.db(leader)
+            .put_timeout(&key(i), &value(i), Duration::from_secs(2))
+            .is_ok()
+        {
+            acked.push(i);
+        }
+    }
+    c.net.heal();
+    assert!(
+        acked.len() >= 20,
+        "only {} of 30 writes acknowledged",
+        acked.len()
+    );
+    c.wait_leader();
+    c.wait_converged();
+    for id in [1, 2, 3] {
+        for &i in &acked {
+            let st: Vec<_> = c.dbs.values().map(|d| d.status()).collect();
+            assert_eq!(
+                c.db(id).get_local(&key(i)).unwrap(),
+                Some(value(i)),
+                "node {id} key {i}: {st:#?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn five_nodes_tolerate_two_down_and_both_catch_up() {
+    let mut c = Cluster::new(5);
+    let leader = c.wait_leader();
+    let down: Vec<u64> = c.followers(leader).into_iter().take(2).collect();
+    for &id in &down {
+        c.stop(id);
+    }
+    for i in 0..20 {
+        c.db(leader).put(&key(i), &value(i)).unwrap();
+    }
+    for &id in &down {
+        c.start(id);
+    }
+    c.wait_converged();
+    for id in 1..=5 {
+        for i in 0..20 {
+            assert_eq!(
+                c.db(id).get_local(&key(i)).unwrap(),
+                Some(value(i)),
+                "node {id}"
+            );
+        }
+    }
+    // Linearizable reads work on a node that was just restarted.
+    assert_eq!(c.db(down[0]).get(&key(19)).unwrap(), Some(value(19)));
+}
+
+#[test]
+fn a_write_overwritten_by_another_leader_fails_instead_of_succeeding() {
+    let c = Cluster::new(3);
+    let old = c.wait_leader();
+    c.db(old).put(b"before", b"1").unwrap();
+    c.net.isolate(old);
+    // The isolated leader appends the write but can never commit it.
+    let doomed = {
+        let db = c.db(old).clone();
+        std::thread::spawn(move || db.put_timeout(b"doomed", b"x", Duration::from_secs(8)))
+    };
+    let others = c.followers(old);
+    let new = wait_until(Duration::from_secs(5), || {
+        let st = c.db(others[0]).status();
+        let leader = st.leader.filter(|l| *l != old)?;
+        (c.db(others[1]).status().leader == Some(leader)).then_some(leader)
+    })
+    .expect("the majority elected a new leader");
+    for i in 0..5 {
+        c.db(new).put(&key(i), &value(i)).unwrap();
+    }
+    c.net.heal();
+    let outcome = doomed.join().unwrap();
+    assert!(
+        matches!(outcome, Err(Error::ProposalLost(_))),
+        "expected a lost proposal, got {outcome:?}"
+    );
+    c.wait_converged();
+    for id in [1, 2, 3] {
+        assert_eq!(c.db(id).get_local(b"doomed").unwrap(), None);
+        assert_eq!(c.db(id).get_local(&key(4)).unwrap(), Some(value(4)));
+    }
+}
+
+#[test]
+fn a_cut_off_follower_never_serves_a_stale_linearizable_read() {
+    let c = Cluster::new(3);
+    let leader = c.wait_leader();
+    c.db(leader).put(b"k", b"old").unwrap();
+    c.wait_converged();
+    let cut = c.followers(leader)[0];
+    c.net.isolate(cut);
+    c.db(leader).put(b"k", b"new").unwrap();
+    // The stale read shows the old value; the linearizable one refuses to answer.
+    assert_eq!(c.db(cut).get_local(b"k").unwrap(), Some(b"old".to_vec()));
+    match c.db(cut).get_timeout(b"k", Duration::from_millis(600)) {
+        Ok(v) => assert_eq!(v, Some(b"new".to_vec()), "stale linearizable read"),
+        Err(e) => assert!(
+            matches!(e, Error::Timeout(_) | Error::NotLeader { .. }),
+            "{e}"
+        ),
+    }
+    c.net.heal();
+    // Without a known leader a read fails fast (NotLeader); wait until it hears one.
+    c.wait_leader();
+    assert_eq!(c.db(cut).get(b"k").unwrap(), Some(b"new".to_vec()));
+}
