@@ -720,11 +720,8 @@ impl<S: Storage> Raft<S> {
             }
             MessageType::Propose => return self.leader_propose(m),
             MessageType::ReadIndex => {
-                if self.prs.is_singleton() {
-                    let index = self.raft_log.committed;
-                    self.respond_read_index(m, index);
-                    return Ok(());
-                }
+                // Even a single voter waits: after a restart its stored commit index
+                // may lag writes it acknowledged before the crash.
                 if !self.committed_entry_in_current_term() {
                     // The commit index may lag until an entry of this term commits
                     // (§6.4); hold the read until then.
@@ -863,6 +860,11 @@ impl<S: Storage> Raft<S> {
 
     fn send_read_index_confirmation(&mut self, m: Message) {
         let index = self.raft_log.committed;
+        if self.prs.is_singleton() {
+            // No one else can have been elected: the commit index is current.
+            self.respond_read_index(m, index);
+            return;
+        }
         match self.read_only.option {
             ReadOnlyOption::Safe => {
                 let ctx = m.entries[0].data.clone();
@@ -1223,13 +1225,17 @@ impl<S: Storage> Raft<S> {
             return false;
         }
         let cs = cs.clone();
-        self.raft_log.restore(snapshot);
-        let last = self.raft_log.last_index();
-        if let Err(e) = confchange::restore(&mut self.prs, last, &cs) {
-            // The leader produced this configuration; a failure here means the snapshot
-            // is corrupt and continuing would diverge from the cluster.
-            panic!("snapshot carries an invalid configuration {cs:?}: {e}");
+        // Build the new configuration before touching the log, so a snapshot with an
+        // invalid membership is refused instead of leaving the node half-restored.
+        let mut prs = self.prs.clone();
+        if confchange::restore(&mut prs, meta.index, &cs).is_err()
+            || !conf_state_eq(&prs.conf.to_conf_state(), &cs)
+        {
+            return false;
         }
+        self.raft_log.restore(snapshot);
+        // The log now ends at the snapshot index, which is where `prs` starts probing.
+        self.prs = prs;
         true
     }
 

@@ -1303,3 +1303,61 @@ fn malformed_messages_are_errors_not_panics() {
     node.step(ok).unwrap();
     assert_eq!(node.raft.raft_log.last_index(), 1);
 }
+
+#[test]
+fn snapshot_with_an_invalid_membership_is_refused_not_a_panic() {
+    let mut n = common::new_node(2, &[1, 2]);
+    // Node 2 is listed as both voter and learner: no valid configuration.
+    let snap = Snapshot {
+        metadata: SnapshotMetadata {
+            conf_state: ConfState {
+                voters: vec![1, 2],
+                learners: vec![2],
+                ..ConfState::default()
+            },
+            index: 10,
+            term: 1,
+        },
+        data: Vec::new(),
+    };
+    let m = Message {
+        msg_type: MessageType::Snapshot,
+        from: 1,
+        to: 2,
+        term: 1,
+        snapshot: Some(snap),
+        ..Message::default()
+    };
+    n.step(m).unwrap();
+    assert_eq!(
+        n.raft.raft_log.committed, 0,
+        "the snapshot was not installed"
+    );
+    assert_eq!(n.raft.raft_log.last_index(), 0);
+    let acks = common::read_messages(&mut n.raft);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(acks[0].index, 0, "the ack reports only what the node holds");
+}
+
+#[test]
+fn single_voter_holds_read_index_until_its_term_commits() {
+    let mut n = common::new_node(1, &[1]);
+    n.campaign().unwrap();
+    assert_eq!(n.raft.state, StateRole::Leader);
+    // The empty entry of the new term is not yet persisted, so not committed.
+    n.read_index(b"r".to_vec()).unwrap();
+    assert!(
+        n.raft.read_states.is_empty(),
+        "read answered before the term committed"
+    );
+    // Persist the Ready holding the empty entry; the commit then answers the read.
+    let rd = n.ready();
+    assert!(rd.read_states().is_empty());
+    n.mut_store().append(rd.entries()).unwrap();
+    let _light = n.advance(rd);
+    assert_eq!(n.raft.raft_log.committed, 1);
+    let rd = n.ready();
+    assert_eq!(rd.read_states().len(), 1);
+    assert_eq!(rd.read_states()[0].index, 1);
+    assert_eq!(rd.read_states()[0].request_ctx, b"r".to_vec());
+}
