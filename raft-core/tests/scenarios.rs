@@ -23,37 +23,9 @@ const ELECTION_TICK: usize = 10;
 fn flush_reads(nw: &mut Network, id: u64) -> (Vec<Message>, Vec<ReadState>) {
     let node = nw.peers.get_mut(&id).expect("no such peer");
     let applied = nw.applied.entry(id).or_default();
-    let (mut out, mut reads) = (Vec::new(), Vec::new());
-    for _ in 0..1000 {
-        if !node.has_ready() {
-            return (out, reads);
-        }
-        let mut rd = node.ready();
-        reads.extend(rd.take_read_states());
-        out.extend(rd.take_messages());
-        if !rd.snapshot().is_empty() {
-            let snap = rd.snapshot().clone();
-            node.mut_store().apply_snapshot(snap).unwrap();
-        }
-        node.mut_store().append(rd.entries()).unwrap();
-        if let Some(hs) = rd.hs() {
-            node.mut_store().set_hard_state(*hs);
-        }
-        out.extend(rd.take_persisted_messages());
-        let committed = rd.take_committed_entries();
-        apply_conf_changes(node, &committed);
-        applied.extend(committed);
-        let mut light = node.advance(rd);
-        if let Some(c) = light.commit_index() {
-            node.mut_store().commit_to(c);
-        }
-        out.extend(light.take_messages());
-        let committed = light.take_committed_entries();
-        apply_conf_changes(node, &committed);
-        applied.extend(committed);
-        node.advance_apply();
-    }
-    panic!("node {id} never ran out of ready work");
+    let mut reads = Vec::new();
+    let out = drain_ready_with_reads(node, applied, &mut reads);
+    (out, reads)
 }
 
 /// The messages node `id` wants sent after handling all its ready work.

@@ -64,6 +64,15 @@ pub fn apply_conf_changes(node: &mut RawNode<MemoryStorage>, ents: &[Entry]) {
 /// Handles every pending `Ready` of `node` synchronously (persist, then apply) and
 /// returns the messages to deliver. Applied entries are appended to `applied`.
 pub fn drain_ready(node: &mut RawNode<MemoryStorage>, applied: &mut Vec<Entry>) -> Vec<Message> {
+    drain_ready_with_reads(node, applied, &mut Vec::new())
+}
+
+/// [`drain_ready`], also collecting the read states the Readies carried into `reads`.
+pub fn drain_ready_with_reads(
+    node: &mut RawNode<MemoryStorage>,
+    applied: &mut Vec<Entry>,
+    reads: &mut Vec<ReadState>,
+) -> Vec<Message> {
     let mut out = Vec::new();
     // Bounded: each round hands out work that the next round no longer sees.
     for _ in 0..1000 {
@@ -71,6 +80,7 @@ pub fn drain_ready(node: &mut RawNode<MemoryStorage>, applied: &mut Vec<Entry>) 
             return out;
         }
         let mut rd = node.ready();
+        reads.extend(rd.take_read_states());
         out.extend(rd.take_messages());
         if !rd.snapshot().is_empty() {
             let snap = rd.snapshot().clone();
