@@ -207,13 +207,12 @@ fn recover(db: &DB) -> Result<RocksState, LogError> {
     let mut index = LogIndex::default();
     index.reset_after(base_index, Some(base_term));
     let mut terms = Vec::new();
-    let mut expect = base_index + 1;
-    let from = key(expect);
+    let from = key(base_index + 1);
     let iter = db.iterator_cf(
         entries,
         IteratorMode::From(&from, rocksdb::Direction::Forward),
     );
-    for item in iter {
+    for (expect, item) in (base_index + 1..).zip(iter) {
         let (k, v) = item.map_err(backend)?;
         let k: [u8; 8] = k
             .as_ref()
@@ -234,7 +233,6 @@ fn recover(db: &DB) -> Result<RocksState, LogError> {
             )));
         }
         terms.push((e.term, ()));
-        expect += 1;
     }
     index.append(base_index + 1, terms);
     let mut durability = Durability::default();
@@ -288,13 +286,11 @@ impl LogStore for RocksLogStore {
                 if plan.from_index <= last {
                     wb.delete_range_cf(entries_cf, key(plan.from_index), key(last + 1));
                 }
-                let mut expect = plan.from_index;
-                for e in &batch.entries[plan.skip..] {
+                for (expect, e) in (plan.from_index..).zip(&batch.entries[plan.skip..]) {
                     // Paired with the check in `recover` and `entries`: the key is the
                     // entry's own index.
                     assert_eq!(e.index, expect, "planned entries are contiguous");
                     wb.put_cf(entries_cf, key(e.index), codec::encode(e));
-                    expect += 1;
                 }
             }
             if let Some(hs) = &batch.hard_state {
