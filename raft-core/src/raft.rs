@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use crate::codec;
 use crate::confchange::{self, Changer};
 use crate::config::Config;
-use crate::errors::{Error, Result, StorageError};
+use crate::errors::{Error, Result};
 use crate::quorum::VoteResult;
 use crate::raft_log::RaftLog;
 use crate::read_only::{ReadOnly, ReadOnlyOption, ReadState};
@@ -318,8 +318,8 @@ impl<S: Storage> Raft<S> {
         }
         let snapshot = match self.raft_log.snapshot(pr.next_idx - 1, to) {
             Ok(s) => s,
-            // Being produced: the next heartbeat response retries.
-            Err(Error::Store(StorageError::SnapshotTemporarilyUnavailable)) => return false,
+            // Being produced (SnapshotTemporarilyUnavailable) or unreadable: the next
+            // heartbeat response retries.
             Err(_) => return false,
         };
         if snapshot.is_empty() {
@@ -571,7 +571,7 @@ impl<S: Storage> Raft<S> {
             (MessageType::RequestVote, self.term)
         };
         let self_id = self.id;
-        if self.poll(self_id, vote_type.vote_response(), true) == VoteResult::Won {
+        if self.poll(self_id, true) == VoteResult::Won {
             // A single-voter configuration wins at once.
             if kind == CampaignType::PreElection {
                 self.campaign(CampaignType::Election);
@@ -604,7 +604,7 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    fn poll(&mut self, id: u64, _resp_type: MessageType, granted: bool) -> VoteResult {
+    fn poll(&mut self, id: u64, granted: bool) -> VoteResult {
         self.prs.record_vote(id, granted);
         self.prs.tally_votes().2
     }
@@ -1062,7 +1062,7 @@ impl<S: Storage> Raft<S> {
                 Ok(())
             }
             t if t == my_resp => {
-                match self.poll(m.from, t, !m.reject) {
+                match self.poll(m.from, !m.reject) {
                     VoteResult::Won => {
                         if self.state == StateRole::PreCandidate {
                             self.campaign(CampaignType::Election);
