@@ -34,8 +34,11 @@ pub enum StateMachineKind {
 pub struct Config {
     /// This node's id (never 0).
     pub id: u64,
-    /// The voters a brand-new cluster starts with (including `id`). Ignored once the
-    /// node has a snapshot: membership then comes from it and the log.
+    /// The voters a brand-new cluster starts with (including `id`). A brand-new node
+    /// writes them to its log as its first entries (one membership change each, term
+    /// 1, identical on every node), so a node that joins later rebuilds the membership
+    /// from the log. Ignored once the node has data: membership then comes from its
+    /// log and snapshots.
     pub peers: Vec<u64>,
     /// The data directory: `wal/` and `snap/` live under it.
     pub data_dir: PathBuf,
@@ -93,6 +96,22 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// Seed of raft-core's randomness (election timeouts).
     pub seed: u64,
+    /// Join an existing cluster: the node starts with no membership at all (`peers`
+    /// must be empty), never campaigns on its own, and waits for the leader to send it
+    /// the log or a snapshot after it was added as a member. Ignored once the node has
+    /// data: membership then comes from its log and snapshots.
+    pub join: bool,
+    /// Told about every membership change this node applies (also while replaying the
+    /// log at start), e.g. to teach the transport a new peer's address.
+    pub membership_observer: Option<Arc<dyn MembershipObserver>>,
+}
+
+/// Watches membership changes as they take effect on a node.
+pub trait MembershipObserver: Send + Sync {
+    /// `change` was applied, leaving the membership `conf_state`. Called on the raft
+    /// thread before any message to a newly added peer is sent, so it must not block;
+    /// a change may be reported again when the log is replayed after a restart.
+    fn applied(&self, change: &raft_core::ConfChangeV2, conf_state: &raft_core::ConfState);
 }
 
 impl std::fmt::Debug for Config {
@@ -109,6 +128,7 @@ impl std::fmt::Debug for Config {
             .field("heartbeat_ticks", &self.heartbeat_ticks)
             .field("snapshot_every", &self.snapshot_every)
             .field("catch_up_entries", &self.catch_up_entries)
+            .field("join", &self.join)
             .finish_non_exhaustive()
     }
 }
@@ -145,6 +165,8 @@ impl Config {
             max_inflight_readies: 64,
             request_timeout_ms: 5_000,
             seed: 0,
+            join: false,
+            membership_observer: None,
         }
     }
 
@@ -171,11 +193,24 @@ impl Config {
         if self.id == 0 {
             return bad("id must not be 0");
         }
-        if !self.peers.contains(&self.id) {
+        if self.join {
+            if !self.peers.is_empty() {
+                return bad("a joining node starts without voters: peers must be empty");
+            }
+            if self.transport.is_none() {
+                return bad("a joining node needs a transport");
+            }
+        } else if !self.peers.contains(&self.id) {
             return bad("peers must include this node's id");
         }
         if self.peers.len() > 1 && self.transport.is_none() {
             return bad("a cluster of several nodes needs a transport");
+        }
+        let mut unique = self.peers.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        if unique.len() != self.peers.len() || unique.contains(&0) {
+            return bad("peers must be distinct non-zero ids");
         }
         if self.tick_ms == 0 {
             return bad("tick_ms must be at least 1");

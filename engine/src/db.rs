@@ -65,6 +65,9 @@ impl std::fmt::Debug for Db {
 // change.
 const READ_RETRY_PAUSE: Duration = Duration::from_millis(5);
 
+// How often a leadership transfer checks whether leadership moved.
+const TRANSFER_POLL: Duration = Duration::from_millis(10);
+
 impl Db {
     /// Opens (recovering) or creates the node described by `config` and starts its
     /// threads.
@@ -209,9 +212,14 @@ impl Db {
     }
 
     /// Changes the membership (proposed on the leader only); returns the membership
-    /// once the change is committed and in effect. Removing a member is tested; a node
-    /// being added must (for now) be started with `Config::peers` listing the new
-    /// membership, as there is no join mode yet.
+    /// once the change is committed and in effect here. A node being added is started
+    /// with [`Config::join`](crate::Config::join) and receives the log from the leader.
+    ///
+    /// Refused before anything is proposed ([`Error::Conflict`], [`Error::UnknownNode`])
+    /// when another change is pending, the node is not a member (removal) or already
+    /// has the wanted role, a learner to promote lags far behind, or the voters left
+    /// that are reachable could not form a majority. `cc.context` travels with the
+    /// change to every node's [`MembershipObserver`](crate::MembershipObserver).
     pub fn change_membership(&self, cc: ConfChangeV2) -> Result<ConfState> {
         self.check_running()?;
         let timeout = self.default_timeout();
@@ -229,6 +237,64 @@ impl Db {
             Ok(result) => result,
             Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(timeout)),
             Err(RecvTimeoutError::Disconnected) => Err(self.node.shared.stopped_error()),
+        }
+    }
+
+    /// Hands leadership to voter `target` and returns once this node sees `target`
+    /// leading. Works from any node (a follower passes the request to the leader).
+    /// [`Error::UnknownNode`] if `target` is not a voter, [`Error::Conflict`] for a
+    /// learner, [`Error::NotLeader`] while there is no leader, [`Error::Timeout`] if
+    /// leadership did not move in time (raft abandons a transfer after an election
+    /// timeout, e.g. when the target is unreachable).
+    pub fn transfer_leadership(&self, target: u64) -> Result<()> {
+        self.transfer_leadership_timeout(target, self.default_timeout())
+    }
+
+    /// [`transfer_leadership`](Self::transfer_leadership) with an explicit timeout.
+    pub fn transfer_leadership_timeout(&self, target: u64, timeout: Duration) -> Result<()> {
+        self.check_running()?;
+        let deadline = Instant::now() + timeout;
+        let shared = &self.node.shared;
+        // Bounded by the deadline: each turn sleeps a poll interval.
+        let mut asked_at: Option<Instant> = None;
+        loop {
+            self.check_running()?;
+            let view = shared.view();
+            if view.leader == target && view.leader != 0 {
+                return Ok(());
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::Timeout(timeout));
+            }
+            // Ask again after an election timeout: raft abandons a transfer that did
+            // not finish in that time, and a new leader may have appeared meanwhile.
+            let retry_after = Duration::from_millis(
+                self.node.config.tick_ms * self.node.config.election_ticks as u64,
+            );
+            if asked_at.is_none_or(|t| now.duration_since(t) >= retry_after) {
+                let (reply, answer) = bounded(1);
+                let remaining = deadline.saturating_duration_since(now);
+                match self
+                    .node
+                    .requests
+                    .send_timeout(Request::TransferLeader { target, reply }, remaining)
+                {
+                    Ok(()) => {}
+                    Err(SendTimeoutError::Timeout(_)) => return Err(Error::Timeout(timeout)),
+                    Err(SendTimeoutError::Disconnected(_)) => return Err(shared.stopped_error()),
+                }
+                match answer.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(Ok(())) => {}
+                    // No leader yet: one may be elected before the deadline.
+                    Ok(Err(Error::NotLeader { .. })) if asked_at.is_some() => {}
+                    Ok(Err(e)) => return Err(e),
+                    Err(RecvTimeoutError::Timeout) => return Err(Error::Timeout(timeout)),
+                    Err(RecvTimeoutError::Disconnected) => return Err(shared.stopped_error()),
+                }
+                asked_at = Some(now);
+            }
+            std::thread::sleep(TRANSFER_POLL);
         }
     }
 

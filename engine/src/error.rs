@@ -38,6 +38,14 @@ pub enum Error {
     /// over its index): it may or may not have been applied.
     #[error("proposal outcome unknown: {0}")]
     Indeterminate(String),
+    /// A membership change or leadership transfer was refused before anything was
+    /// proposed: another change is still pending, the node is already in the wanted
+    /// role, or the change would leave the cluster without a quorum.
+    #[error("refused: {0}")]
+    Conflict(String),
+    /// The request names a node that is not a member.
+    #[error("node {0} is not a member")]
+    UnknownNode(u64),
     /// The configuration is invalid.
     #[error("invalid config: {0}")]
     Config(String),

@@ -56,7 +56,7 @@ pub mod state_machine;
 pub mod transport;
 
 pub use command::{Command, Op};
-pub use config::{Config, LogBackend, StateMachineKind};
+pub use config::{Config, LogBackend, MembershipObserver, StateMachineKind};
 pub use db::{Db, Role, Status};
 pub use error::{Error, Result};
 /// Membership types used by [`Db::change_membership`], from raft-core.

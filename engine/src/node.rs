@@ -14,7 +14,10 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Sender};
 use parking_lot::{Mutex, RwLock};
-use raft_core::{ConfState, RawNode, StateRole, Storage};
+use raft_core::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
+    EntryType, HardState, RawNode, StateRole, Storage,
+};
 use snapshot::{LogCache, LogCacheOptions, SnapshotStore, StoreOptions};
 use wal::{LogBatch, LogStore, SyncPolicy, Wal, WalOptions};
 
@@ -153,6 +156,9 @@ impl Node {
                 ..StoreOptions::default()
             },
         )?);
+        if is_brand_new(log.as_ref(), &store)? {
+            bootstrap(&config, log.as_ref())?;
+        }
         let mut sm = match config.state_machine {
             StateMachineKind::Memory => MemoryStateMachine::new(),
         };
@@ -177,8 +183,12 @@ impl Node {
                 max_bytes: config.log_cache_max_bytes,
             },
         )?;
-        let conf_state = recover_log(&config, log.as_ref(), &cache, loaded.as_ref())?;
+        let (conf_state, bootstrapped) =
+            recover_log(&config, log.as_ref(), &cache, loaded.as_ref())?;
         cache.set_conf_state(conf_state.clone());
+        // The bootstrap entries are membership changes already folded into
+        // `conf_state`; they change nothing in the state machine.
+        sm.skip_to(bootstrapped);
         let applied = sm.applied_index();
         let mut raw = RawNode::new(&config.raft_config(applied), cache.clone())?;
         if raw.raft.prs.is_singleton() && raw.raft.prs.is_voter(id) {
@@ -236,7 +246,10 @@ impl Node {
             snapshot_every: config.snapshot_every,
             catch_up_entries: config.catch_up_entries,
             last_snapshot_index: loaded.as_ref().map_or(0, |m| m.index),
-            applied_term: loaded.as_ref().map_or(0, |m| m.term),
+            // Bootstrap entries are at term 1.
+            applied_term: loaded
+                .as_ref()
+                .map_or(u64::from(bootstrapped > 0), |m| m.term),
             max_batch: 16,
             commit_index: Arc::new(AtomicU64::new(0)),
         };
@@ -274,6 +287,7 @@ impl Node {
             max_pending_reads: config.max_pending_requests,
             read_ctx_seed: read_ctx_seed(),
             last_number: 0,
+            observer: config.membership_observer.clone(),
         };
         threads.push(spawn(format!("keel-raft-{id}"), move || raft.run())?);
         let sink: Arc<dyn MessageSink> = Arc::new(NodeSink {
@@ -335,14 +349,100 @@ fn read_ctx_seed() -> u64 {
     nanos << 16
 }
 
+// A node that has never written anything: no log, no hard state, no snapshot.
+fn is_brand_new(log: &dyn LogStore, store: &SnapshotStore) -> Result<bool> {
+    Ok(log.last_index() == 0
+        && log.snapshot_marker().is_none()
+        && log.hard_state().is_empty()
+        && store.list()?.is_empty())
+}
+
+/// Writes the initial membership as the first entries of the log, as etcd does: one
+/// `AddNode` per initial voter (sorted), all at term 1 and committed. Every node of a
+/// new cluster writes the same entries, so their logs agree; a node added later
+/// receives them from the leader and rebuilds the membership from the log. A joining
+/// node writes nothing: its log comes from the leader.
+fn bootstrap(config: &Config, log: &dyn LogStore) -> Result<()> {
+    if config.join || config.peers.is_empty() {
+        return Ok(());
+    }
+    let mut voters = config.peers.clone();
+    voters.sort_unstable();
+    let entries: Vec<Entry> = voters
+        .iter()
+        .enumerate()
+        .map(|(i, &node_id)| {
+            let cc = ConfChangeV2 {
+                transition: ConfChangeTransition::Auto,
+                changes: vec![ConfChangeSingle {
+                    change_type: ConfChangeType::AddNode,
+                    node_id,
+                }],
+                context: Vec::new(),
+            };
+            Entry {
+                term: 1,
+                index: i as u64 + 1,
+                entry_type: EntryType::ConfChangeV2,
+                data: raft_core::codec::encode(&cc),
+            }
+        })
+        .collect();
+    let batch = LogBatch {
+        hard_state: Some(HardState {
+            term: 1,
+            vote: 0,
+            commit: entries.len() as u64,
+        }),
+        entries,
+        snapshot: None,
+    };
+    log.write(&batch, true)?;
+    if config.fsync {
+        log.sync()?;
+    }
+    Ok(())
+}
+
+// Most initial voters read back from the bootstrap entries.
+const MAX_BOOTSTRAP_ENTRIES: u64 = 1024;
+
+/// The membership the bootstrap entries at the head of the log establish, and how many
+/// there are (0 when the log does not start with them, e.g. a joining node's empty log).
+fn bootstrap_membership(log: &dyn LogStore) -> Result<(Vec<u64>, u64)> {
+    let committed = log.hard_state().commit.min(log.last_index());
+    if log.first_index() != 1 || committed == 0 {
+        return Ok((Vec::new(), 0));
+    }
+    let hi = committed.min(MAX_BOOTSTRAP_ENTRIES) + 1;
+    let mut voters = Vec::new();
+    for e in log.entries(1, hi, u64::MAX)? {
+        let add = (e.term == 1 && e.entry_type == EntryType::ConfChangeV2)
+            .then(|| raft_core::codec::decode::<ConfChangeV2>(&e.data).ok())
+            .flatten()
+            .filter(|cc| cc.context.is_empty())
+            .and_then(|cc| match cc.changes.as_slice() {
+                [c] if c.change_type == ConfChangeType::AddNode => Some(c.node_id),
+                _ => None,
+            });
+        match add {
+            Some(id) if e.index == voters.len() as u64 + 1 => voters.push(id),
+            _ => break,
+        }
+    }
+    let n = voters.len() as u64;
+    Ok((voters, n))
+}
+
 /// Brings the log in line with the snapshot the state machine was loaded from, and
-/// returns the membership to start with.
+/// returns the membership to start with and the number of bootstrap entries it
+/// already includes (to be counted as applied).
 fn recover_log(
     config: &Config,
     log: &dyn LogStore,
     cache: &LogCache<dyn LogStore>,
     loaded: Option<&raft_core::SnapshotMetadata>,
-) -> Result<ConfState> {
+) -> Result<(ConfState, u64)> {
     let marker = cache.snapshot_metadata();
     let loaded_index = loaded.map_or(0, |m| m.index);
     if marker.index > loaded_index {
@@ -360,10 +460,29 @@ fn recover_log(
                 log.first_index() - 1
             )));
         }
-        return Ok(ConfState {
-            voters: config.peers.clone(),
-            ..ConfState::default()
-        });
+        let (voters, bootstrapped) = bootstrap_membership(log)?;
+        if bootstrapped > 0 {
+            return Ok((
+                ConfState {
+                    voters,
+                    ..ConfState::default()
+                },
+                bootstrapped,
+            ));
+        }
+        // A log from before bootstrap entries, or a joining node's (empty) one.
+        let voters = if config.join {
+            Vec::new()
+        } else {
+            config.peers.clone()
+        };
+        return Ok((
+            ConfState {
+                voters,
+                ..ConfState::default()
+            },
+            0,
+        ));
     };
     let mut hs = log.hard_state();
     let in_log = meta.index <= cache.last_index().unwrap_or(0)
@@ -398,5 +517,5 @@ fn recover_log(
     } else if meta.index > marker.index {
         cache.record_snapshot(meta.clone())?;
     }
-    Ok(meta.conf_state.clone())
+    Ok((meta.conf_state.clone(), 0))
 }

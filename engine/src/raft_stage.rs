@@ -19,13 +19,14 @@
 //! also sizes both channels between the two stages, so neither ever blocks the other
 //! into a deadlock.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver, Sender};
 use raft_core::{
-    codec, ConfChange, ConfChangeV2, ConfState, Entry, EntryType, Message, RawNode, Ready,
+    codec, ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message,
+    RawNode, Ready,
     SnapshotMetadata, SnapshotStatus, StateRole,
 };
 use snapshot::LogCache;
@@ -33,6 +34,7 @@ use wal::LogStore;
 
 use crate::apply_stage::ApplyTask;
 use crate::command::{Command, Op};
+use crate::config::MembershipObserver;
 use crate::error::{Error, Result};
 use crate::node::Shared;
 use crate::outbox::{Outbox, SendFailures};
@@ -49,7 +51,17 @@ pub(crate) enum Request {
         cc: ConfChangeV2,
         reply: Sender<Result<ConfState>>,
     },
+    /// Hand leadership to `target`: answered once the request was passed to raft (the
+    /// caller watches the status for the outcome).
+    TransferLeader {
+        target: u64,
+        reply: Sender<Result<()>>,
+    },
 }
+
+// Most entries a learner may lag the leader's commit index and still be promoted: a
+// voter that is far behind would stall commits until it caught up.
+const MAX_PROMOTION_LAG_ENTRIES: u64 = 1_000;
 
 // Inbound messages and requests handled per loop turn before a Ready is taken, at most.
 const MAX_DRAIN: usize = 1024;
@@ -84,6 +96,8 @@ pub(crate) struct RaftStage {
     pub(crate) read_ctx_seed: u64,
     /// Number of the last Ready handed out.
     pub(crate) last_number: u64,
+    /// Told about every membership change applied.
+    pub(crate) observer: Option<Arc<dyn MembershipObserver>>,
 }
 
 struct Loop {
@@ -211,6 +225,9 @@ impl RaftStage {
             Request::ConfChange { reply, .. } => {
                 let _ = reply.try_send(Err(err()));
             }
+            Request::TransferLeader { reply, .. } => {
+                let _ = reply.try_send(Err(err()));
+            }
         }
     }
 
@@ -279,6 +296,9 @@ impl RaftStage {
                 Request::Propose { id, op } => proposals.push((id, op)),
                 Request::Read { reply } => reads.push(reply),
                 Request::ConfChange { cc, reply } => self.propose_conf_change(st, cc, reply),
+                Request::TransferLeader { target, reply } => {
+                    let _ = reply.try_send(self.transfer_leader(target));
+                }
             }
             handled += 1;
             if handled < MAX_DRAIN {
@@ -407,6 +427,10 @@ impl RaftStage {
             }));
             return;
         }
+        if let Err(e) = self.check_conf_change(&cc) {
+            let _ = reply.try_send(Err(e));
+            return;
+        }
         let last_before = self.raw.raft.raft_log.last_index();
         let term = self.raw.raft.term;
         match self.raw.propose_conf_change_v2(&cc) {
@@ -419,6 +443,109 @@ impl RaftStage {
                 let _ = reply.try_send(Err(e.into()));
             }
         }
+    }
+
+    // Refuses, before anything is proposed, a change raft would drop or one that would
+    // leave the cluster unable to commit: another change still pending, a node that is
+    // not a member, a learner that has not caught up, or fewer reachable voters than a
+    // majority of the new configuration.
+    fn check_conf_change(&self, cc: &ConfChangeV2) -> Result<()> {
+        let r = &self.raw.raft;
+        if r.pending_conf_index > r.raft_log.applied {
+            return Err(Error::Conflict(
+                "another membership change is still pending; retry once it is applied".into(),
+            ));
+        }
+        if r.prs.conf.voters.is_joint() && !cc.leave_joint() {
+            return Err(Error::Conflict(
+                "the cluster is in a joint configuration; it must leave it first".into(),
+            ));
+        }
+        let mut voters: BTreeSet<u64> = r.prs.conf.voters.ids();
+        let learners = &r.prs.conf.learners;
+        for c in &cc.changes {
+            let id = c.node_id;
+            if id == 0 {
+                return Err(Error::Conflict("node id 0 is reserved".into()));
+            }
+            match c.change_type {
+                ConfChangeType::AddNode => {
+                    if voters.contains(&id) {
+                        return Err(Error::Conflict(format!("node {id} is already a voter")));
+                    }
+                    if learners.contains(&id) {
+                        let matched = r.prs.progress.get(&id).map_or(0, |p| p.matched);
+                        let committed = r.raft_log.committed;
+                        if matched + MAX_PROMOTION_LAG_ENTRIES < committed {
+                            return Err(Error::Conflict(format!(
+                                "learner {id} has not caught up (at {matched}, commit index \
+                                 {committed}); promote it once it has"
+                            )));
+                        }
+                    }
+                    voters.insert(id);
+                }
+                ConfChangeType::AddLearnerNode => {
+                    if learners.contains(&id) {
+                        return Err(Error::Conflict(format!("node {id} is already a learner")));
+                    }
+                    voters.remove(&id);
+                }
+                ConfChangeType::RemoveNode => {
+                    if !voters.contains(&id) && !learners.contains(&id) {
+                        return Err(Error::UnknownNode(id));
+                    }
+                    voters.remove(&id);
+                }
+            }
+        }
+        if voters.is_empty() {
+            return Err(Error::Conflict(
+                "the change would leave the cluster without voters".into(),
+            ));
+        }
+        // A voter counts as reachable if it answered within the last election timeout
+        // or is being replicated to normally (check-quorum clears `recent_active` once
+        // per election timeout). A brand-new voter counts only if it answered.
+        let reachable = voters
+            .iter()
+            .filter(|&&id| {
+                id == r.id
+                    || r.prs.progress.get(&id).is_some_and(|p| {
+                        p.recent_active || p.state == raft_core::tracker::ProgressState::Replicate
+                    })
+            })
+            .count();
+        if reachable * 2 <= voters.len() {
+            return Err(Error::Conflict(format!(
+                "the change would lose quorum: only {reachable} of the {} voters it leaves \
+                 are reachable",
+                voters.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn transfer_leader(&mut self, target: u64) -> Result<()> {
+        let r = &self.raw.raft;
+        if r.leader_id == 0 {
+            return Err(Error::NotLeader { leader: None });
+        }
+        let cs = r.prs.conf.to_conf_state();
+        if cs.learners.contains(&target) {
+            return Err(Error::Conflict(format!(
+                "node {target} is a learner and cannot lead"
+            )));
+        }
+        if !r.prs.conf.voters.contains(target) {
+            return Err(Error::UnknownNode(target));
+        }
+        if r.leader_id == target {
+            return Ok(());
+        }
+        // On a follower raft forwards the request to the leader.
+        self.raw.transfer_leader(target);
+        Ok(())
     }
 
     fn on_persisted(&mut self, st: &mut Loop, p: Persisted) -> std::result::Result<(), String> {
@@ -575,15 +702,18 @@ impl RaftStage {
                 }
                 _ => codec::decode::<ConfChangeV2>(&e.data),
             };
-            let outcome = match cc {
-                Ok(cc) => self.raw.apply_conf_change(&cc).map_err(Error::from),
-                Err(err) => Err(Error::Raft(err.into())),
+            let outcome = match &cc {
+                Ok(cc) => self.raw.apply_conf_change(cc).map_err(Error::from),
+                Err(err) => Err(Error::Raft(err.clone().into())),
             };
             match &outcome {
                 Ok(cs) => {
                     self.raw.mut_store().set_conf_state(cs.clone());
                     conf_states.push((e.index, cs.clone()));
                     self.shared.set_conf_state(cs);
+                    if let (Some(observer), Ok(cc)) = (&self.observer, &cc) {
+                        observer.applied(cc, cs);
+                    }
                 }
                 // Every replica refuses the same entry the same way; skip it.
                 Err(err) => log::error!(
