@@ -66,6 +66,10 @@ pub enum CliError {
     /// The reader of our output went away; not reported.
     #[error("output closed")]
     BrokenPipe,
+    /// `keel serve` or `keel cluster` could not start or stopped with an error; the
+    /// message says what to change.
+    #[error("{0}")]
+    Node(String),
 }
 
 impl CliError {

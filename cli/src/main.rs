@@ -12,6 +12,7 @@
 mod error;
 mod output;
 mod path;
+mod serve;
 mod snapshot_cmd;
 mod wal_cmd;
 
@@ -39,6 +40,8 @@ enum Command {
     /// List and verify a node's snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCommand),
+    /// Run one node: the engine, its peer transport and the HTTP API.
+    Serve(serve::ServeArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,6 +107,7 @@ fn run(cli: Cli) -> Result<Status, CliError> {
         Command::Wal(WalCommand::Repair(a)) => wal_cmd::repair::run(&a.path),
         Command::Snapshot(SnapshotCommand::Ls(a)) => snapshot_cmd::ls(&a.path),
         Command::Snapshot(SnapshotCommand::Verify(a)) => snapshot_cmd::verify(&a.path),
+        Command::Serve(a) => serve::run(a),
     }
 }
 

@@ -96,15 +96,6 @@ impl Response {
         }
     }
 
-    /// A plain text response.
-    pub fn text(status: u16, text: String) -> Response {
-        Response {
-            status,
-            content_type: "text/plain; charset=utf-8",
-            body: text.into_bytes(),
-        }
-    }
-
     /// An error in the API's shape: `{"error": ..., "applied": ...}` when `applied` is
     /// given (writes), `{"error": ...}` otherwise.
     pub fn error(status: u16, message: &str, applied: Option<serde_json::Value>) -> Response {

@@ -1,0 +1,304 @@
+//! `keel serve`: one node of a cluster — the engine, its TCP peer transport, and the
+//! HTTP API on `--listen-client` — until SIGINT or SIGTERM, which stop it cleanly.
+//!
+//! Owns: turning the command line into an engine [`keel::Config`], starting and
+//! stopping the node's parts in order (transport, engine, HTTP; then the reverse),
+//! and the HTTP API ([`routes`]) on a small server of our own ([`http`]).
+
+pub mod http;
+pub mod logger;
+pub mod peers;
+pub mod routes;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use keel::transport::{TcpConfig, TcpTransport};
+use keel::{Config, Db, LogBackend};
+
+use crate::error::{CliError, Status};
+use self::http::{HttpConfig, HttpServer};
+use self::peers::PeerBook;
+use self::routes::{Api, MAX_KEY_BYTES};
+
+/// Arguments of `keel serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// This node's id (a positive number, unique in the cluster).
+    #[arg(long)]
+    pub id: u64,
+    /// Where the node keeps its data (`wal/`, `snap/`); created if missing. A node
+    /// restarted with the same directory recovers from it and rejoins.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+    /// Every voter of a new cluster, this node included: `1=HOST:PORT,2=HOST:PORT,...`.
+    /// This node binds its own entry's address and dials the others. With `--join`:
+    /// the members to reach (and this node's own address). Omit for a single node.
+    #[arg(long, value_name = "ID=HOST:PORT,...", default_value = "")]
+    pub peers: String,
+    /// The HTTP address of the client API.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen_client: String,
+    /// Bind the peer transport here instead of at this node's `--peers` address.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen_peer: Option<String>,
+    /// The cluster's name; peers from another cluster are refused.
+    #[arg(long, value_name = "NAME", default_value = "keel")]
+    pub cluster_id: String,
+    /// The Raft log backend.
+    #[arg(long, value_name = "wal|rocksdb", default_value = "wal")]
+    pub log: String,
+    /// The state machine.
+    #[arg(long, value_name = "memory|rocksdb", default_value = "memory")]
+    pub state: String,
+    /// Join an existing cluster: start without voters and wait until a member adds this
+    /// node (`POST /cluster/members` on the leader) and the leader sends it the log.
+    #[arg(long)]
+    pub join: bool,
+    /// Take a snapshot every N applied entries (0: never).
+    #[arg(long, value_name = "N")]
+    pub snapshot_every: Option<u64>,
+    /// Bytes of a WAL segment file.
+    #[arg(long, value_name = "BYTES")]
+    pub segment_size: Option<u64>,
+    /// fsync the log before acknowledging (`false` only for throwaway data).
+    #[arg(long, value_name = "true|false", default_value = "true", action = clap::ArgAction::Set)]
+    pub fsync: bool,
+    /// Largest value `PUT /kv/{key}` accepts, in bytes (larger: 413).
+    #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
+    pub max_value_bytes: u64,
+    /// How long a request waits for its commit or read before answering 504.
+    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    pub request_timeout_ms: u64,
+    /// Client connections served at once (more are answered 503).
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// Log level on stderr: error, warn, info, debug, trace or off.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub log_level: String,
+}
+
+fn fail(msg: impl Into<String>) -> CliError {
+    CliError::Node(msg.into())
+}
+
+fn resolve(addr: &str, what: &str) -> Result<SocketAddr, CliError> {
+    addr.to_socket_addrs()
+        .map_err(|e| fail(format!("{what} {addr}: {e}")))?
+        .next()
+        .ok_or_else(|| fail(format!("{what} {addr} resolves to no address")))
+}
+
+// How often the main thread checks for a signal or a stopped node.
+const SIGNAL_POLL: Duration = Duration::from_millis(50);
+
+/// The parts of a running node, stopped in reverse order of starting.
+struct Running {
+    db: Db,
+    http: Option<HttpServer>,
+    transport: Option<Arc<TcpTransport>>,
+    book: Option<Arc<PeerBook>>,
+    shutting_down: Arc<AtomicBool>,
+}
+
+impl Running {
+    fn stop(mut self) -> Result<(), CliError> {
+        self.shutting_down.store(true, Ordering::Release);
+        if let Some(http) = self.http.take() {
+            http.shutdown();
+        }
+        let closed = self.db.close();
+        if let Some(book) = &self.book {
+            book.stop();
+        }
+        if let Some(t) = &self.transport {
+            t.shutdown();
+        }
+        closed.map_err(|e| fail(format!("the node stopped with an error: {e}")))
+    }
+}
+
+/// Runs `keel serve` until a signal.
+pub fn run(args: ServeArgs) -> Result<Status, CliError> {
+    logger::init(&args.log_level).map_err(fail)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&stop))
+            .map_err(|e| fail(format!("cannot install a signal handler: {e}")))?;
+    }
+    let running = start(&args)?;
+    log::info!(
+        "node {} serving clients on http://{}",
+        args.id,
+        running.http.as_ref().map_or_else(String::new, |h| h.local_addr().to_string())
+    );
+    // Bounded by the signal: every turn sleeps one poll interval.
+    while !stop.load(Ordering::Acquire) {
+        if let Some(why) = running.db.status().fatal {
+            let _ = running.stop();
+            return Err(fail(format!("node {} stopped: {why}", args.id)));
+        }
+        std::thread::sleep(SIGNAL_POLL);
+    }
+    log::info!("node {}: shutting down", args.id);
+    running.stop()?;
+    log::info!("node {}: stopped cleanly", args.id);
+    Ok(Status::Ok)
+}
+
+fn log_backend(name: &str) -> Result<LogBackend, CliError> {
+    match name {
+        "wal" => Ok(LogBackend::Wal),
+        #[cfg(feature = "rocksdb")]
+        "rocksdb" => Ok(LogBackend::RocksDb),
+        #[cfg(not(feature = "rocksdb"))]
+        "rocksdb" => Err(fail(
+            "--log rocksdb: this keel was built without RocksDB; rebuild with \
+             `cargo build --release --features rocksdb`",
+        )),
+        other => Err(fail(format!("--log {other}: use wal or rocksdb"))),
+    }
+}
+
+fn start(args: &ServeArgs) -> Result<Running, CliError> {
+    if args.id == 0 {
+        return Err(fail("--id must be a positive number"));
+    }
+    let log_backend = log_backend(&args.log)?;
+    match args.state.as_str() {
+        "memory" => {}
+        "rocksdb" => {
+            return Err(fail(
+                "--state rocksdb: this keel has no RocksDB state machine; use --state memory",
+            ))
+        }
+        other => return Err(fail(format!("--state {other}: use memory or rocksdb"))),
+    }
+    let peers = peers::parse_peers(&args.peers).map_err(fail)?;
+    let listen_peer = args
+        .listen_peer
+        .clone()
+        .or_else(|| peers.get(&args.id).cloned());
+    if !args.join && !peers.is_empty() && !peers.contains_key(&args.id) {
+        return Err(fail(format!(
+            "--peers must list this node too (id {}) with the address it binds",
+            args.id
+        )));
+    }
+    if args.join && listen_peer.is_none() {
+        return Err(fail(
+            "--join needs this node's peer address: list it in --peers or give --listen-peer",
+        ));
+    }
+    let others: BTreeMap<u64, String> = peers
+        .iter()
+        .filter(|(&id, _)| id != args.id)
+        .map(|(&id, a)| (id, a.clone()))
+        .collect();
+    if args.join && others.is_empty() {
+        return Err(fail(
+            "--join needs the addresses of the cluster's members in --peers",
+        ));
+    }
+
+    let (transport, book) = match &listen_peer {
+        Some(addr) => {
+            let mut tc = TcpConfig::new(args.id, resolve(addr, "peer address")?);
+            tc.cluster_id = args.cluster_id.clone();
+            tc.peers = others.iter().map(|(&id, a)| (id, a.clone())).collect();
+            let t = TcpTransport::start(tc)
+                .map_err(|e| fail(format!("cannot start the peer transport on {addr}: {e}")))?;
+            let book = PeerBook::start(args.id, peers.clone(), Arc::clone(&t))
+                .map_err(|e| fail(format!("cannot start the peer book: {e}")))?;
+            (Some(t), Some(book))
+        }
+        None => (None, None),
+    };
+
+    let mut config = match &transport {
+        Some(t) => {
+            let voters = if args.join {
+                Vec::new()
+            } else if peers.is_empty() {
+                vec![args.id]
+            } else {
+                peers.keys().copied().collect()
+            };
+            let t: Arc<dyn keel::transport::Transport> = Arc::clone(t) as _;
+            Config::cluster(args.id, voters, &args.data_dir, t)
+        }
+        None => Config {
+            id: args.id,
+            peers: vec![args.id],
+            seed: args.id,
+            ..Config::single_node(&args.data_dir)
+        },
+    };
+    config.join = args.join;
+    config.membership_observer = book
+        .as_ref()
+        .map(|b| Arc::clone(b) as Arc<dyn keel::MembershipObserver>);
+    config.log_backend = log_backend;
+    config.fsync = args.fsync;
+    config.request_timeout_ms = args.request_timeout_ms;
+    config.max_entry_bytes = args.max_value_bytes + MAX_KEY_BYTES as u64;
+    if let Some(n) = args.snapshot_every {
+        config.snapshot_every = n;
+    }
+    if let Some(b) = args.segment_size {
+        config.wal_segment_size_bytes = b;
+    }
+    let stop_transport = || {
+        if let Some(b) = &book {
+            b.stop();
+        }
+        if let Some(t) = &transport {
+            t.shutdown();
+        }
+    };
+    let db = match Db::open(config) {
+        Ok(db) => db,
+        Err(e) => {
+            stop_transport();
+            return Err(fail(format!(
+                "cannot open node {} in {}: {e}",
+                args.id,
+                args.data_dir.display()
+            )));
+        }
+    };
+    let shutting_down = Arc::new(AtomicBool::new(false));
+    let api = Arc::new(Api {
+        db: db.clone(),
+        max_value_bytes: args.max_value_bytes,
+        shutting_down: Arc::clone(&shutting_down),
+    });
+    let http_config = HttpConfig {
+        max_connections: args.max_connections.max(1),
+        max_body_bytes: args.max_value_bytes,
+        ..HttpConfig::default()
+    };
+    let http = match HttpServer::start(&args.listen_client, http_config, api) {
+        Ok(h) => h,
+        Err(e) => {
+            let _ = db.close();
+            stop_transport();
+            return Err(fail(format!(
+                "cannot listen for clients on {}: {e}",
+                args.listen_client
+            )));
+        }
+    };
+    Ok(Running {
+        db,
+        http: Some(http),
+        transport,
+        book,
+        shutting_down,
+    })
+}

@@ -1,0 +1,387 @@
+//! The HTTP API of a node (INTERFACE.md, "HTTP API of a node"): routing, argument
+//! checks, and how engine errors become status codes.
+//!
+//! A write that fails says whether it may still happen: `503` with `"applied": false`
+//! when it certainly did not and will not take effect (no leader, shutting down, busy,
+//! or raft dropped it), `504` with `"applied": "unknown"` when it was proposed and its
+//! outcome is unknown (timeout, leader lost, node stopped while waiting).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use keel::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Db, Error};
+use serde_json::{json, Value};
+
+use super::http::{Handler, Request, Response};
+use super::peers::encode_context;
+
+/// Longest key, in bytes after percent-decoding.
+pub const MAX_KEY_BYTES: usize = 4096;
+
+// A node whose applied index trails its commit index by more than this is not
+// "caught up" for /health.
+const HEALTH_MAX_APPLY_LAG: u64 = 1_000;
+
+/// The API of one node.
+pub struct Api {
+    /// The node.
+    pub db: Db,
+    /// Largest value accepted by `PUT /kv/{key}`.
+    pub max_value_bytes: u64,
+    /// Set once shutdown began: writes are refused as certainly not applied.
+    pub shutting_down: Arc<AtomicBool>,
+}
+
+fn not_applied() -> Option<Value> {
+    Some(Value::Bool(false))
+}
+
+fn unknown() -> Option<Value> {
+    Some(Value::String("unknown".into()))
+}
+
+/// How an engine error is answered. `write` adds the `applied` field.
+fn error_response(e: &Error, write: bool) -> Response {
+    let applied = |v: Option<Value>| if write { v } else { None };
+    let msg = e.to_string();
+    match e {
+        Error::NotLeader { leader: None } => Response::error(
+            503,
+            "no leader is known; retry shortly",
+            applied(not_applied()),
+        ),
+        Error::NotLeader { leader: Some(l) } => {
+            let mut r = Response::error(
+                503,
+                &format!("this node is not the leader; send this request to node {l}"),
+                applied(not_applied()),
+            );
+            if let Ok(mut v) = serde_json::from_slice::<Value>(&r.body) {
+                v["leader"] = json!(l);
+                r = Response::json(503, &v);
+            }
+            r
+        }
+        Error::Busy(_) | Error::ProposalLost(_) => Response::error(503, &msg, applied(not_applied())),
+        Error::TooLarge { .. } => Response::error(413, &msg, applied(not_applied())),
+        Error::Timeout(_) | Error::Indeterminate(_) | Error::Stopped(_) => {
+            Response::error(504, &msg, applied(unknown()))
+        }
+        Error::Conflict(_) => Response::error(409, &msg, applied(not_applied())),
+        Error::UnknownNode(_) => Response::error(404, &msg, applied(not_applied())),
+        Error::Config(_) => Response::error(400, &msg, applied(not_applied())),
+        Error::Raft(keel_raft) if is_dropped(keel_raft) => {
+            Response::error(503, &msg, applied(not_applied()))
+        }
+        _ => Response::error(500, &msg, applied(unknown())),
+    }
+}
+
+fn is_dropped(e: &raft_core::Error) -> bool {
+    matches!(e, raft_core::Error::ProposalDropped(_))
+}
+
+/// Percent-decodes a path segment. `None` on a malformed escape.
+pub fn percent_decode(s: &str) -> Option<Vec<u8>> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = b.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Some(out)
+}
+
+fn method_not_allowed(allowed: &str) -> Response {
+    Response::error(405, &format!("method not allowed; use {allowed}"), None)
+}
+
+fn role_name(db: &Db, st: &keel::Status) -> &'static str {
+    if st.learners.contains(&db.id()) {
+        return "learner";
+    }
+    match st.role {
+        keel::Role::Leader => "leader",
+        keel::Role::Follower => "follower",
+        keel::Role::Candidate => "candidate",
+        keel::Role::PreCandidate => "pre-candidate",
+    }
+}
+
+impl Handler for Api {
+    fn handle(&self, req: Request) -> Response {
+        let path = req.path.as_str();
+        if let Some(key) = path.strip_prefix("/kv/") {
+            return self.kv(&req, key);
+        }
+        match path {
+            "/status" => match req.method.as_str() {
+                "GET" => self.status(),
+                _ => method_not_allowed("GET"),
+            },
+            "/metrics" => match req.method.as_str() {
+                "GET" => Response {
+                    status: 200,
+                    content_type: "text/plain; version=0.0.4",
+                    body: self.db.metrics_text().into_bytes(),
+                },
+                _ => method_not_allowed("GET"),
+            },
+            "/health" => match req.method.as_str() {
+                "GET" => self.health(),
+                _ => method_not_allowed("GET"),
+            },
+            "/cluster/members" => match req.method.as_str() {
+                "POST" => self.add_member(&req.body),
+                _ => method_not_allowed("POST"),
+            },
+            "/cluster/leader" => match req.method.as_str() {
+                "POST" => self.transfer(&req.body),
+                _ => method_not_allowed("POST"),
+            },
+            _ => {
+                if let Some(id) = path.strip_prefix("/cluster/members/") {
+                    return match req.method.as_str() {
+                        "DELETE" => self.remove_member(id),
+                        _ => method_not_allowed("DELETE"),
+                    };
+                }
+                Response::error(404, &format!("no such route: {path}"), None)
+            }
+        }
+    }
+}
+
+impl Api {
+    fn kv(&self, req: &Request, raw_key: &str) -> Response {
+        let write = matches!(req.method.as_str(), "PUT" | "DELETE");
+        let applied = |v: Option<Value>| if write { v } else { None };
+        let Some(key) = percent_decode(raw_key) else {
+            return Response::error(400, "malformed percent-encoding in the key", applied(not_applied()));
+        };
+        if key.is_empty() {
+            return Response::error(400, "the key must not be empty", applied(not_applied()));
+        }
+        if key.len() > MAX_KEY_BYTES {
+            return Response::error(
+                413,
+                &format!("the key has {} bytes; at most {MAX_KEY_BYTES} are allowed", key.len()),
+                applied(not_applied()),
+            );
+        }
+        if write && self.shutting_down.load(Ordering::Acquire) {
+            return Response::error(503, "the node is shutting down", not_applied());
+        }
+        match req.method.as_str() {
+            "PUT" => {
+                if req.body.len() as u64 > self.max_value_bytes {
+                    return Response::error(
+                        413,
+                        &format!(
+                            "the value has {} bytes; at most {} are allowed",
+                            req.body.len(),
+                            self.max_value_bytes
+                        ),
+                        not_applied(),
+                    );
+                }
+                match self.db.put(&key, &req.body) {
+                    Ok(()) => Response::empty(204),
+                    Err(e) => error_response(&e, true),
+                }
+            }
+            "DELETE" => match self.db.delete(&key) {
+                Ok(()) => Response::empty(204),
+                Err(e) => error_response(&e, true),
+            },
+            "GET" => {
+                let serializable = match req.query.as_deref() {
+                    None | Some("") => false,
+                    Some(q) => match query_param(q, "consistency") {
+                        Some("serializable") => true,
+                        Some("linearizable") | None => false,
+                        Some(_) => {
+                            return Response::error(
+                                400,
+                                "consistency must be serializable or linearizable",
+                                None,
+                            )
+                        }
+                    },
+                };
+                let got = if serializable {
+                    self.db.get_local(&key)
+                } else {
+                    self.db.get(&key)
+                };
+                match got {
+                    Ok(Some(v)) => Response {
+                        status: 200,
+                        content_type: "application/octet-stream",
+                        body: v,
+                    },
+                    Ok(None) => Response::error(404, "key not found", None),
+                    Err(e) => error_response(&e, false),
+                }
+            }
+            _ => method_not_allowed("GET, PUT or DELETE"),
+        }
+    }
+
+    fn status(&self) -> Response {
+        let st = self.db.status();
+        Response::json(
+            200,
+            &json!({
+                "id": st.id,
+                "role": role_name(&self.db, &st),
+                "term": st.term,
+                "leader": st.leader.unwrap_or(0),
+                "commit_index": st.commit_index,
+                "applied_index": st.applied_index,
+                "first_index": st.first_index,
+                "last_index": st.last_index,
+                "snapshot_index": st.snapshot_index,
+                "voters": st.voters,
+                "learners": st.learners,
+            }),
+        )
+    }
+
+    fn health(&self) -> Response {
+        let st = self.db.status();
+        let lag = st.commit_index.saturating_sub(st.applied_index);
+        let why = if let Some(fatal) = &st.fatal {
+            Some(format!("the node stopped: {fatal}"))
+        } else if self.shutting_down.load(Ordering::Acquire) {
+            Some("the node is shutting down".to_string())
+        } else if st.leader.is_none() {
+            Some("no leader".to_string())
+        } else if lag > HEALTH_MAX_APPLY_LAG {
+            Some(format!("applying: {lag} committed entries not applied yet"))
+        } else {
+            None
+        };
+        match why {
+            None => Response::json(200, &json!({ "health": "ok", "leader": st.leader })),
+            Some(why) => Response::json(503, &json!({ "health": "unavailable", "error": why })),
+        }
+    }
+
+    fn add_member(&self, body: &[u8]) -> Response {
+        let Ok(v) = serde_json::from_slice::<Value>(body) else {
+            return Response::error(400, "the body must be JSON: {\"id\":4,\"addr\":\"HOST:PORT\",\"learner\":true}", not_applied());
+        };
+        let Some(id) = v.get("id").and_then(Value::as_u64).filter(|&i| i != 0) else {
+            return Response::error(400, "\"id\" must be a positive number", not_applied());
+        };
+        let learner = match v.get("learner") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(b)) => *b,
+            Some(_) => return Response::error(400, "\"learner\" must be true or false", not_applied()),
+        };
+        let addr = match v.get("addr") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if super::peers::parse_peers(&format!("{id}={s}")).is_ok() => {
+                Some(s.as_str())
+            }
+            Some(_) => return Response::error(400, "\"addr\" must be HOST:PORT", not_applied()),
+        };
+        let st = self.db.status();
+        let is_member = st.voters.contains(&id) || st.learners.contains(&id);
+        if !is_member && addr.is_none() {
+            return Response::error(
+                400,
+                &format!("node {id} is new: give its peer address as \"addr\""),
+                not_applied(),
+            );
+        }
+        let change_type = if learner {
+            ConfChangeType::AddLearnerNode
+        } else {
+            ConfChangeType::AddNode
+        };
+        self.change(ConfChangeV2 {
+            transition: ConfChangeTransition::Auto,
+            changes: vec![ConfChangeSingle {
+                change_type,
+                node_id: id,
+            }],
+            context: encode_context(id, addr),
+        })
+    }
+
+    fn remove_member(&self, raw_id: &str) -> Response {
+        let Some(id) = raw_id.parse::<u64>().ok().filter(|&i| i != 0) else {
+            return Response::error(400, "the member id must be a positive number", not_applied());
+        };
+        self.change(ConfChangeV2 {
+            transition: ConfChangeTransition::Auto,
+            changes: vec![ConfChangeSingle {
+                change_type: ConfChangeType::RemoveNode,
+                node_id: id,
+            }],
+            context: Vec::new(),
+        })
+    }
+
+    fn change(&self, cc: ConfChangeV2) -> Response {
+        if self.shutting_down.load(Ordering::Acquire) {
+            return Response::error(503, "the node is shutting down", not_applied());
+        }
+        match self.db.change_membership(cc) {
+            Ok(cs) => Response::json(200, &json!({ "voters": cs.voters, "learners": cs.learners })),
+            Err(e) => error_response(&e, true),
+        }
+    }
+
+    fn transfer(&self, body: &[u8]) -> Response {
+        let id = serde_json::from_slice::<Value>(body)
+            .ok()
+            .and_then(|v| v.get("id").and_then(Value::as_u64))
+            .filter(|&i| i != 0);
+        let Some(id) = id else {
+            return Response::error(400, "the body must be JSON: {\"id\":2}", None);
+        };
+        match self.db.transfer_leadership(id) {
+            Ok(()) => Response::json(200, &json!({ "leader": id })),
+            Err(e) => error_response(&e, false),
+        }
+    }
+}
+
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('=').or(Some((kv, ""))))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_percent_escapes() {
+        assert_eq!(percent_decode("a%20b%2F").unwrap(), b"a b/");
+        assert_eq!(percent_decode("plain").unwrap(), b"plain");
+        assert!(percent_decode("bad%2").is_none());
+        assert!(percent_decode("bad%zz").is_none());
+    }
+
+    #[test]
+    fn reads_query_parameters() {
+        assert_eq!(query_param("consistency=serializable", "consistency"), Some("serializable"));
+        assert_eq!(query_param("a=1&consistency=x", "consistency"), Some("x"));
+        assert_eq!(query_param("a=1", "consistency"), None);
+    }
+}
