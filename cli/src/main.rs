@@ -9,6 +9,7 @@
 //! | 1 | damage found (`wal verify`, `snapshot verify`) or `wal repair` refused to cut it |
 //! | 2 | the command could not run: bad arguments, no WAL or snapshots at PATH, I/O errors |
 
+mod cluster_cmd;
 mod error;
 mod output;
 mod path;
@@ -42,6 +43,8 @@ enum Command {
     Snapshot(SnapshotCommand),
     /// Run one node: the engine, its peer transport and the HTTP API.
     Serve(serve::ServeArgs),
+    /// Run a local cluster of `keel serve` processes on 127.0.0.1 until Ctrl-C.
+    Cluster(cluster_cmd::ClusterArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -108,6 +111,7 @@ fn run(cli: Cli) -> Result<Status, CliError> {
         Command::Snapshot(SnapshotCommand::Ls(a)) => snapshot_cmd::ls(&a.path),
         Command::Snapshot(SnapshotCommand::Verify(a)) => snapshot_cmd::verify(&a.path),
         Command::Serve(a) => serve::run(a),
+        Command::Cluster(a) => cluster_cmd::run(a),
     }
 }
 
