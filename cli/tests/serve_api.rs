@@ -191,6 +191,8 @@ fn a_single_node_serves_without_peers_and_explains_bad_flags() {
     });
     assert_eq!(n.put("k", b"v").expect("put").code, 204);
     assert_eq!(n.get("/kv/k").expect("get").text(), "v");
+    let a = http(client, "DELETE", "/cluster/members/1", b"").expect("answer");
+    assert_eq!(a.code, 409, "removing the last voter: {}", a.text());
     assert_eq!(n.terminate(), Some(0));
 
     // Bad flags: a sentence and exit 2, no panic.

@@ -1,0 +1,146 @@
+//! Membership and leadership over the HTTP API of `keel serve`: grow 3 → 4 (a
+//! `--join` node added as a learner, then promoted), leadership transfer, removing
+//! the leader, shrinking back to 3, and the refusals (unknown node, pending change,
+//! quorum loss, no address for a new node, requests sent to a follower).
+
+mod node;
+
+use std::net::SocketAddr;
+
+use node::{free_ports, http, wait_for, Cluster, NodeProc};
+use serde_json::{json, Value};
+
+fn post(n: &NodeProc, path: &str, body: Value) -> node::Answer {
+    http(n.client, "POST", path, body.to_string().as_bytes()).expect("answer")
+}
+
+fn delete(n: &NodeProc, path: &str) -> node::Answer {
+    http(n.client, "DELETE", path, b"").expect("answer")
+}
+
+#[test]
+fn grow_promote_transfer_remove_the_leader_and_shrink() {
+    let mut c = Cluster::start(3, &[]);
+    let leader = c.wait_leader(&[1, 2, 3]);
+    assert_eq!(c.node(leader).put("k", b"v1").expect("put").code, 204);
+    let follower = (1..=3).find(|&i| i != leader).expect("follower");
+
+    // Node 4 starts in join mode: no voters, no leader, it never campaigns.
+    let ports = free_ports(2);
+    let client4 = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let peer4 = format!("127.0.0.1:{}", ports[1]);
+    let peers: Vec<String> = (1..=3)
+        .map(|i| format!("{i}=127.0.0.1:{}", c.peer_ports[i - 1]))
+        .chain([format!("4={peer4}")])
+        .collect();
+    let args = node::serve_args(c.dir.path(), 4, &peers.join(","), client4, &["--join"]);
+    let n4 = NodeProc::start(4, client4, args, &c.dir.path().join("n4.log"));
+    wait_for("node 4 up", || n4.status());
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let st = n4.status().expect("status");
+    assert_eq!(st["voters"], json!([]), "{st}");
+    assert_eq!(st["role"], "follower");
+
+    // Refusals before anything is proposed.
+    let a = post(c.node(leader), "/cluster/members", json!({"id": 4, "learner": true}));
+    assert_eq!(a.code, 400, "a new node needs an address: {}", a.text());
+    let a = delete(c.node(leader), "/cluster/members/9");
+    assert_eq!(a.code, 404, "{}", a.text());
+    assert_eq!(a.json()["applied"], false);
+    let a = post(
+        c.node(follower),
+        "/cluster/members",
+        json!({"id": 4, "addr": peer4, "learner": true}),
+    );
+    assert_eq!(a.code, 503, "membership changes go to the leader: {}", a.text());
+    assert_eq!(a.json()["leader"], leader);
+    let a = post(c.node(leader), "/cluster/leader", json!({"id": 9}));
+    assert_eq!(a.code, 404, "{}", a.text());
+
+    // Add as a learner: it receives the log, including the bootstrap membership.
+    let a = post(
+        c.node(leader),
+        "/cluster/members",
+        json!({"id": 4, "addr": peer4, "learner": true}),
+    );
+    assert_eq!(a.code, 200, "{}\n{}", a.text(), c.logs());
+    assert_eq!(a.json()["learners"], json!([4]));
+    wait_for("node 4 learns the membership", || {
+        let st = n4.status()?;
+        (st["voters"] == json!([1, 2, 3]) && st["learners"] == json!([4])).then_some(())
+    });
+    assert_eq!(n4.status().expect("status")["role"], "learner");
+    let v = wait_for("node 4 serves reads", || {
+        let a = n4.get("/kv/k")?;
+        (a.code == 200).then_some(a.text())
+    });
+    assert_eq!(v, "v1");
+    // Restarted, the joined node rebuilds its membership from its own log.
+    let mut n4 = n4;
+    n4.kill9();
+    n4.restart();
+    wait_for("node 4 recovers as a learner", || {
+        let st = n4.status()?;
+        (st["voters"] == json!([1, 2, 3]) && st["learners"] == json!([4]) && st["leader"] != 0)
+            .then_some(())
+    });
+    // A learner may not lead.
+    let a = post(c.node(leader), "/cluster/leader", json!({"id": 4}));
+    assert_eq!(a.code, 409, "{}", a.text());
+    // Adding it again as a learner is refused.
+    let a = post(
+        c.node(leader),
+        "/cluster/members",
+        json!({"id": 4, "addr": peer4, "learner": true}),
+    );
+    assert_eq!(a.code, 409, "{}", a.text());
+
+    // Promote, then hand it the leadership.
+    let a = post(c.node(leader), "/cluster/members", json!({"id": 4, "learner": false}));
+    assert_eq!(a.code, 200, "{}", a.text());
+    assert_eq!(a.json()["voters"], json!([1, 2, 3, 4]));
+    let a = post(c.node(follower), "/cluster/leader", json!({"id": 4}));
+    assert_eq!(a.code, 200, "transfer through a follower: {}\n{}", a.text(), c.logs());
+    wait_for("everyone follows node 4", || {
+        let all = c
+            .nodes
+            .iter()
+            .chain([&n4])
+            .all(|n| n.status().is_some_and(|s| s["leader"] == 4));
+        all.then_some(())
+    });
+    assert_eq!(n4.put("k", b"v2").expect("put").code, 204);
+
+    // Remove the leader itself: the rest elect a new one and keep serving.
+    let a = delete(&n4, "/cluster/members/4");
+    assert_eq!(a.code, 200, "{}", a.text());
+    assert_eq!(a.json()["voters"], json!([1, 2, 3]));
+    let new = c.wait_leader(&[1, 2, 3]);
+    assert_ne!(new, 4);
+    assert_eq!(c.node(new).put("k", b"v3").expect("put").code, 204);
+    for n in &c.nodes {
+        assert_eq!(n.get("/kv/k").expect("get").text(), "v3");
+        assert_eq!(n.status().expect("status")["voters"], json!([1, 2, 3]));
+    }
+    drop(n4);
+
+    // With one follower down, removing the other would leave the leader and a dead
+    // voter: no reachable majority, so it is refused before anything is proposed.
+    let victim = (1..=3).find(|&i| i != new).expect("a follower");
+    let other = (1..=3).find(|&i| i != new && i != victim).expect("the other");
+    c.node_mut(victim).kill9();
+    // Past an election timeout, the leader no longer counts the dead node as active.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let a = delete(c.node(new), &format!("/cluster/members/{other}"));
+    assert_eq!(a.code, 409, "{}", a.text());
+    assert_eq!(a.json()["applied"], false);
+    assert!(a.text().contains("quorum"), "{}", a.text());
+    assert_eq!(c.node(new).put("k", b"v4").expect("put").code, 204);
+
+    // Shrink for real: remove the dead node; two voters remain and serve.
+    let a = delete(c.node(new), &format!("/cluster/members/{victim}"));
+    assert_eq!(a.code, 200, "{}", a.text());
+    assert_eq!(a.json()["voters"].as_array().map(Vec::len), Some(2));
+    assert_eq!(c.node(other).put("k", b"v5").expect("put").code, 204);
+    assert_eq!(c.node(new).get("/kv/k").expect("get").text(), "v5");
+}
