@@ -1,0 +1,128 @@
+//! Membership through `Db`: a node started in join mode is added as a learner and
+//! rebuilds the membership from the leader's log (the bootstrap entries), is promoted,
+//! takes over leadership by transfer, survives a restart; every change reaches the
+//! membership observer with its context; refused changes are refused before anything
+//! is proposed.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{fast, wait_until, Cluster};
+use keel::{
+    Config, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Db,
+    Error, MembershipObserver, Role,
+};
+use parking_lot::Mutex;
+
+#[derive(Default)]
+struct Recorder(Mutex<Vec<(u64, ConfChangeType, Vec<u8>)>>);
+
+impl MembershipObserver for Recorder {
+    fn applied(&self, change: &ConfChangeV2, _cs: &ConfState) {
+        for c in &change.changes {
+            self.0
+                .lock()
+                .push((c.node_id, c.change_type, change.context.clone()));
+        }
+    }
+}
+
+fn change(change_type: ConfChangeType, node_id: u64, context: &[u8]) -> ConfChangeV2 {
+    ConfChangeV2 {
+        transition: ConfChangeTransition::Auto,
+        changes: vec![ConfChangeSingle {
+            change_type,
+            node_id,
+        }],
+        context: context.to_vec(),
+    }
+}
+
+fn joiner(c: &Cluster, observer: Arc<Recorder>) -> Config {
+    let mut cfg = fast(Config::cluster(4, Vec::new(), c.node_dir(4), c.net.clone()));
+    cfg.join = true;
+    cfg.membership_observer = Some(observer);
+    cfg
+}
+
+#[test]
+fn a_joining_node_is_added_promoted_made_leader_and_restarts() {
+    let mut c = Cluster::new(3);
+    let leader = c.wait_leader();
+    c.db(leader).put(b"k", b"v1").expect("put");
+
+    let seen = Arc::new(Recorder::default());
+    let n4 = Db::open(joiner(&c, Arc::clone(&seen))).expect("open joiner");
+    // Join mode: no membership, never campaigns.
+    std::thread::sleep(Duration::from_millis(800));
+    let st = n4.status();
+    assert!(st.voters.is_empty() && st.leader.is_none(), "{st:?}");
+
+    let cs = c
+        .db(leader)
+        .change_membership(change(ConfChangeType::AddLearnerNode, 4, b"addr-of-4"))
+        .expect("add learner");
+    assert_eq!(cs.learners, vec![4]);
+    wait_until(Duration::from_secs(10), || {
+        let st = n4.status();
+        (st.voters == vec![1, 2, 3] && st.learners == vec![4]).then_some(())
+    })
+    .expect("the learner rebuilds the membership from the log");
+    assert_eq!(n4.get(b"k").expect("read on the learner"), Some(b"v1".to_vec()));
+    // The bootstrap entries and the addition reached its observer, with the context.
+    let log = seen.0.lock().clone();
+    assert!(log.contains(&(4, ConfChangeType::AddLearnerNode, b"addr-of-4".to_vec())), "{log:?}");
+    assert!(log.contains(&(1, ConfChangeType::AddNode, Vec::new())), "{log:?}");
+
+    // Refusals, before anything is proposed.
+    let l = c.db(leader);
+    assert!(matches!(l.transfer_leadership(4), Err(Error::Conflict(_))));
+    assert!(matches!(l.transfer_leadership(9), Err(Error::UnknownNode(9))));
+    assert!(matches!(
+        l.change_membership(change(ConfChangeType::RemoveNode, 9, b"")),
+        Err(Error::UnknownNode(9))
+    ));
+    assert!(matches!(
+        l.change_membership(change(ConfChangeType::AddNode, leader, b"")),
+        Err(Error::Conflict(_))
+    ));
+    let follower = c.followers(leader)[0];
+    assert!(matches!(
+        c.db(follower).change_membership(change(ConfChangeType::AddNode, 4, b"")),
+        Err(Error::NotLeader { leader: Some(_) })
+    ));
+
+    // Promote, then transfer leadership to it (asked through a follower).
+    let cs = l
+        .change_membership(change(ConfChangeType::AddNode, 4, b""))
+        .expect("promote");
+    assert_eq!(cs.voters, vec![1, 2, 3, 4]);
+    c.db(follower).transfer_leadership(4).expect("transfer");
+    wait_until(Duration::from_secs(10), || (n4.status().role == Role::Leader).then_some(()))
+        .expect("node 4 leads");
+    n4.put(b"k", b"v2").expect("write through the new leader");
+
+    // Back to a follower, then a restart: membership comes from its own log.
+    n4.transfer_leadership(leader).expect("transfer back");
+    n4.close().expect("close");
+    drop(n4);
+    let n4 = Db::open(joiner(&c, Arc::new(Recorder::default()))).expect("reopen");
+    wait_until(Duration::from_secs(10), || {
+        let st = n4.status();
+        (st.voters == vec![1, 2, 3, 4] && st.leader.is_some()).then_some(())
+    })
+    .expect("the restarted node knows the membership");
+    assert_eq!(n4.get(b"k").expect("read"), Some(b"v2".to_vec()));
+
+    // Remove it again; the others carry on.
+    let cs = c
+        .db(leader)
+        .change_membership(change(ConfChangeType::RemoveNode, 4, b""))
+        .expect("remove");
+    assert_eq!(cs.voters, vec![1, 2, 3]);
+    c.db(leader).put(b"k", b"v3").expect("write after removal");
+    n4.close().expect("close");
+    c.stop(1);
+}
