@@ -185,7 +185,9 @@ fn shell_words(words: &[String]) -> String {
     words
         .iter()
         .map(|w| {
-            if w.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_./=:,".contains(&b)) {
+            if w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,".contains(&b))
+            {
                 w.clone()
             } else {
                 format!("'{}'", w.replace('\'', "'\\''"))
@@ -236,7 +238,10 @@ fn wait_ready(children: &mut Children, dir: &Path, stop: &AtomicBool) -> Result<
         let leader = children.0.iter().find_map(|n| {
             let (code, body) = request(n.client, "GET", "/status", b"").ok()?;
             let v: serde_json::Value = serde_json::from_slice(&body).ok()?;
-            (code == 200).then(|| v["leader"].as_u64()).flatten().filter(|&l| l != 0)
+            (code == 200)
+                .then(|| v["leader"].as_u64())
+                .flatten()
+                .filter(|&l| l != 0)
         });
         if let Some(leader) = leader {
             let probe = "/kv/keel-cluster-ready-check";
@@ -277,7 +282,10 @@ pub fn request(
     let mut out = Vec::new();
     s.take(16 << 20).read_to_end(&mut out)?;
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed HTTP response");
-    let end = out.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(bad)?;
+    let end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(bad)?;
     let status_line = std::str::from_utf8(&out[..end]).map_err(|_| bad())?;
     let code: u16 = status_line
         .split(' ')

@@ -49,21 +49,33 @@ fn writes_and_reads_through_every_node_and_bad_input_is_refused() {
         assert_eq!(a.code, 204, "put via {writer}: {}", a.text());
         for reader in 1..=3u64 {
             let a = c.node(reader).get("/kv/shared").expect("get");
-            assert_eq!((a.code, a.text()), (200, value.clone()), "read via {reader}");
+            assert_eq!(
+                (a.code, a.text()),
+                (200, value.clone()),
+                "read via {reader}"
+            );
         }
     }
     // Percent-decoded keys, deletes, absent keys, serializable reads.
     let a = c.node(2).put("a%20key%2Fwith%25", b"x").expect("put");
     assert_eq!(a.code, 204);
-    assert_eq!(c.node(3).get("/kv/a%20key%2Fwith%25").expect("get").text(), "x");
+    assert_eq!(
+        c.node(3).get("/kv/a%20key%2Fwith%25").expect("get").text(),
+        "x"
+    );
     let a = http(c.node(1).client, "DELETE", "/kv/a%20key%2Fwith%25", b"").expect("delete");
     assert_eq!(a.code, 204);
-    assert_eq!(c.node(2).get("/kv/a%20key%2Fwith%25").expect("get").code, 404);
+    assert_eq!(
+        c.node(2).get("/kv/a%20key%2Fwith%25").expect("get").code,
+        404
+    );
     let a = http(c.node(1).client, "DELETE", "/kv/never-there", b"").expect("delete");
     assert_eq!(a.code, 204, "deleting an absent key");
     let follower = (1..=3).find(|&i| i != leader).expect("a follower");
     let a = wait_for("serializable read", || {
-        let a = c.node(follower).get("/kv/shared?consistency=serializable")?;
+        let a = c
+            .node(follower)
+            .get("/kv/shared?consistency=serializable")?;
         (a.code == 200).then_some(a)
     });
     assert_eq!(a.text(), "v3");
@@ -84,8 +96,15 @@ fn writes_and_reads_through_every_node_and_bad_input_is_refused() {
     assert_eq!(a.json()["applied"], false);
     let a = c.node(1).put(&"k".repeat(4096), b"v").expect("answer");
     assert_eq!(a.code, 204, "a key of exactly 4096 bytes");
-    assert_eq!(http(n1, "PUT", "/kv/", b"v").expect("answer").code, 400, "empty key");
-    assert_eq!(http(n1, "PUT", "/kv/bad%zz", b"v").expect("answer").code, 400);
+    assert_eq!(
+        http(n1, "PUT", "/kv/", b"v").expect("answer").code,
+        400,
+        "empty key"
+    );
+    assert_eq!(
+        http(n1, "PUT", "/kv/bad%zz", b"v").expect("answer").code,
+        400
+    );
     let a = c.node(1).put("big", &[7u8; 1025]).expect("answer");
     assert_eq!(a.code, 413, "oversized value");
     assert_eq!(a.json()["applied"], false);
@@ -99,7 +118,13 @@ fn writes_and_reads_through_every_node_and_bad_input_is_refused() {
     assert_eq!(c.node(1).get("/nope").expect("answer").code, 404);
     assert_eq!(http(n1, "POST", "/kv/x", b"").expect("answer").code, 405);
     assert_eq!(http(n1, "PUT", "/status", b"").expect("answer").code, 405);
-    assert_eq!(c.node(1).get("/kv/x?consistency=bogus").expect("answer").code, 400);
+    assert_eq!(
+        c.node(1)
+            .get("/kv/x?consistency=bogus")
+            .expect("answer")
+            .code,
+        400
+    );
     let a = http(n1, "POST", "/cluster/members", b"not json").expect("answer");
     assert_eq!(a.code, 400);
     let a = http(n1, "POST", "/cluster/leader", b"{}").expect("answer");
@@ -147,7 +172,10 @@ fn writes_and_reads_through_every_node_and_bad_input_is_refused() {
     let rogue = NodeProc::start(3, rogue_client, rogue_args, &c.dir.path().join("rogue.log"));
     std::thread::sleep(std::time::Duration::from_secs(3));
     let st = rogue.status().expect("rogue status");
-    assert_eq!(st["leader"], 0, "the rogue node must never find a leader: {st}");
+    assert_eq!(
+        st["leader"], 0,
+        "the rogue node must never find a leader: {st}"
+    );
     let leader_now = c.wait_leader(&[1, 2, 3]);
     let a = c.node(leader_now).put("after-rogue", b"ok").expect("put");
     assert_eq!(a.code, 204);
@@ -157,7 +185,12 @@ fn writes_and_reads_through_every_node_and_bad_input_is_refused() {
     let applied_before = c.node(2).status().expect("status")["applied_index"]
         .as_u64()
         .expect("applied");
-    assert_eq!(c.node_mut(2).terminate(), Some(0), "{}", c.node(2).log_text());
+    assert_eq!(
+        c.node_mut(2).terminate(),
+        Some(0),
+        "{}",
+        c.node(2).log_text()
+    );
     c.node_mut(2).restart();
     let v = wait_for("restarted node serves linearizable reads", || {
         let a = c.node(2).get("/kv/after-rogue")?;

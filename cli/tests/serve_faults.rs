@@ -137,7 +137,10 @@ fn kill_9_of_a_follower_and_of_the_leader_loses_no_acknowledged_write() {
             );
         }
         let st = n.status().expect("status");
-        assert!(st["snapshot_index"].as_u64() > Some(0), "snapshots were taken: {st}");
+        assert!(
+            st["snapshot_index"].as_u64() > Some(0),
+            "snapshots were taken: {st}"
+        );
         // Linearizable reads agree too.
         let (k, v) = acked.iter().next_back().expect("a write");
         assert_eq!(n.get(&format!("/kv/{k}")).expect("get").text(), *v);
@@ -239,8 +242,7 @@ impl ProxiedCluster {
                 .iter()
                 .map(|&i| self.node(i).status()?["leader"].as_u64())
                 .collect::<Option<_>>()?;
-            (ls[0] != 0 && ls.iter().all(|&l| l == ls[0]) && ids.contains(&ls[0]))
-                .then_some(ls[0])
+            (ls[0] != 0 && ls.iter().all(|&l| l == ls[0]) && ids.contains(&ls[0])).then_some(ls[0])
         })
     }
 
@@ -259,7 +261,11 @@ fn a_partitioned_minority_never_acknowledges_and_never_reads_stale() {
     assert_eq!(c.node(leader).put("k", b"old").expect("put").code, 204);
     let follower = (1..=3).find(|&i| i != leader).expect("a follower");
     wait_for("follower has the write", || {
-        (c.node(follower).get("/kv/k?consistency=serializable")?.text() == "old").then_some(())
+        (c.node(follower)
+            .get("/kv/k?consistency=serializable")?
+            .text()
+            == "old")
+            .then_some(())
     });
 
     // Cut the old leader off: the majority elects a new leader and moves on.
@@ -282,7 +288,10 @@ fn a_partitioned_minority_never_acknowledges_and_never_reads_stale() {
     assert_ne!(a.code, 200, "stale linearizable read: {}", a.text());
     assert!(started.elapsed() < Duration::from_secs(30));
     // Its serializable read may be stale, by definition.
-    let a = c.node(leader).get("/kv/k?consistency=serializable").expect("answer");
+    let a = c
+        .node(leader)
+        .get("/kv/k?consistency=serializable")
+        .expect("answer");
     assert_eq!(a.text(), "old");
 
     // Also a follower cut off alone: no stale linearizable read.

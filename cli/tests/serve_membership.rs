@@ -42,7 +42,11 @@ fn grow_promote_transfer_remove_the_leader_and_shrink() {
     assert_eq!(st["role"], "follower");
 
     // Refusals before anything is proposed.
-    let a = post(c.node(leader), "/cluster/members", json!({"id": 4, "learner": true}));
+    let a = post(
+        c.node(leader),
+        "/cluster/members",
+        json!({"id": 4, "learner": true}),
+    );
     assert_eq!(a.code, 400, "a new node needs an address: {}", a.text());
     let a = delete(c.node(leader), "/cluster/members/9");
     assert_eq!(a.code, 404, "{}", a.text());
@@ -52,7 +56,12 @@ fn grow_promote_transfer_remove_the_leader_and_shrink() {
         "/cluster/members",
         json!({"id": 4, "addr": peer4, "learner": true}),
     );
-    assert_eq!(a.code, 503, "membership changes go to the leader: {}", a.text());
+    assert_eq!(
+        a.code,
+        503,
+        "membership changes go to the leader: {}",
+        a.text()
+    );
     assert_eq!(a.json()["leader"], leader);
     let a = post(c.node(leader), "/cluster/leader", json!({"id": 9}));
     assert_eq!(a.code, 404, "{}", a.text());
@@ -96,11 +105,21 @@ fn grow_promote_transfer_remove_the_leader_and_shrink() {
     assert_eq!(a.code, 409, "{}", a.text());
 
     // Promote, then hand it the leadership.
-    let a = post(c.node(leader), "/cluster/members", json!({"id": 4, "learner": false}));
+    let a = post(
+        c.node(leader),
+        "/cluster/members",
+        json!({"id": 4, "learner": false}),
+    );
     assert_eq!(a.code, 200, "{}", a.text());
     assert_eq!(a.json()["voters"], json!([1, 2, 3, 4]));
     let a = post(c.node(follower), "/cluster/leader", json!({"id": 4}));
-    assert_eq!(a.code, 200, "transfer through a follower: {}\n{}", a.text(), c.logs());
+    assert_eq!(
+        a.code,
+        200,
+        "transfer through a follower: {}\n{}",
+        a.text(),
+        c.logs()
+    );
     wait_for("everyone follows node 4", || {
         let all = c
             .nodes
@@ -127,7 +146,9 @@ fn grow_promote_transfer_remove_the_leader_and_shrink() {
     // With one follower down, removing the other would leave the leader and a dead
     // voter: no reachable majority, so it is refused before anything is proposed.
     let victim = (1..=3).find(|&i| i != new).expect("a follower");
-    let other = (1..=3).find(|&i| i != new && i != victim).expect("the other");
+    let other = (1..=3)
+        .find(|&i| i != new && i != victim)
+        .expect("the other");
     c.node_mut(victim).kill9();
     // Past an election timeout, the leader no longer counts the dead node as active.
     std::thread::sleep(std::time::Duration::from_secs(3));

@@ -25,9 +25,8 @@ use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver, Sender};
 use raft_core::{
-    codec, ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message,
-    RawNode, Ready,
-    SnapshotMetadata, SnapshotStatus, StateRole,
+    codec, ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, RawNode,
+    Ready, SnapshotMetadata, SnapshotStatus, StateRole,
 };
 use snapshot::LogCache;
 use wal::LogStore;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use common::{fast, wait_until, Cluster};
 use keel::{
-    Config, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Db,
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Config, Db,
     Error, MembershipObserver, Role,
 };
 use parking_lot::Mutex;
@@ -70,16 +70,28 @@ fn a_joining_node_is_added_promoted_made_leader_and_restarts() {
         (st.voters == vec![1, 2, 3] && st.learners == vec![4]).then_some(())
     })
     .expect("the learner rebuilds the membership from the log");
-    assert_eq!(n4.get(b"k").expect("read on the learner"), Some(b"v1".to_vec()));
+    assert_eq!(
+        n4.get(b"k").expect("read on the learner"),
+        Some(b"v1".to_vec())
+    );
     // The bootstrap entries and the addition reached its observer, with the context.
     let log = seen.0.lock().clone();
-    assert!(log.contains(&(4, ConfChangeType::AddLearnerNode, b"addr-of-4".to_vec())), "{log:?}");
-    assert!(log.contains(&(1, ConfChangeType::AddNode, Vec::new())), "{log:?}");
+    assert!(
+        log.contains(&(4, ConfChangeType::AddLearnerNode, b"addr-of-4".to_vec())),
+        "{log:?}"
+    );
+    assert!(
+        log.contains(&(1, ConfChangeType::AddNode, Vec::new())),
+        "{log:?}"
+    );
 
     // Refusals, before anything is proposed.
     let l = c.db(leader);
     assert!(matches!(l.transfer_leadership(4), Err(Error::Conflict(_))));
-    assert!(matches!(l.transfer_leadership(9), Err(Error::UnknownNode(9))));
+    assert!(matches!(
+        l.transfer_leadership(9),
+        Err(Error::UnknownNode(9))
+    ));
     assert!(matches!(
         l.change_membership(change(ConfChangeType::RemoveNode, 9, b"")),
         Err(Error::UnknownNode(9))
@@ -90,7 +102,8 @@ fn a_joining_node_is_added_promoted_made_leader_and_restarts() {
     ));
     let follower = c.followers(leader)[0];
     assert!(matches!(
-        c.db(follower).change_membership(change(ConfChangeType::AddNode, 4, b"")),
+        c.db(follower)
+            .change_membership(change(ConfChangeType::AddNode, 4, b"")),
         Err(Error::NotLeader { leader: Some(_) })
     ));
 
@@ -100,8 +113,10 @@ fn a_joining_node_is_added_promoted_made_leader_and_restarts() {
         .expect("promote");
     assert_eq!(cs.voters, vec![1, 2, 3, 4]);
     c.db(follower).transfer_leadership(4).expect("transfer");
-    wait_until(Duration::from_secs(10), || (n4.status().role == Role::Leader).then_some(()))
-        .expect("node 4 leads");
+    wait_until(Duration::from_secs(10), || {
+        (n4.status().role == Role::Leader).then_some(())
+    })
+    .expect("node 4 leads");
     n4.put(b"k", b"v2").expect("write through the new leader");
 
     // Back to a follower, then a restart: membership comes from its own log.

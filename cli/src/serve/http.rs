@@ -647,7 +647,11 @@ mod tests {
             b"GET / HTTP/1.1\r\nno colon\r\n\r\n",
             b"GET http://x/ HTTP/1.1\r\n\r\n",
         ] {
-            assert!(parse_head(bad).is_err(), "{:?}", String::from_utf8_lossy(bad));
+            assert!(
+                parse_head(bad).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

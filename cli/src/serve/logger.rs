@@ -40,9 +40,9 @@ impl log::Log for StderrLogger {
 
 /// Installs the logger at `level` (`error`, `warn`, `info`, `debug`, `trace`, `off`).
 pub fn init(level: &str) -> Result<(), String> {
-    let level: log::LevelFilter = level
-        .parse()
-        .map_err(|_| format!("--log-level {level:?}: use error, warn, info, debug, trace or off"))?;
+    let level: log::LevelFilter = level.parse().map_err(|_| {
+        format!("--log-level {level:?}: use error, warn, info, debug, trace or off")
+    })?;
     log::set_boxed_logger(Box::new(StderrLogger { level }))
         .map_err(|e| format!("cannot install the logger: {e}"))?;
     log::set_max_level(level);

@@ -21,10 +21,10 @@ use clap::Args;
 use keel::transport::{TcpConfig, TcpTransport};
 use keel::{Config, Db, LogBackend};
 
-use crate::error::{CliError, Status};
 use self::http::{HttpConfig, HttpServer};
 use self::peers::PeerBook;
 use self::routes::{Api, MAX_KEY_BYTES};
+use crate::error::{CliError, Status};
 
 /// Arguments of `keel serve`.
 #[derive(Debug, Args)]
@@ -135,7 +135,10 @@ pub fn run(args: ServeArgs) -> Result<Status, CliError> {
     log::info!(
         "node {} serving clients on http://{}",
         args.id,
-        running.http.as_ref().map_or_else(String::new, |h| h.local_addr().to_string())
+        running
+            .http
+            .as_ref()
+            .map_or_else(String::new, |h| h.local_addr().to_string())
     );
     // Bounded by the signal: every turn sleeps one poll interval.
     while !stop.load(Ordering::Acquire) {

@@ -28,8 +28,13 @@ pub fn parse_peers(list: &str) -> Result<BTreeMap<u64, String>, String> {
             .filter(|&id| id != 0)
             .ok_or_else(|| format!("--peers entry {item:?}: the id must be a positive number"))?;
         let addr = addr.trim();
-        if addr.rsplit_once(':').is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err()) {
-            return Err(format!("--peers entry {item:?}: the address must be HOST:PORT"));
+        if addr
+            .rsplit_once(':')
+            .is_none_or(|(h, p)| h.is_empty() || p.parse::<u16>().is_err())
+        {
+            return Err(format!(
+                "--peers entry {item:?}: the address must be HOST:PORT"
+            ));
         }
         if peers.insert(id, addr.to_string()).is_some() {
             return Err(format!("--peers names node {id} twice"));
@@ -104,7 +109,10 @@ impl PeerBook {
         match self.ops.try_send(op) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                log::error!("node {}: too many peer changes queued; one was lost", self.my_id)
+                log::error!(
+                    "node {}: too many peer changes queued; one was lost",
+                    self.my_id
+                )
             }
             Err(TrySendError::Disconnected(_)) => {}
         }
@@ -188,7 +196,15 @@ mod tests {
         let p = parse_peers("1=127.0.0.1:7001, 2=host:7002").unwrap();
         assert_eq!(p[&1], "127.0.0.1:7001");
         assert_eq!(p[&2], "host:7002");
-        for bad in ["1", "0=h:1", "x=h:1", "1=h", "1=h:99999", "1=h:1,1=h:2", "1=:5"] {
+        for bad in [
+            "1",
+            "0=h:1",
+            "x=h:1",
+            "1=h",
+            "1=h:99999",
+            "1=h:1,1=h:2",
+            "1=:5",
+        ] {
             assert!(parse_peers(bad).is_err(), "{bad}");
         }
     }

@@ -62,7 +62,9 @@ fn error_response(e: &Error, write: bool) -> Response {
             }
             r
         }
-        Error::Busy(_) | Error::ProposalLost(_) => Response::error(503, &msg, applied(not_applied())),
+        Error::Busy(_) | Error::ProposalLost(_) => {
+            Response::error(503, &msg, applied(not_applied()))
+        }
         Error::TooLarge { .. } => Response::error(413, &msg, applied(not_applied())),
         Error::Timeout(_) | Error::Indeterminate(_) | Error::Stopped(_) => {
             Response::error(504, &msg, applied(unknown()))
@@ -165,7 +167,11 @@ impl Api {
         let write = matches!(req.method.as_str(), "PUT" | "DELETE");
         let applied = |v: Option<Value>| if write { v } else { None };
         let Some(key) = percent_decode(raw_key) else {
-            return Response::error(400, "malformed percent-encoding in the key", applied(not_applied()));
+            return Response::error(
+                400,
+                "malformed percent-encoding in the key",
+                applied(not_applied()),
+            );
         };
         if key.is_empty() {
             return Response::error(400, "the key must not be empty", applied(not_applied()));
@@ -173,7 +179,10 @@ impl Api {
         if key.len() > MAX_KEY_BYTES {
             return Response::error(
                 413,
-                &format!("the key has {} bytes; at most {MAX_KEY_BYTES} are allowed", key.len()),
+                &format!(
+                    "the key has {} bytes; at most {MAX_KEY_BYTES} are allowed",
+                    key.len()
+                ),
                 applied(not_applied()),
             );
         }
@@ -278,7 +287,11 @@ impl Api {
 
     fn add_member(&self, body: &[u8]) -> Response {
         let Ok(v) = serde_json::from_slice::<Value>(body) else {
-            return Response::error(400, "the body must be JSON: {\"id\":4,\"addr\":\"HOST:PORT\",\"learner\":true}", not_applied());
+            return Response::error(
+                400,
+                "the body must be JSON: {\"id\":4,\"addr\":\"HOST:PORT\",\"learner\":true}",
+                not_applied(),
+            );
         };
         let Some(id) = v.get("id").and_then(Value::as_u64).filter(|&i| i != 0) else {
             return Response::error(400, "\"id\" must be a positive number", not_applied());
@@ -286,7 +299,9 @@ impl Api {
         let learner = match v.get("learner") {
             None | Some(Value::Null) => false,
             Some(Value::Bool(b)) => *b,
-            Some(_) => return Response::error(400, "\"learner\" must be true or false", not_applied()),
+            Some(_) => {
+                return Response::error(400, "\"learner\" must be true or false", not_applied())
+            }
         };
         let addr = match v.get("addr") {
             None | Some(Value::Null) => None,
@@ -321,7 +336,11 @@ impl Api {
 
     fn remove_member(&self, raw_id: &str) -> Response {
         let Some(id) = raw_id.parse::<u64>().ok().filter(|&i| i != 0) else {
-            return Response::error(400, "the member id must be a positive number", not_applied());
+            return Response::error(
+                400,
+                "the member id must be a positive number",
+                not_applied(),
+            );
         };
         self.change(ConfChangeV2 {
             transition: ConfChangeTransition::Auto,
@@ -338,7 +357,10 @@ impl Api {
             return Response::error(503, "the node is shutting down", not_applied());
         }
         match self.db.change_membership(cc) {
-            Ok(cs) => Response::json(200, &json!({ "voters": cs.voters, "learners": cs.learners })),
+            Ok(cs) => Response::json(
+                200,
+                &json!({ "voters": cs.voters, "learners": cs.learners }),
+            ),
             Err(e) => error_response(&e, true),
         }
     }
@@ -380,7 +402,10 @@ mod tests {
 
     #[test]
     fn reads_query_parameters() {
-        assert_eq!(query_param("consistency=serializable", "consistency"), Some("serializable"));
+        assert_eq!(
+            query_param("consistency=serializable", "consistency"),
+            Some("serializable")
+        );
         assert_eq!(query_param("a=1&consistency=x", "consistency"), Some("x"));
         assert_eq!(query_param("a=1", "consistency"), None);
     }

@@ -79,7 +79,10 @@ pub fn http(addr: SocketAddr, method: &str, path: &str, body: &[u8]) -> std::io:
 
 pub fn parse_answer(out: &[u8]) -> std::io::Result<Answer> {
     let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "malformed answer");
-    let end = out.windows(4).position(|w| w == b"\r\n\r\n").ok_or_else(bad)?;
+    let end = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .ok_or_else(bad)?;
     let head = std::str::from_utf8(&out[..end]).map_err(|_| bad())?;
     let code = head
         .split(' ')
@@ -277,7 +280,11 @@ impl Cluster {
         wait_for("a leader", || {
             let leaders: Vec<u64> = among
                 .iter()
-                .map(|&i| self.node(i).status().map(|s| s["leader"].as_u64().unwrap_or(0)))
+                .map(|&i| {
+                    self.node(i)
+                        .status()
+                        .map(|s| s["leader"].as_u64().unwrap_or(0))
+                })
                 .collect::<Option<Vec<u64>>>()?;
             let l = leaders[0];
             (l != 0 && leaders.iter().all(|&x| x == l) && among.contains(&l)).then_some(l)
