@@ -260,17 +260,12 @@ impl Writer {
             }
             self.batch.clear();
             match first {
-                Some(m) => {
-                    frame::encode(&mut self.batch, FrameType::Message, &m);
-                }
+                Some(m) => frame::encode(&mut self.batch, FrameType::Message, &m),
                 None => frame::encode(&mut self.batch, FrameType::Ping, &[]),
             }
             while self.batch.len() < max_batch {
                 match self.queue.try_recv() {
-                    Ok(m) => {
-                        frame::encode(&mut self.batch, FrameType::Message, &m);
-                        count += 1;
-                    }
+                    Ok(m) => frame::encode(&mut self.batch, FrameType::Message, &m),
                     Err(_) => break,
                 }
             }
