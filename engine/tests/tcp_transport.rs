@@ -57,17 +57,23 @@ fn capture() -> &'static Capture {
     })
 }
 
-/// Waits until a warning containing every one of `parts` was logged.
-fn warned(parts: &[&str]) -> bool {
+/// Waits until a line of `level` containing every one of `parts` was logged.
+fn logged(level: log::Level, parts: &[&str]) -> bool {
+    let prefix = level.to_string();
     wait_until(Duration::from_secs(5), || {
         capture()
             .0
             .lock()
             .iter()
-            .any(|l| l.starts_with("WARN") && parts.iter().all(|p| l.contains(p)))
+            .any(|l| l.starts_with(&prefix) && parts.iter().all(|p| l.contains(p)))
             .then_some(())
     })
     .is_some()
+}
+
+/// Waits until a warning containing every one of `parts` was logged.
+fn warned(parts: &[&str]) -> bool {
+    logged(log::Level::Warn, parts)
 }
 
 // ---------------------------------------------------------------------------------
@@ -188,8 +194,10 @@ fn link(a: &TcpTransport, b: &TcpTransport) {
 }
 
 fn wait_connected(a: &TcpTransport, peer: u64) {
-    wait_until(Duration::from_secs(5), || a.is_connected(peer).then_some(()))
-        .unwrap_or_else(|| panic!("node {} never connected to {peer}", a.id()));
+    wait_until(Duration::from_secs(5), || {
+        a.is_connected(peer).then_some(())
+    })
+    .unwrap_or_else(|| panic!("node {} never connected to {peer}", a.id()));
 }
 
 fn pair() -> (Arc<TcpTransport>, Arc<Sink>, Arc<TcpTransport>, Arc<Sink>) {
@@ -242,7 +250,11 @@ fn send_until_delivered(a: &TcpTransport, to: u64, sink: &Sink, index: u64) {
             .any(|m| m.from == a.id() && m.index == index)
             .then_some(())
     });
-    assert!(ok.is_some(), "message {index} from {} never arrived", a.id());
+    assert!(
+        ok.is_some(),
+        "message {index} from {} never arrived",
+        a.id()
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -287,7 +299,12 @@ fn raw_handshake(to: &TcpTransport, from: u64) -> TcpStream {
     let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
     let mut ack = vec![0u8; len];
     s.read_exact(&mut ack).unwrap();
-    assert_eq!(ack[0], 0, "accepted: {}", String::from_utf8_lossy(&ack[11..]));
+    assert_eq!(
+        ack[0],
+        0,
+        "accepted: {}",
+        String::from_utf8_lossy(&ack[11..])
+    );
     s
 }
 
@@ -322,7 +339,10 @@ fn messages_flow_both_ways() {
     assert!(sb.messages.lock().iter().all(|m| m.from == 1 && m.to == 2));
     assert!(sa.messages.lock().iter().all(|m| m.from == 2 && m.to == 1));
     // Unknown destinations and foreign or malformed messages are refused locally.
-    assert_eq!(a.send(1, 9, msg(1, 9, 1)), Err(TransportError::Unreachable(9)));
+    assert_eq!(
+        a.send(1, 9, msg(1, 9, 1)),
+        Err(TransportError::Unreachable(9))
+    );
     assert!(a.send(1, 2, msg(3, 2, 1)).is_err());
     assert!(a.send(1, 2, b"not a message".to_vec()).is_err());
     assert_eq!(a.stats().messages_queued, 100);
@@ -361,9 +381,14 @@ fn reconnects_after_the_peer_restarts_on_the_same_port() {
     b.shutdown();
     drop(b);
     // The writer notices (a ping or write fails) and reports the peer unreachable.
-    wait_until(Duration::from_secs(5), || (!a.is_connected(2)).then_some(()))
-        .expect("a notices b is gone");
-    assert_eq!(a.send(1, 2, msg(1, 2, 2)), Err(TransportError::Unreachable(2)));
+    wait_until(Duration::from_secs(5), || {
+        (!a.is_connected(2)).then_some(())
+    })
+    .expect("a notices b is gone");
+    assert_eq!(
+        a.send(1, 2, msg(1, 2, 2)),
+        Err(TransportError::Unreachable(2))
+    );
 
     let mut cb = config(2);
     cb.listen_addr = b_addr;
@@ -414,8 +439,10 @@ fn unknown_sender_and_wrong_destination_are_refused() {
     send_until_delivered(&a, 2, &sb, 1);
     // And once b forgets a again, a is cut off.
     b.remove_peer(1);
-    wait_until(Duration::from_secs(5), || (!a.is_connected(2)).then_some(()))
-        .expect("a's connection to b is closed");
+    wait_until(Duration::from_secs(5), || {
+        (!a.is_connected(2)).then_some(())
+    })
+    .expect("a's connection to b is closed");
 }
 
 #[test]
@@ -459,7 +486,10 @@ fn hostile_bytes_close_the_connection_and_the_node_keeps_serving() {
     s.write_all(&frame(3, &msg(9, 2, 77))).unwrap();
     s.write_all(&frame(3, &msg(1, 2, 78))).unwrap();
     assert!(closed_by_peer(&mut s));
-    assert!(warned(&["node 2", "message from node 1 on node 9's connection"]));
+    assert!(warned(&[
+        "node 2",
+        "message from node 1 on node 9's connection"
+    ]));
     assert!(sb.wait_for(9, 77), "the honest message before it arrived");
     assert!(!sb.messages.lock().iter().any(|m| m.index == 78));
 
@@ -591,7 +621,10 @@ fn a_snapshot_streams_while_messages_keep_flowing() {
         a.send(1, 2, msg(1, 2, i)).unwrap();
     }
     assert!(sb.wait_for(1, 50), "messages flow beside a snapshot stream");
-    assert!(sb.snapshots.lock().is_empty(), "the snapshot is still in flight");
+    assert!(
+        sb.snapshots.lock().is_empty(),
+        "the snapshot is still in flight"
+    );
     gate_tx.send(()).unwrap();
     let result = sender.join().expect("sender thread");
     assert_eq!(result, Ok(()));
@@ -654,6 +687,53 @@ fn a_refused_snapshot_returns_the_receivers_error() {
         Err(TransportError::Unreachable(7))
     );
     send_until_delivered(&a, 2, &sb, 1);
+}
+
+/// Names of this process's threads (as the kernel keeps them: 15 bytes at most).
+fn thread_names() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| std::fs::read_to_string(e.ok()?.path().join("comm")).ok())
+        .map(|n| n.trim().to_string())
+        .collect()
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn shutdown_joins_every_thread() {
+    // Ids no other test in this binary uses, so their threads can be told apart.
+    let ours = |n: &String| {
+        ["keel-listen-6", "keel-listen-8", "keel-in-6", "keel-in-8"].contains(&n.as_str())
+            || n == "keel-out-6-8"
+            || n == "keel-out-8-6"
+    };
+    let (a, _sa, b, sb) = pair_with(config(6), config(8));
+    a.send(6, 8, msg(6, 8, 1)).unwrap();
+    assert!(sb.wait_for(6, 1));
+    let mut chunks = FakeChunks {
+        next: 0,
+        count: 3,
+        size: 100,
+    };
+    a.send_snapshot(6, 8, snapshot_msg(6, 8), &mut chunks)
+        .unwrap();
+    // A silent client's thread too.
+    let _silent = raw_connect(&b);
+    wait_until(Duration::from_secs(5), || {
+        (thread_names().iter().filter(|n| ours(n)).count() >= 7).then_some(())
+    })
+    .expect("listener, writer and reader threads of both, and the silent client's");
+    let started = Instant::now();
+    a.shutdown();
+    drop(a);
+    drop(b);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown is prompt"
+    );
+    let left: Vec<String> = thread_names().into_iter().filter(|n| ours(n)).collect();
+    assert!(left.is_empty(), "threads left behind: {left:?}");
 }
 
 // ---------------------------------------------------------------------------------
@@ -724,7 +804,10 @@ fn a_three_node_db_cluster_over_tcp() {
     nodes[&follower].db.put(b"via", b"follower").unwrap();
     for id in 1..=3 {
         assert_eq!(nodes[&id].db.get(&key(7)).unwrap(), Some(value(7)));
-        assert_eq!(nodes[&id].db.get(b"via").unwrap(), Some(b"follower".to_vec()));
+        assert_eq!(
+            nodes[&id].db.get(b"via").unwrap(),
+            Some(b"follower".to_vec())
+        );
     }
 
     // A follower goes away; the others compact past what it has.
@@ -753,6 +836,12 @@ fn a_three_node_db_cluster_over_tcp() {
     .unwrap_or_else(|| panic!("follower caught up: {:?}", nodes[&follower].db.status()));
     let st = nodes[&follower].db.status();
     assert!(st.snapshot_index >= 30, "installed a snapshot: {st:?}");
+    assert!(logged(
+        log::Level::Info,
+        &[&format!(
+            "node {follower}: installed a snapshot from node {leader}"
+        )]
+    ));
     for i in 80..120 {
         assert_eq!(
             nodes[&follower].db.get_local(&key(i % 40)).unwrap(),

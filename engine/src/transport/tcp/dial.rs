@@ -49,7 +49,11 @@ pub(crate) fn dial(
     };
     let mut last_err = io::Error::new(io::ErrorKind::NotFound, "no address");
     let mut connected = None;
-    for sa in addr.to_socket_addrs().map_err(connect_err)?.take(MAX_ADDRS_TRIED) {
+    for sa in addr
+        .to_socket_addrs()
+        .map_err(connect_err)?
+        .take(MAX_ADDRS_TRIED)
+    {
         match TcpStream::connect_timeout(&sa, Duration::from_millis(cfg.connect_timeout_ms)) {
             Ok(s) => {
                 connected = Some(s);

@@ -106,7 +106,10 @@ fn crc_of(head: &[u8], payload: &[u8]) -> u32 {
 /// Appends one frame to `buf`. Callers keep payloads within `max_frame_bytes`, which
 /// `TcpConfig` bounds below `u32::MAX`.
 pub(crate) fn encode(buf: &mut Vec<u8>, ty: FrameType, payload: &[u8]) {
-    debug_assert!(payload.len() <= u32::MAX as usize, "payload length fits u32");
+    debug_assert!(
+        payload.len() <= u32::MAX as usize,
+        "payload length fits u32"
+    );
     let start = buf.len();
     buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     buf.push(ty as u8);

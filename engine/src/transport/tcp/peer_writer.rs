@@ -1,5 +1,5 @@
 //! One outbound message connection per peer, owned by its writer thread
-//! (`keel-tcp-out-<id>-<peer>`). `send` only ever `try_send`s into the peer's bounded
+//! (`keel-out-<id>-<peer>`). `send` only ever `try_send`s into the peer's bounded
 //! queue; the writer drains whatever queued while it was busy into one buffer (up to
 //! `write_batch_max_bytes`) and writes it with one call, pings when idle so the
 //! receiver's read deadline holds only for dead peers, and redials with capped,
@@ -82,7 +82,7 @@ impl Peer {
             batch: Vec::new(),
         };
         let thread = std::thread::Builder::new()
-            .name(format!("keel-tcp-out-{}-{peer}", inner.id))
+            .name(format!("keel-out-{}-{peer}", inner.id))
             .spawn(move || writer.run())?;
         Ok(Peer {
             link,

@@ -35,7 +35,11 @@ pub(crate) fn send(
     }
     match route_of(&message) {
         Some(r) if r.from == inner.id && r.to == to && r.msg_type == MessageType::Snapshot => {}
-        _ => return Err(failed("not a snapshot message from this node to its destination")),
+        _ => {
+            return Err(failed(
+                "not a snapshot message from this node to its destination",
+            ))
+        }
     }
     if message.len() > cfg.max_frame_bytes as usize {
         return Err(failed(format!(
@@ -43,9 +47,7 @@ pub(crate) fn send(
             message.len()
         )));
     }
-    let addr = inner
-        .peer_addr(to)
-        .ok_or(TransportError::Unreachable(to))?;
+    let addr = inner.peer_addr(to).ok_or(TransportError::Unreachable(to))?;
     let mut guard = None;
     let stream = dial(inner, to, &addr, ConnKind::Snapshot, |s| {
         guard = inner.conns.register(s, false, 0);
@@ -136,8 +138,7 @@ fn read_result(
     deadline: Instant,
 ) -> Result<Result<(), TransportError>, String> {
     let mut r = DeadlineReader::new(stream, deadline);
-    let (ty, payload) =
-        frame::read_frame(&mut r, 64 << 10).map_err(|e| e.to_string())?;
+    let (ty, payload) = frame::read_frame(&mut r, 64 << 10).map_err(|e| e.to_string())?;
     if ty != FrameType::SnapshotResult {
         return Err(format!("expected the snapshot result, got a {ty:?} frame"));
     }
