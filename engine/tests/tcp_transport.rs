@@ -180,9 +180,24 @@ fn config(id: u64) -> TcpConfig {
     c
 }
 
-fn start(c: TcpConfig) -> (Arc<TcpTransport>, Arc<Sink>) {
+/// Starts a transport; binding a port given back moments ago is retried for a while,
+/// in case an outgoing connection of a test running beside took it as its port.
+fn start_transport(c: TcpConfig) -> Arc<TcpTransport> {
     capture();
-    let t = TcpTransport::start(c).expect("start transport");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match TcpTransport::start(c.clone()) {
+            Ok(t) => return t,
+            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            Err(e) => panic!("start transport on {}: {e}", c.listen_addr),
+        }
+    }
+}
+
+fn start(c: TcpConfig) -> (Arc<TcpTransport>, Arc<Sink>) {
+    let t = start_transport(c);
     let sink = Sink::new();
     t.register(t.id(), sink.clone());
     (t, sink)
@@ -750,16 +765,13 @@ struct Node {
     transport: Arc<TcpTransport>,
 }
 
-fn open_node(
-    id: u64,
-    listen: SocketAddr,
-    peers: &HashMap<u64, String>,
-    dir: &std::path::Path,
-) -> Node {
+fn start_node_transport(id: u64, listen: SocketAddr) -> Arc<TcpTransport> {
     let mut c = config(id);
     c.listen_addr = listen;
-    c.peers = peers.clone();
-    let transport = TcpTransport::start(c).expect("start transport");
+    start_transport(c)
+}
+
+fn open_node(id: u64, transport: Arc<TcpTransport>, dir: &std::path::Path) -> Node {
     let cfg = Config::cluster(
         id,
         vec![1, 2, 3],
@@ -784,15 +796,21 @@ fn wait_leader(nodes: &HashMap<u64, Node>) -> u64 {
 fn a_three_node_db_cluster_over_tcp() {
     capture();
     let dir = tempfile::tempdir().unwrap();
-    // Reserve three ports by binding transports first, then give each node all peers.
-    let probes: Vec<Arc<TcpTransport>> = (1..=3)
-        .map(|id| TcpTransport::start(config(id)).unwrap())
+    let transports: Vec<Arc<TcpTransport>> = (1..=3)
+        .map(|id| start_node_transport(id, loopback()))
         .collect();
-    let addrs: HashMap<u64, SocketAddr> = probes.iter().map(|t| (t.id(), t.local_addr())).collect();
-    drop(probes);
-    let peers: HashMap<u64, String> = addrs.iter().map(|(id, a)| (*id, a.to_string())).collect();
-    let mut nodes: HashMap<u64, Node> = (1..=3)
-        .map(|id| (id, open_node(id, addrs[&id], &peers, dir.path())))
+    let addrs: HashMap<u64, SocketAddr> = transports
+        .iter()
+        .map(|t| (t.id(), t.local_addr()))
+        .collect();
+    for t in &transports {
+        for (&id, addr) in &addrs {
+            t.add_peer(id, addr.to_string()).unwrap();
+        }
+    }
+    let mut nodes: HashMap<u64, Node> = transports
+        .into_iter()
+        .map(|t| (t.id(), open_node(t.id(), t, dir.path())))
         .collect();
 
     let leader = wait_leader(&nodes);
@@ -825,10 +843,11 @@ fn a_three_node_db_cluster_over_tcp() {
 
     // Back on the same port with a new transport: it catches up through a snapshot
     // streamed over TCP, then through the log.
-    nodes.insert(
-        follower,
-        open_node(follower, addrs[&follower], &peers, dir.path()),
-    );
+    let t = start_node_transport(follower, addrs[&follower]);
+    for (&id, addr) in &addrs {
+        t.add_peer(id, addr.to_string()).unwrap();
+    }
+    nodes.insert(follower, open_node(follower, t, dir.path()));
     let target = nodes[&leader].db.status().commit_index;
     wait_until(Duration::from_secs(10), || {
         (nodes[&follower].db.status().applied_index >= target).then_some(())

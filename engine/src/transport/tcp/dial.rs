@@ -32,6 +32,19 @@ pub(crate) enum DialError {
     },
 }
 
+impl DialError {
+    /// Whether the peer answered and refused us (wrong cluster, unknown id, ...).
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            DialError::Handshake {
+                source: HandshakeError::Rejected(_) | HandshakeError::WrongPeer { .. },
+                ..
+            }
+        )
+    }
+}
+
 /// Connects to `addr`, expecting node `peer` there, for a connection of `kind`.
 /// `on_connect` sees the socket before the handshake, so its owner can cut a dial
 /// that hangs in the handshake.

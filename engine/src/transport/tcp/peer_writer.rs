@@ -143,6 +143,9 @@ pub(crate) fn join_writer(thread: JoinHandle<()>) {
     }
 }
 
+// How long a connection must have lived for its loss to restart the backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
+
 struct Writer {
     inner: Arc<Inner>,
     peer: u64,
@@ -187,7 +190,7 @@ impl Writer {
             match dialled {
                 Ok(stream) => {
                     failures = 0;
-                    backoff.reset();
+                    let connected_at = Instant::now();
                     log::info!(
                         "node {}: connected to node {} at {addr}",
                         self.inner.id,
@@ -198,6 +201,11 @@ impl Writer {
                     self.link.connected.store(false, Ordering::Release);
                     let _ = stream.shutdown(Shutdown::Both);
                     *self.link.stream.lock() = None;
+                    // A peer that accepts and then drops us at once keeps the backoff
+                    // growing; one that served us a while gets redialled promptly.
+                    if connected_at.elapsed() >= STABLE_CONNECTION {
+                        backoff.reset();
+                    }
                     match end {
                         PumpEnd::Stop => return,
                         PumpEnd::Broken(e) => log::warn!(
@@ -211,7 +219,10 @@ impl Writer {
                     *self.link.stream.lock() = None;
                     failures += 1;
                     // The first failure of a streak is worth a line; the rest repeat it.
-                    if failures == 1 {
+                    // Being refused means a misconfiguration, not a peer still starting.
+                    if failures == 1 && e.is_refusal() {
+                        log::warn!("node {}: dialling node {}: {e}", self.inner.id, self.peer);
+                    } else if failures == 1 {
                         log::info!("node {}: dialling node {}: {e}", self.inner.id, self.peer);
                     } else {
                         log::debug!(

@@ -51,6 +51,10 @@ pub(crate) fn send(
     let mut guard = None;
     let stream = dial(inner, to, &addr, ConnKind::Snapshot, |s| {
         guard = inner.conns.register(s, false, 0);
+        // So that removing the peer cuts the stream.
+        if let Some(g) = &guard {
+            g.set_peer(to);
+        }
         if guard.is_none() {
             // Shutting down: cut the dial short.
             let _ = s.shutdown(Shutdown::Both);
