@@ -90,17 +90,22 @@ fn stream_to(
             break;
         }
         buf.clear();
-        match chunks.next_frame()? {
+        let last = match chunks.next_frame()? {
             Some(chunk) if chunk.len() > max => {
                 return Err(failed(format!(
                     "chunk frame of {} bytes exceeds max_frame_bytes ({max})",
                     chunk.len()
                 )))
             }
-            Some(chunk) => frame::encode(&mut buf, FrameType::Chunk, &chunk),
-            None => frame::encode(&mut buf, FrameType::ChunkEnd, &[]),
-        }
-        let last = buf[4] == FrameType::ChunkEnd as u8;
+            Some(chunk) => {
+                frame::encode(&mut buf, FrameType::Chunk, &chunk);
+                false
+            }
+            None => {
+                frame::encode(&mut buf, FrameType::ChunkEnd, &[]);
+                true
+            }
+        };
         write_failure = w.write_all(&buf).err();
         if last {
             break;
