@@ -547,6 +547,63 @@ fn a_silent_client_is_dropped_after_the_read_deadline() {
 }
 
 #[test]
+fn a_peer_that_accepts_but_never_answers_is_given_up_on() {
+    // A "peer" that accepts connections and never says a word.
+    let mute = std::net::TcpListener::bind(loopback()).unwrap();
+    mute.set_nonblocking(true).unwrap();
+    let mute_addr = mute.local_addr().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let acceptor = {
+        let stop = Arc::clone(&stop);
+        std::thread::spawn(move || {
+            let mut held = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
+                match mute.accept() {
+                    Ok((s, _)) => held.push(s),
+                    Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                }
+            }
+            held.len()
+        })
+    };
+    let mut ca = config(1);
+    ca.read_timeout_ms = 300;
+    let (a, _sa) = start(ca);
+    a.add_peer(2, mute_addr.to_string()).unwrap();
+    assert!(logged(
+        log::Level::Info,
+        &["node 1: dialling node 2", "read deadline"]
+    ));
+    assert!(!a.is_connected(2));
+    assert_eq!(
+        a.send(1, 2, msg(1, 2, 1)),
+        Err(TransportError::Unreachable(2))
+    );
+    // A snapshot to it fails within the handshake deadline too.
+    let started = Instant::now();
+    let mut chunks = FakeChunks {
+        next: 0,
+        count: 1,
+        size: 1,
+    };
+    assert_eq!(
+        a.send_snapshot(1, 2, snapshot_msg(1, 2), &mut chunks),
+        Err(TransportError::Unreachable(2))
+    );
+    assert!(started.elapsed() < Duration::from_secs(3));
+    // The writer keeps retrying with backoff, and shutting down does not wait for
+    // the mute peer.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    a.shutdown();
+    assert!(started.elapsed() < Duration::from_secs(2));
+    stop.store(true, Ordering::Release);
+    let accepted = acceptor.join().unwrap();
+    assert!(accepted >= 3, "redialled: {accepted} connections");
+}
+
+#[test]
 fn a_full_queue_drops_instead_of_blocking() {
     let mut ca = config(1);
     ca.queue_len = 8;
