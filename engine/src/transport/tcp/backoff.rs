@@ -15,7 +15,10 @@ pub(crate) struct Backoff {
 
 impl Backoff {
     pub(crate) fn new(initial_ms: u64, max_ms: u64, seed: u64) -> Backoff {
-        debug_assert!(initial_ms >= 1 && initial_ms <= max_ms, "checked by TcpConfig");
+        debug_assert!(
+            initial_ms >= 1 && initial_ms <= max_ms,
+            "checked by TcpConfig"
+        );
         Backoff {
             initial_ms,
             max_ms,

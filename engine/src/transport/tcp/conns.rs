@@ -89,8 +89,7 @@ impl Conns {
     /// Keeps an inbound thread's handle for `join_all`, forgetting those that ended.
     pub(crate) fn add_thread(&self, handle: JoinHandle<()>) {
         let mut st = self.state.lock();
-        let (done, running): (Vec<_>, Vec<_>) =
-            st.threads.drain(..).partition(|t| t.is_finished());
+        let (done, running): (Vec<_>, Vec<_>) = st.threads.drain(..).partition(|t| t.is_finished());
         st.threads = running;
         st.threads.push(handle);
         drop(st);

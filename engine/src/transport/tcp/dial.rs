@@ -32,6 +32,19 @@ pub(crate) enum DialError {
     },
 }
 
+impl DialError {
+    /// Whether the peer answered and refused us (wrong cluster, unknown id, ...).
+    pub(crate) fn is_refusal(&self) -> bool {
+        matches!(
+            self,
+            DialError::Handshake {
+                source: HandshakeError::Rejected(_) | HandshakeError::WrongPeer { .. },
+                ..
+            }
+        )
+    }
+}
+
 /// Connects to `addr`, expecting node `peer` there, for a connection of `kind`.
 /// `on_connect` sees the socket before the handshake, so its owner can cut a dial
 /// that hangs in the handshake.
@@ -49,7 +62,11 @@ pub(crate) fn dial(
     };
     let mut last_err = io::Error::new(io::ErrorKind::NotFound, "no address");
     let mut connected = None;
-    for sa in addr.to_socket_addrs().map_err(connect_err)?.take(MAX_ADDRS_TRIED) {
+    for sa in addr
+        .to_socket_addrs()
+        .map_err(connect_err)?
+        .take(MAX_ADDRS_TRIED)
+    {
         match TcpStream::connect_timeout(&sa, Duration::from_millis(cfg.connect_timeout_ms)) {
             Ok(s) => {
                 connected = Some(s);

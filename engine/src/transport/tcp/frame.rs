@@ -15,6 +15,9 @@ pub(crate) const HEADER_BYTES: usize = 4 + 1 + 4;
 /// few dozen bytes, so garbage on a fresh connection is refused after reading little.
 pub(crate) const MAX_HANDSHAKE_FRAME_BYTES: u32 = 1024;
 
+// Payload buffer reserved before any payload byte arrived.
+const INITIAL_PAYLOAD_BYTES: usize = 64 << 10;
+
 /// What a frame carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u8)]
@@ -106,7 +109,10 @@ fn crc_of(head: &[u8], payload: &[u8]) -> u32 {
 /// Appends one frame to `buf`. Callers keep payloads within `max_frame_bytes`, which
 /// `TcpConfig` bounds below `u32::MAX`.
 pub(crate) fn encode(buf: &mut Vec<u8>, ty: FrameType, payload: &[u8]) {
-    debug_assert!(payload.len() <= u32::MAX as usize, "payload length fits u32");
+    debug_assert!(
+        payload.len() <= u32::MAX as usize,
+        "payload length fits u32"
+    );
     let start = buf.len();
     buf.extend_from_slice(&(payload.len() as u32).to_le_bytes());
     buf.push(ty as u8);
@@ -148,8 +154,13 @@ pub(crate) fn read_frame<R: Read>(
         });
     }
     let stored = u32::from_le_bytes([head[5], head[6], head[7], head[8]]);
-    let mut payload = vec![0u8; len as usize];
-    r.read_exact(&mut payload)?;
+    // Grows with what actually arrives, so a length field alone cannot make us
+    // allocate up to the limit.
+    let mut payload = Vec::with_capacity((len as usize).min(INITIAL_PAYLOAD_BYTES));
+    r.by_ref().take(u64::from(len)).read_to_end(&mut payload)?;
+    if payload.len() != len as usize {
+        return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into()));
+    }
     let computed = crc_of(&head[..5], &payload);
     if computed != stored {
         return Err(FrameError::BadCrc { stored, computed });

@@ -88,7 +88,10 @@ pub(crate) enum HandshakeError {
 }
 
 fn encode_hello(h: &Hello) -> Vec<u8> {
-    debug_assert!(h.cluster_id.len() <= MAX_CLUSTER_ID_BYTES, "checked by TcpConfig");
+    debug_assert!(
+        h.cluster_id.len() <= MAX_CLUSTER_ID_BYTES,
+        "checked by TcpConfig"
+    );
     let mut p = Vec::with_capacity(32 + h.cluster_id.len());
     p.extend_from_slice(&MAGIC);
     p.extend_from_slice(&PROTOCOL_VERSION.to_le_bytes());
@@ -273,6 +276,9 @@ mod tests {
         assert!(!ok);
         assert_eq!(from, 7);
         assert!(reason.len() <= MAX_REASON_BYTES && reason.starts_with('é'));
-        assert_eq!(decode_ack(&encode_ack(true, 1, "")).unwrap(), (true, 1, String::new()));
+        assert_eq!(
+            decode_ack(&encode_ack(true, 1, "")).unwrap(),
+            (true, 1, String::new())
+        );
     }
 }

@@ -1,4 +1,4 @@
-//! Serving one inbound connection on its own thread (`keel-tcp-in-<id>`): check the
+//! Serving one inbound connection on its own thread (`keel-in-<id>`): check the
 //! hello and answer it, then either read Raft messages and hand them to the node's
 //! sink until the connection ends, or receive one snapshot stream and answer with its
 //! result. Anything unexpected closes the connection with a warning; nothing a peer

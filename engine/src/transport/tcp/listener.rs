@@ -1,4 +1,4 @@
-//! The accept loop (`keel-tcp-listen-<id>`): takes connections off the listening
+//! The accept loop (`keel-listen-<id>`): takes connections off the listening
 //! socket, refuses those beyond `max_inbound_conns`, and gives each of the rest a
 //! thread of its own (see `inbound`). The socket is non-blocking and polled, so the
 //! loop notices shutdown within one poll interval without any wake-up trick.
@@ -49,10 +49,13 @@ fn accept(inner: &Arc<Inner>, stream: TcpStream, from: SocketAddr) {
     };
     let worker = Arc::clone(inner);
     let spawned = std::thread::Builder::new()
-        .name(format!("keel-tcp-in-{}", inner.id))
+        .name(format!("keel-in-{}", inner.id))
         .spawn(move || inbound::serve(worker, stream, guard, from));
     match spawned {
         Ok(handle) => inner.conns.add_thread(handle),
-        Err(e) => log::warn!("node {}: no thread for a connection from {from}: {e}", inner.id),
+        Err(e) => log::warn!(
+            "node {}: no thread for a connection from {from}: {e}",
+            inner.id
+        ),
     }
 }

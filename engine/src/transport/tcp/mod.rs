@@ -3,12 +3,12 @@
 //!
 //! # Threads and queues
 //!
-//! - `keel-tcp-listen-<id>` accepts connections (at most `max_inbound_conns` served at
-//!   once) and starts a `keel-tcp-in-<id>` thread for each, which checks the
+//! - `keel-listen-<id>` accepts connections (at most `max_inbound_conns` served at
+//!   once) and starts a `keel-in-<id>` thread for each, which checks the
 //!   handshake and then hands every Raft message to the node's
 //!   [`MessageSink::deliver`], or receives one snapshot stream into
 //!   [`MessageSink::deliver_snapshot`].
-//! - `keel-tcp-out-<id>-<peer>`, one per peer, owns the one outbound message
+//! - `keel-out-<id>-<peer>`, one per peer, owns the one outbound message
 //!   connection to that peer. [`Transport::send`] puts the message in the peer's
 //!   bounded queue (`queue_len`) and never blocks: a full queue drops it (Raft
 //!   retransmits), a peer without a live connection is reported unreachable. The
@@ -139,8 +139,7 @@ impl TcpConfig {
         if self.id == 0 {
             return bad("id must not be 0".into());
         }
-        if self.cluster_id.is_empty() || self.cluster_id.len() > handshake::MAX_CLUSTER_ID_BYTES
-        {
+        if self.cluster_id.is_empty() || self.cluster_id.len() > handshake::MAX_CLUSTER_ID_BYTES {
             return bad(format!(
                 "cluster_id must have 1 to {} bytes",
                 handshake::MAX_CLUSTER_ID_BYTES
@@ -159,11 +158,9 @@ impl TcpConfig {
         if self.backoff_max_ms < self.backoff_initial_ms {
             return bad("backoff_max_ms must be at least backoff_initial_ms".into());
         }
-        if self.queue_len == 0 || self.write_batch_max_bytes == 0 || self.max_inbound_conns == 0
-        {
+        if self.queue_len == 0 || self.write_batch_max_bytes == 0 || self.max_inbound_conns == 0 {
             return bad(
-                "queue_len, write_batch_max_bytes and max_inbound_conns must be at least 1"
-                    .into(),
+                "queue_len, write_batch_max_bytes and max_inbound_conns must be at least 1".into(),
             );
         }
         if !(MIN_FRAME_BYTES..=MAX_FRAME_BYTES).contains(&self.max_frame_bytes) {
@@ -244,7 +241,10 @@ impl Inner {
     }
 
     fn peer_addr(&self, id: u64) -> Option<String> {
-        self.peers.read().get(&id).map(|p| p.link.addr.lock().clone())
+        self.peers
+            .read()
+            .get(&id)
+            .map(|p| p.link.addr.lock().clone())
     }
 
     // Hands one message to the node, if one is registered (a restarting node is not).
@@ -326,10 +326,13 @@ impl TcpTransport {
         }
         let worker = Arc::clone(&inner);
         let handle = std::thread::Builder::new()
-            .name(format!("keel-tcp-listen-{}", inner.id))
+            .name(format!("keel-listen-{}", inner.id))
             .spawn(move || listener::run(worker, listener))?;
         *transport.listener.lock() = Some(handle);
-        log::info!("node {}: peer transport listening on {local_addr}", inner.id);
+        log::info!(
+            "node {}: peer transport listening on {local_addr}",
+            inner.id
+        );
         Ok(Arc::new(transport))
     }
 
@@ -440,11 +443,9 @@ impl Transport for TcpTransport {
         let inner = &self.inner;
         // What the receiver would refuse (closing the whole connection) is refused
         // here instead.
-        let ok_route = route::route_of(&bytes).is_some_and(|r| {
-            r.from == from && r.to == to && r.msg_type != MessageType::Snapshot
-        });
-        if from != inner.id || !ok_route || bytes.len() > inner.config.max_frame_bytes as usize
-        {
+        let ok_route = route::route_of(&bytes)
+            .is_some_and(|r| r.from == from && r.to == to && r.msg_type != MessageType::Snapshot);
+        if from != inner.id || !ok_route || bytes.len() > inner.config.max_frame_bytes as usize {
             log::warn!(
                 "node {}: not sending a {}-byte message from {from} to {to}: not a message \
                  of this node's, or larger than max_frame_bytes",

@@ -1,5 +1,5 @@
 //! One outbound message connection per peer, owned by its writer thread
-//! (`keel-tcp-out-<id>-<peer>`). `send` only ever `try_send`s into the peer's bounded
+//! (`keel-out-<id>-<peer>`). `send` only ever `try_send`s into the peer's bounded
 //! queue; the writer drains whatever queued while it was busy into one buffer (up to
 //! `write_batch_max_bytes`) and writes it with one call, pings when idle so the
 //! receiver's read deadline holds only for dead peers, and redials with capped,
@@ -82,7 +82,7 @@ impl Peer {
             batch: Vec::new(),
         };
         let thread = std::thread::Builder::new()
-            .name(format!("keel-tcp-out-{}-{peer}", inner.id))
+            .name(format!("keel-out-{}-{peer}", inner.id))
             .spawn(move || writer.run())?;
         Ok(Peer {
             link,
@@ -143,6 +143,9 @@ pub(crate) fn join_writer(thread: JoinHandle<()>) {
     }
 }
 
+// How long a connection must have lived for its loss to restart the backoff.
+const STABLE_CONNECTION: Duration = Duration::from_secs(1);
+
 struct Writer {
     inner: Arc<Inner>,
     peer: u64,
@@ -187,7 +190,7 @@ impl Writer {
             match dialled {
                 Ok(stream) => {
                     failures = 0;
-                    backoff.reset();
+                    let connected_at = Instant::now();
                     log::info!(
                         "node {}: connected to node {} at {addr}",
                         self.inner.id,
@@ -198,6 +201,11 @@ impl Writer {
                     self.link.connected.store(false, Ordering::Release);
                     let _ = stream.shutdown(Shutdown::Both);
                     *self.link.stream.lock() = None;
+                    // A peer that accepts and then drops us at once keeps the backoff
+                    // growing; one that served us a while gets redialled promptly.
+                    if connected_at.elapsed() >= STABLE_CONNECTION {
+                        backoff.reset();
+                    }
                     match end {
                         PumpEnd::Stop => return,
                         PumpEnd::Broken(e) => log::warn!(
@@ -211,7 +219,10 @@ impl Writer {
                     *self.link.stream.lock() = None;
                     failures += 1;
                     // The first failure of a streak is worth a line; the rest repeat it.
-                    if failures == 1 {
+                    // Being refused means a misconfiguration, not a peer still starting.
+                    if failures == 1 && e.is_refusal() {
+                        log::warn!("node {}: dialling node {}: {e}", self.inner.id, self.peer);
+                    } else if failures == 1 {
                         log::info!("node {}: dialling node {}: {e}", self.inner.id, self.peer);
                     } else {
                         log::debug!(

@@ -35,7 +35,11 @@ pub(crate) fn send(
     }
     match route_of(&message) {
         Some(r) if r.from == inner.id && r.to == to && r.msg_type == MessageType::Snapshot => {}
-        _ => return Err(failed("not a snapshot message from this node to its destination")),
+        _ => {
+            return Err(failed(
+                "not a snapshot message from this node to its destination",
+            ))
+        }
     }
     if message.len() > cfg.max_frame_bytes as usize {
         return Err(failed(format!(
@@ -43,12 +47,14 @@ pub(crate) fn send(
             message.len()
         )));
     }
-    let addr = inner
-        .peer_addr(to)
-        .ok_or(TransportError::Unreachable(to))?;
+    let addr = inner.peer_addr(to).ok_or(TransportError::Unreachable(to))?;
     let mut guard = None;
     let stream = dial(inner, to, &addr, ConnKind::Snapshot, |s| {
         guard = inner.conns.register(s, false, 0);
+        // So that removing the peer cuts the stream.
+        if let Some(g) = &guard {
+            g.set_peer(to);
+        }
         if guard.is_none() {
             // Shutting down: cut the dial short.
             let _ = s.shutdown(Shutdown::Both);
@@ -84,17 +90,22 @@ fn stream_to(
             break;
         }
         buf.clear();
-        match chunks.next_frame()? {
+        let last = match chunks.next_frame()? {
             Some(chunk) if chunk.len() > max => {
                 return Err(failed(format!(
                     "chunk frame of {} bytes exceeds max_frame_bytes ({max})",
                     chunk.len()
                 )))
             }
-            Some(chunk) => frame::encode(&mut buf, FrameType::Chunk, &chunk),
-            None => frame::encode(&mut buf, FrameType::ChunkEnd, &[]),
-        }
-        let last = buf[4] == FrameType::ChunkEnd as u8;
+            Some(chunk) => {
+                frame::encode(&mut buf, FrameType::Chunk, &chunk);
+                false
+            }
+            None => {
+                frame::encode(&mut buf, FrameType::ChunkEnd, &[]);
+                true
+            }
+        };
         write_failure = w.write_all(&buf).err();
         if last {
             break;
@@ -136,8 +147,7 @@ fn read_result(
     deadline: Instant,
 ) -> Result<Result<(), TransportError>, String> {
     let mut r = DeadlineReader::new(stream, deadline);
-    let (ty, payload) =
-        frame::read_frame(&mut r, 64 << 10).map_err(|e| e.to_string())?;
+    let (ty, payload) = frame::read_frame(&mut r, 64 << 10).map_err(|e| e.to_string())?;
     if ty != FrameType::SnapshotResult {
         return Err(format!("expected the snapshot result, got a {ty:?} frame"));
     }
