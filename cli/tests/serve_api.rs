@@ -5,6 +5,7 @@
 
 mod node;
 
+use std::io::Write;
 use std::net::SocketAddr;
 
 use node::{free_ports, http, parse_answer, raw, wait_for, Cluster, NodeProc};
@@ -214,6 +215,8 @@ fn a_single_node_serves_without_peers_and_explains_bad_flags() {
         &dir.path().join("d").display().to_string(),
         "--listen-client",
         &client.to_string(),
+        "--max-connections",
+        "4",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -224,6 +227,32 @@ fn a_single_node_serves_without_peers_and_explains_bad_flags() {
     });
     assert_eq!(n.put("k", b"v").expect("put").code, 204);
     assert_eq!(n.get("/kv/k").expect("get").text(), "v");
+
+    // A client that stalls in the middle of its body holds only its own connection.
+    let mut stalled = std::net::TcpStream::connect(client).expect("connect");
+    stalled
+        .write_all(b"PUT /kv/slow HTTP/1.1\r\nContent-Length: 10\r\n\r\nab")
+        .expect("write");
+    assert_eq!(n.put("k2", b"v2").expect("put").code, 204);
+    // Connections are bounded: with every slot taken, one more is told 503 at once.
+    let idle: Vec<std::net::TcpStream> = (0..3)
+        .map(|_| std::net::TcpStream::connect(client).expect("connect"))
+        .collect();
+    let a = wait_for("the connection limit", || {
+        let a = n.get("/status")?;
+        (a.code == 503).then_some(a)
+    });
+    assert!(a.text().contains("too many connections"), "{}", a.text());
+    drop(idle);
+    drop(stalled);
+    wait_for("slots freed", || {
+        (n.get("/status")?.code == 200).then_some(())
+    });
+    assert_eq!(
+        n.get("/kv/slow").expect("get").code,
+        404,
+        "a partial body is never applied"
+    );
     let a = http(client, "DELETE", "/cluster/members/1", b"").expect("answer");
     assert_eq!(a.code, 409, "removing the last voter: {}", a.text());
     assert_eq!(n.terminate(), Some(0));
