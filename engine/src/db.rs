@@ -10,7 +10,7 @@ use crate::command::Op;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::node::Node;
-use crate::raft_stage::Request;
+use crate::raft_stage::{Request, QUORUM_REFUSAL};
 
 /// A node's role, as [`Db::status`] reports it.
 pub type Role = StateRole;
@@ -221,8 +221,29 @@ impl Db {
     /// that are reachable could not form a majority. `cc.context` travels with the
     /// change to every node's [`MembershipObserver`](crate::MembershipObserver).
     pub fn change_membership(&self, cc: ConfChangeV2) -> Result<ConfState> {
-        self.check_running()?;
         let timeout = self.default_timeout();
+        // A leader knows a voter is reachable only once it answered: just after an
+        // election (or after check-quorum cleared the marks) a live voter may not count
+        // yet. Ask again for up to two election timeouts before refusing.
+        let election = Duration::from_millis(
+            self.node.config.tick_ms * self.node.config.election_ticks as u64,
+        );
+        let retry_until = Instant::now() + (2 * election).min(timeout);
+        // Bounded by `retry_until`: each turn sleeps a poll interval.
+        loop {
+            match self.change_membership_once(cc.clone(), timeout) {
+                Err(Error::Conflict(why))
+                    if why.starts_with(QUORUM_REFUSAL) && Instant::now() < retry_until =>
+                {
+                    std::thread::sleep(TRANSFER_POLL);
+                }
+                outcome => return outcome,
+            }
+        }
+    }
+
+    fn change_membership_once(&self, cc: ConfChangeV2, timeout: Duration) -> Result<ConfState> {
+        self.check_running()?;
         let (reply, answer) = bounded(1);
         match self
             .node

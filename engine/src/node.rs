@@ -187,9 +187,9 @@ impl Node {
             recover_log(&config, log.as_ref(), &cache, loaded.as_ref())?;
         cache.set_conf_state(conf_state.clone());
         // The bootstrap entries are membership changes already folded into
-        // `conf_state`; they change nothing in the state machine.
-        sm.skip_to(bootstrapped);
-        let applied = sm.applied_index();
+        // `conf_state` and change nothing in the state machine: raft counts them
+        // applied, so a lone voter can campaign at once.
+        let applied = sm.applied_index().max(bootstrapped);
         let mut raw = RawNode::new(&config.raft_config(applied), cache.clone())?;
         if raw.raft.prs.is_singleton() && raw.raft.prs.is_voter(id) {
             // A lone voter need not wait an election timeout to lead.
@@ -246,10 +246,7 @@ impl Node {
             snapshot_every: config.snapshot_every,
             catch_up_entries: config.catch_up_entries,
             last_snapshot_index: loaded.as_ref().map_or(0, |m| m.index),
-            // Bootstrap entries are at term 1.
-            applied_term: loaded
-                .as_ref()
-                .map_or(u64::from(bootstrapped > 0), |m| m.term),
+            applied_term: loaded.as_ref().map_or(0, |m| m.term),
             max_batch: 16,
             commit_index: Arc::new(AtomicU64::new(0)),
         };

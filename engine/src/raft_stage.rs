@@ -58,6 +58,10 @@ pub(crate) enum Request {
     },
 }
 
+/// How a membership change refused for want of reachable voters begins; `Db` retries
+/// those for a while, as a leader learns who is reachable only from their answers.
+pub(crate) const QUORUM_REFUSAL: &str = "the change would lose quorum";
+
 // Most entries a learner may lag the leader's commit index and still be promoted: a
 // voter that is far behind would stall commits until it caught up.
 const MAX_PROMOTION_LAG_ENTRIES: u64 = 1_000;
@@ -517,8 +521,7 @@ impl RaftStage {
             .count();
         if reachable * 2 <= voters.len() {
             return Err(Error::Conflict(format!(
-                "the change would lose quorum: only {reachable} of the {} voters it leaves \
-                 are reachable",
+                "{QUORUM_REFUSAL}: only {reachable} of the {} voters it leaves are reachable",
                 voters.len()
             )));
         }
