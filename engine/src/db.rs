@@ -276,6 +276,10 @@ impl Db {
         self.check_running()?;
         let deadline = Instant::now() + timeout;
         let shared = &self.node.shared;
+        let election = Duration::from_millis(
+            self.node.config.tick_ms * self.node.config.election_ticks as u64,
+        );
+        let lenient_until = Instant::now() + (2 * election).min(timeout);
         // Bounded by the deadline: each turn sleeps a poll interval.
         let mut asked_at: Option<Instant> = None;
         loop {
@@ -290,10 +294,7 @@ impl Db {
             }
             // Ask again after an election timeout: raft abandons a transfer that did
             // not finish in that time, and a new leader may have appeared meanwhile.
-            let retry_after = Duration::from_millis(
-                self.node.config.tick_ms * self.node.config.election_ticks as u64,
-            );
-            if asked_at.is_none_or(|t| now.duration_since(t) >= retry_after) {
+            if asked_at.is_none_or(|t| now.duration_since(t) >= election) {
                 let (reply, answer) = bounded(1);
                 let remaining = deadline.saturating_duration_since(now);
                 match self
@@ -309,6 +310,14 @@ impl Db {
                     Ok(Ok(())) => {}
                     // No leader yet: one may be elected before the deadline.
                     Ok(Err(Error::NotLeader { .. })) if asked_at.is_some() => {}
+                    // A follower learns a membership change a heartbeat after the
+                    // leader: give its view that long to catch up before believing it.
+                    Ok(Err(Error::Conflict(_) | Error::UnknownNode(_)))
+                        if view.role != Role::Leader && now < lenient_until =>
+                    {
+                        std::thread::sleep(TRANSFER_POLL);
+                        continue;
+                    }
                     Ok(Err(e)) => return Err(e),
                     Err(RecvTimeoutError::Timeout) => return Err(Error::Timeout(timeout)),
                     Err(RecvTimeoutError::Disconnected) => return Err(shared.stopped_error()),
