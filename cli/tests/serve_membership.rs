@@ -40,6 +40,7 @@ fn grow_promote_transfer_remove_the_leader_and_shrink() {
     let st = n4.status().expect("status");
     assert_eq!(st["voters"], json!([]), "{st}");
     assert_eq!(st["role"], "follower");
+    assert_eq!(n4.get("/health").expect("health").code, 503, "not a member yet");
 
     // Refusals before anything is proposed.
     let a = post(
@@ -141,6 +142,11 @@ fn grow_promote_transfer_remove_the_leader_and_shrink() {
         assert_eq!(n.get("/kv/k").expect("get").text(), "v3");
         assert_eq!(n.status().expect("status")["voters"], json!([1, 2, 3]));
     }
+    let a = wait_for("the removed node is unhealthy", || {
+        let a = n4.get("/health")?;
+        (a.code == 503).then_some(a)
+    });
+    assert!(a.text().contains("not a member"), "{}", a.text());
     drop(n4);
 
     // With one follower down, removing the other would leave the leader and a dead

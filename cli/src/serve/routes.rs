@@ -272,6 +272,8 @@ impl Api {
             Some(format!("the node stopped: {fatal}"))
         } else if self.shutting_down.load(Ordering::Acquire) {
             Some("the node is shutting down".to_string())
+        } else if !st.voters.contains(&st.id) && !st.learners.contains(&st.id) {
+            Some("this node is not a member of the cluster".to_string())
         } else if st.leader.is_none() {
             Some("no leader".to_string())
         } else if lag > HEALTH_MAX_APPLY_LAG {
