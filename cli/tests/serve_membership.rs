@@ -40,7 +40,11 @@ fn grow_promote_transfer_remove_the_leader_and_shrink() {
     let st = n4.status().expect("status");
     assert_eq!(st["voters"], json!([]), "{st}");
     assert_eq!(st["role"], "follower");
-    assert_eq!(n4.get("/health").expect("health").code, 503, "not a member yet");
+    assert_eq!(
+        n4.get("/health").expect("health").code,
+        503,
+        "not a member yet"
+    );
 
     // Refusals before anything is proposed.
     let a = post(
