@@ -30,6 +30,11 @@
 //! state machine (for readers) and the `LogCache` (its own lock). Every channel is
 //! bounded; see each stage's module for why none of them can deadlock.
 //!
+//! Nodes reach each other through a [`transport::Transport`]: the in-process network
+//! for tests, or [`transport::tcp::TcpTransport`] (one accept thread, a reader thread
+//! per inbound connection, a writer thread and bounded queue per peer, snapshots on
+//! connections of their own; `send` never blocks).
+//!
 //! ```no_run
 //! let db = keel::Db::open(keel::Config::single_node("data/"))?;
 //! db.put(b"k", b"v")?;

@@ -4,11 +4,13 @@
 //!
 //! Each node registers a [`MessageSink`] under its id; a transport calls it when bytes
 //! for that node arrive. The in-process transport ([`in_process`]) calls it directly;
-//! a network transport calls it from its connection threads.
+//! the TCP transport ([`tcp`]) calls it from its connection threads.
 
 pub mod in_process;
+pub mod tcp;
 
 pub use in_process::InProcessNetwork;
+pub use tcp::{TcpConfig, TcpTransport};
 
 use std::sync::Arc;
 
