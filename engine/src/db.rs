@@ -354,12 +354,19 @@ impl Db {
 
     /// The node's metrics in the Prometheus text exposition format.
     pub fn metrics_text(&self) -> String {
-        self.node
-            .shared
-            .metrics
+        let metrics = &self.node.shared.metrics;
+        metrics
             .proposals_pending
             .set(self.node.shared.proposals.pending() as i64);
-        self.node.shared.metrics.text()
+        // The cache counts on its own (its readers hold its lock anyway); copying the
+        // counts at render time keeps the raft stage's read path free of metrics work.
+        let cache = self.node.cache.stats();
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        metrics.log_cache_hits.set(gauge(cache.hits));
+        metrics.log_cache_misses.set(gauge(cache.misses));
+        metrics.log_cache_bytes.set(gauge(cache.window_bytes));
+        metrics.log_cache_entries.set(gauge(cache.window_entries));
+        metrics.text()
     }
 
     /// Stops the node cleanly: every stage finishes and its thread is joined, and the

@@ -30,6 +30,15 @@ pub struct Metrics {
     pub snapshot_save_seconds: Histogram,
     /// Committed minus applied entries.
     pub apply_lag: IntGauge,
+    /// Log reads the in-memory cache answered (a counter kept by the cache, mirrored
+    /// here when the metrics are rendered).
+    pub log_cache_hits: IntGauge,
+    /// Log reads that went to the durable log.
+    pub log_cache_misses: IntGauge,
+    /// Bytes of entries held in the log cache.
+    pub log_cache_bytes: IntGauge,
+    /// Entries held in the log cache.
+    pub log_cache_entries: IntGauge,
 }
 
 fn make<T: prometheus::core::Collector + Clone + 'static>(
@@ -111,6 +120,28 @@ impl Metrics {
                     "server_apply_lag_entries",
                     "Committed but not applied entries.",
                 ),
+            )?,
+            log_cache_hits: make(
+                r,
+                IntGauge::new(
+                    "log_cache_hits_total",
+                    "Raft log reads answered from the in-memory cache.",
+                ),
+            )?,
+            log_cache_misses: make(
+                r,
+                IntGauge::new(
+                    "log_cache_misses_total",
+                    "Raft log reads that went to the durable log.",
+                ),
+            )?,
+            log_cache_bytes: make(
+                r,
+                IntGauge::new("log_cache_bytes", "Bytes of entries in the log cache."),
+            )?,
+            log_cache_entries: make(
+                r,
+                IntGauge::new("log_cache_entries", "Entries in the log cache."),
             )?,
             registry,
         })

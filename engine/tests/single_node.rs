@@ -28,6 +28,15 @@ fn put_get_delete() {
     let text = db.metrics_text();
     assert!(text.contains("keel_server_is_leader"), "{text}");
     assert!(text.contains("keel_disk_wal_fsync_duration_seconds_count"));
+    // The log cache's size is observable; four entries (and the leader's empty one)
+    // were appended, so the window is not empty.
+    let entries_line = text
+        .lines()
+        .find(|l| l.starts_with("keel_log_cache_entries"))
+        .unwrap_or_else(|| panic!("no log cache gauge in {text}"));
+    let entries: u64 = entries_line.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(entries >= 4, "{entries_line}");
+    assert!(text.contains("keel_log_cache_hits_total"), "{text}");
     db.close().unwrap();
     assert!(matches!(db.put(b"x", b"y"), Err(Error::Stopped(_))));
 }
