@@ -51,16 +51,14 @@ fn error_response(e: &Error, write: bool) -> Response {
             applied(not_applied()),
         ),
         Error::NotLeader { leader: Some(l) } => {
-            let mut r = Response::error(
-                503,
-                &format!("this node is not the leader; send this request to node {l}"),
-                applied(not_applied()),
-            );
-            if let Ok(mut v) = serde_json::from_slice::<Value>(&r.body) {
-                v["leader"] = json!(l);
-                r = Response::json(503, &v);
+            let mut v = json!({
+                "error": format!("this node is not the leader; send this request to node {l}"),
+                "leader": l,
+            });
+            if let Some(a) = applied(not_applied()) {
+                v["applied"] = a;
             }
-            r
+            Response::json(503, &v)
         }
         Error::Busy(_) | Error::ProposalLost(_) => {
             Response::error(503, &msg, applied(not_applied()))
