@@ -144,6 +144,47 @@ fn writes_and_reads_through_every_node_and_bad_input_is_refused() {
     endless.extend(std::iter::repeat_n(b'a', 70_000));
     let out = raw(n1, &endless).expect("answer");
     assert_eq!(parse_answer(&out).expect("answer").code, 431);
+    // Random bytes (a fixed-seed generator): every answer is a well-formed HTTP
+    // response or a closed connection, never a hang or a crash.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for round in 0..40 {
+        let len = 1 + (round * 37) % 600;
+        let junk: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        let mut req = if round % 2 == 0 {
+            b"PUT /kv/j HTTP/1.1\r\n".to_vec()
+        } else {
+            Vec::new()
+        };
+        req.extend_from_slice(&junk);
+        req.extend_from_slice(b"\r\n\r\n");
+        if let Ok(out) = raw(n1, &req) {
+            if !out.is_empty() {
+                assert!(
+                    out.starts_with(b"HTTP/1.1 "),
+                    "{:?}",
+                    String::from_utf8_lossy(&out)
+                );
+            }
+        }
+    }
+    // Pipelined requests on one connection are answered in order.
+    let out = raw(
+        n1,
+        b"GET /kv/shared HTTP/1.1\r\n\r\nPUT /kv/p HTTP/1.1\r\nContent-Length: 1\r\n\r\nxGET /kv/p HTTP/1.1\r\nConnection: close\r\n\r\n",
+    )
+    .expect("answers");
+    let text = String::from_utf8_lossy(&out);
+    assert_eq!(text.matches("HTTP/1.1 ").count(), 3, "{text}");
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("HTTP/1.1 204"), "{text}");
+    assert!(text.ends_with("\r\n\r\nx"), "{text}");
     // A client that connects and says nothing does not block others.
     let idle = std::net::TcpStream::connect(n1).expect("connect");
     // Garbage on the peer port is dropped by the transport.
