@@ -11,6 +11,7 @@
 use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -206,12 +207,23 @@ fn spawn(exe: &Path, command: &[String], log_path: &Path) -> Result<Child, CliEr
     let err = log
         .try_clone()
         .map_err(|e| fail(format!("cannot open {}: {e}", log_path.display())))?;
-    Command::new(exe)
-        .args(command)
+    let mut cmd = Command::new(exe);
+    cmd.args(command)
         .stdin(Stdio::null())
         .stdout(log)
-        .stderr(err)
-        .spawn()
+        .stderr(err);
+    // If `keel cluster` itself dies without cleaning up (kill -9), its nodes get
+    // SIGTERM instead of running on unattended.
+    // SAFETY: prctl(2) is async-signal-safe, as code between fork and exec must be.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn()
         .map_err(|e| fail(format!("cannot start {}: {e}", exe.display())))
 }
 
