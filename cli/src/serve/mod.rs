@@ -60,9 +60,11 @@ pub struct ServeArgs {
     /// node (`POST /cluster/members` on the leader) and the leader sends it the log.
     #[arg(long)]
     pub join: bool,
-    /// Take a snapshot every N applied entries (0: never).
-    #[arg(long, value_name = "N")]
-    pub snapshot_every: Option<u64>,
+    /// Take a snapshot every N applied entries (0: never). The default is etcd's
+    /// `--snapshot-count`: a memory state machine writes all of itself each time, and
+    /// applying waits meanwhile, so frequent snapshots of a large map cost latency.
+    #[arg(long, value_name = "N", default_value_t = 100_000)]
+    pub snapshot_every: u64,
     /// Bytes of a WAL segment file.
     #[arg(long, value_name = "BYTES")]
     pub segment_size: Option<u64>,
@@ -250,9 +252,7 @@ fn start(args: &ServeArgs) -> Result<Running, CliError> {
     config.fsync = args.fsync;
     config.request_timeout_ms = args.request_timeout_ms;
     config.max_entry_bytes = args.max_value_bytes + MAX_KEY_BYTES as u64;
-    if let Some(n) = args.snapshot_every {
-        config.snapshot_every = n;
-    }
+    config.snapshot_every = args.snapshot_every;
     if let Some(b) = args.segment_size {
         config.wal_segment_size_bytes = b;
     }
