@@ -135,6 +135,43 @@ fn open_log(config: &Config) -> Result<Arc<dyn LogStore>> {
     }
 }
 
+fn open_state_machine(config: &Config) -> Result<Arc<RwLock<dyn StateMachine>>> {
+    Ok(match config.state_machine {
+        StateMachineKind::Memory => Arc::new(RwLock::new(MemoryStateMachine::new())),
+        #[cfg(feature = "rocksdb")]
+        StateMachineKind::RocksDb => Arc::new(RwLock::new(
+            crate::state_machine::RocksStateMachine::open(config.rocksdb_sm_dir())?,
+        )),
+    })
+}
+
+/// Brings the state machine up to the newest snapshot that passes every check and
+/// returns that snapshot's metadata. Damaged snapshots are skipped (the log still
+/// reaches back to an older one, see the apply stage). A persistent state machine that
+/// already holds a snapshot's index only reads its checked header.
+fn load_snapshot(
+    id: u64,
+    sm: &mut dyn StateMachine,
+    store: &SnapshotStore,
+) -> Result<Option<raft_core::SnapshotMetadata>> {
+    let held = sm.applied_index();
+    for snap_id in store.list()? {
+        let outcome = if snap_id.index <= held {
+            store.metadata(snap_id).map_err(Error::from)
+        } else {
+            sm.restore_snapshot(store, snap_id)
+        };
+        match outcome {
+            Ok(meta) => return Ok(Some(meta)),
+            Err(Error::Snapshot(e @ snapshot::SnapshotError::Damaged { .. })) => {
+                log::error!("node {id}: skipping damaged snapshot {snap_id:?}: {e}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
     Ok(std::thread::Builder::new().name(name).spawn(f)?)
 }
@@ -153,24 +190,8 @@ impl Node {
                 ..StoreOptions::default()
             },
         )?);
-        let mut sm = match config.state_machine {
-            StateMachineKind::Memory => MemoryStateMachine::new(),
-        };
-        // The newest snapshot that passes every check; damaged ones are skipped (and
-        // the log still reaches back to an older one, see the apply stage).
-        let mut loaded = None;
-        for snap_id in store.list()? {
-            match sm.restore_snapshot(&store, snap_id) {
-                Ok(meta) => {
-                    loaded = Some(meta);
-                    break;
-                }
-                Err(Error::Snapshot(e @ snapshot::SnapshotError::Damaged { .. })) => {
-                    log::error!("node {id}: skipping damaged snapshot {snap_id:?}: {e}");
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let sm = open_state_machine(&config)?;
+        let loaded = load_snapshot(id, &mut *sm.write(), &store)?;
         let cache = LogCache::open(
             Arc::clone(&log),
             LogCacheOptions {
@@ -179,7 +200,22 @@ impl Node {
         )?;
         let conf_state = recover_log(&config, log.as_ref(), &cache, loaded.as_ref())?;
         cache.set_conf_state(conf_state.clone());
-        let applied = sm.applied_index();
+        let held = sm.read().applied_index();
+        let log_end = cache.last_index()?.max(loaded.as_ref().map_or(0, |m| m.index));
+        if held > log_end {
+            // Entries at or below `held` would be skipped as already applied, yet the
+            // log and snapshots no longer have them: new entries there would be lost.
+            return Err(Error::Config(format!(
+                "the state machine has applied index {held} but the log and snapshots end \
+                 at {log_end}; they were removed or lost writes (to rebuild the state \
+                 machine from them, remove {})",
+                config.rocksdb_sm_dir().display()
+            )));
+        }
+        // Raft hands out everything after the snapshot again, even what a persistent
+        // state machine already holds, so membership changes after the snapshot are
+        // applied to raft; the apply stage skips their operations by index.
+        let applied = loaded.as_ref().map_or(0, |m| m.index);
         let mut raw = RawNode::new(&config.raft_config(applied), cache.clone())?;
         if raw.raft.prs.is_singleton() && raw.raft.prs.is_voter(id) {
             // A lone voter need not wait an election timeout to lead.
@@ -213,7 +249,6 @@ impl Node {
         let (snap_status_tx, snap_status_rx) = bounded(8);
         let outbox = Outbox::new(id, config.transport.clone(), snap_tx);
 
-        let sm: Arc<RwLock<dyn StateMachine>> = Arc::new(RwLock::new(sm));
         let mut threads = Vec::new();
         let persist = PersistStage {
             shared: Arc::clone(&shared),
@@ -233,6 +268,8 @@ impl Node {
             cache: cache.clone(),
             store: Arc::clone(&store),
             conf_state,
+            conf_index: applied,
+            applied_through: applied,
             snapshot_every: config.snapshot_every,
             catch_up_entries: config.catch_up_entries,
             last_snapshot_index: loaded.as_ref().map_or(0, |m| m.index),
