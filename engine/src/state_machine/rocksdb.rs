@@ -105,34 +105,6 @@ fn db_options() -> Options {
     opts
 }
 
-/// Whether `path` holds what is left of a RocksDB database. RocksDB, told to create
-/// a missing database, takes a directory whose `CURRENT` file is gone for a new one and
-/// discards its manifests, so opening such a directory must fail instead.
-pub(crate) fn has_database_files(path: &Path) -> io::Result<bool> {
-    let entries = match std::fs::read_dir(path) {
-        Ok(entries) => entries,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = entry?;
-        if entry.file_type()?.is_dir() {
-            continue;
-        }
-        let name = entry.file_name();
-        let name = name.to_string_lossy();
-        if name == "CURRENT"
-            || name == "IDENTITY"
-            || name.starts_with("MANIFEST-")
-            || name.ends_with(".sst")
-            || name.ends_with(".log")
-        {
-            return Ok(true);
-        }
-    }
-    Ok(false)
-}
-
 impl RocksStateMachine {
     /// Opens (or creates) the state machine in directory `path`, dropping what an
     /// interrupted restore left behind.
@@ -142,7 +114,7 @@ impl RocksStateMachine {
         let opts = db_options();
         let existing = if path.join("CURRENT").exists() {
             DB::list_cf(&opts, &path).map_err(|e| backend("listing column families", e))?
-        } else if has_database_files(&path)? {
+        } else if wal::has_rocksdb_files(&path)? {
             return Err(Error::StateMachine(format!(
                 "{} holds RocksDB files but no CURRENT file: the state machine's database \
                  is damaged (remove the directory to rebuild it from the snapshots and the log)",
