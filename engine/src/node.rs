@@ -225,7 +225,7 @@ impl Node {
         let shared = Arc::new(Shared {
             id,
             metrics: Metrics::new(id)?,
-            proposals: Proposals::new(config.max_pending_requests),
+            proposals: Proposals::new(config.max_pending_requests, request_id_seed()),
             applied: AppliedWatch::new(applied),
             view: RwLock::new(RaftView {
                 conf_state: conf_state.clone(),
@@ -370,6 +370,18 @@ fn read_ctx_seed() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64);
     nanos << 16
+}
+
+// Request ids travel in log entries, and a restart replays the entries after the
+// snapshot: a replayed entry carrying an id this run handed out again would answer a
+// new caller whose write is not applied. Starting each run at its start time in
+// nanoseconds keeps every run's ids above all earlier runs' (no run hands out an id per
+// nanosecond), even for a restart within the same second.
+fn request_id_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        .max(1)
 }
 
 /// Brings the log in line with the snapshot the state machine was loaded from, and

@@ -21,7 +21,7 @@ mod rocksdb;
 
 pub use memory::MemoryStateMachine;
 #[cfg(feature = "rocksdb")]
-pub use rocksdb::{RocksStateMachine, RESTORE_BATCH_MAX_BYTES};
+pub use self::rocksdb::{RocksStateMachine, RESTORE_BATCH_MAX_BYTES};
 
 use raft_core::SnapshotMetadata;
 use snapshot::{SavedSnapshot, SnapshotId, SnapshotStore};
