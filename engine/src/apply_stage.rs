@@ -141,7 +141,9 @@ impl ApplyStage {
                         }
                     }
                     // Every replica sees the same bytes, so every one skips it.
-                    Err(err) => log::error!("node {my_id}: entry {} is undecodable: {err}", e.index),
+                    Err(err) => {
+                        log::error!("node {my_id}: entry {} is undecodable: {err}", e.index)
+                    }
                 }
             }
             answers.push((e.index, e.term, request));

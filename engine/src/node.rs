@@ -201,7 +201,9 @@ impl Node {
         let conf_state = recover_log(&config, log.as_ref(), &cache, loaded.as_ref())?;
         cache.set_conf_state(conf_state.clone());
         let held = sm.read().applied_index();
-        let log_end = cache.last_index()?.max(loaded.as_ref().map_or(0, |m| m.index));
+        let log_end = cache
+            .last_index()?
+            .max(loaded.as_ref().map_or(0, |m| m.index));
         if held > log_end {
             // Entries at or below `held` would be skipped as already applied, yet the
             // log and snapshots no longer have them: new entries there would be lost.

@@ -11,7 +11,7 @@ use common::{fast, key, single, value, wait_until, Cluster};
 use keel::state_machine::{MemoryStateMachine, RocksStateMachine, StateMachine};
 use keel::{Config, Db, Error, LogBackend, Op, StateMachineKind};
 use raft_core::SnapshotMetadata;
-use snapshot::{SnapshotId, SnapshotStore, StoreOptions};
+use snapshot::{SnapshotStore, StoreOptions};
 use wal::fs::StdFs;
 
 fn put(k: &[u8], v: &[u8]) -> Op {
@@ -91,8 +91,12 @@ fn a_restart_never_applies_anything_twice() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut sm = RocksStateMachine::open(dir.path()).unwrap();
-        sm.apply_batch(&[(1, put(b"k", b"old")), (2, put(b"k", b"new")), (3, del(b"gone"))])
-            .unwrap();
+        sm.apply_batch(&[
+            (1, put(b"k", b"old")),
+            (2, put(b"k", b"new")),
+            (3, del(b"gone")),
+        ])
+        .unwrap();
         sm.apply(4, &put(b"gone", b"back")).unwrap();
         sm.apply(5, &del(b"gone")).unwrap();
         // No close: dropping is all a killed process would have done.
@@ -139,7 +143,7 @@ fn snapshot_restores_into_a_fresh_state_machine() {
     let applied = a.applied_index();
     let store = store(&dir.path().join("snap"));
     let saved = a.save_snapshot(&store, &meta(applied)).unwrap();
-    assert!(saved.trailer.chunk_count > 10, "{saved:?}");
+    assert!(saved.trailer.data_chunks > 10, "{saved:?}");
     // A snapshot must be of the applied index.
     assert!(matches!(
         a.save_snapshot(&store, &meta(applied - 1)),
@@ -147,7 +151,8 @@ fn snapshot_restores_into_a_fresh_state_machine() {
     ));
 
     let mut b = RocksStateMachine::open(dir.path().join("b")).unwrap();
-    b.apply(1, &put(b"stale", b"replaced by the snapshot")).unwrap();
+    b.apply(1, &put(b"stale", b"replaced by the snapshot"))
+        .unwrap();
     let loaded = b.restore_snapshot(&store, saved.id).unwrap();
     assert_eq!(loaded, meta(applied));
     assert_eq!(b.get(b"stale").unwrap(), None);
@@ -428,16 +433,25 @@ fn a_follower_catches_up_through_a_rocksdb_snapshot() {
     c.start(down);
     c.wait_converged();
     let st = c.db(down).status();
-    assert!(st.snapshot_index >= 30, "follower installed a snapshot: {st:?}");
+    assert!(
+        st.snapshot_index >= 30,
+        "follower installed a snapshot: {st:?}"
+    );
     for i in 80..120 {
         assert_eq!(c.db(down).get_local(&key(i % 40)).unwrap(), Some(value(i)));
     }
-    assert_eq!(c.db(down).get_local(b"before").unwrap(), Some(b"stop".to_vec()));
+    assert_eq!(
+        c.db(down).get_local(b"before").unwrap(),
+        Some(b"stop".to_vec())
+    );
     // It restarts on the restored database and keeps following.
     c.kill(down);
     c.start(down);
     c.db(down).put(b"after", b"snapshot").unwrap();
-    assert_eq!(c.db(down).get(b"after").unwrap(), Some(b"snapshot".to_vec()));
+    assert_eq!(
+        c.db(down).get(b"after").unwrap(),
+        Some(b"snapshot".to_vec())
+    );
     for i in 80..120 {
         assert_eq!(c.db(down).get(&key(i % 40)).unwrap(), Some(value(i)));
     }
@@ -514,7 +528,12 @@ fn config_and_layout() {
     let dir = tempfile::tempdir().unwrap();
     let c = fast(Config::single_node(dir.path()));
     assert_eq!(c.rocksdb_sm_dir(), dir.path().join("rocksdb").join("sm"));
-    let db = Db::open(config(dir.path(), LogBackend::RocksDb, StateMachineKind::RocksDb)).unwrap();
+    let db = Db::open(config(
+        dir.path(),
+        LogBackend::RocksDb,
+        StateMachineKind::RocksDb,
+    ))
+    .unwrap();
     db.put(b"k", b"v").unwrap();
     db.close().unwrap();
     drop(db);

@@ -1,12 +1,13 @@
-//! The RocksDB log (feature `rocksdb`) through a real process crash and a damaged
+//! The RocksDB log (feature `rocksdb`) through a real process kill and a damaged
 //! directory.
 //!
 //! RocksDB does its own file I/O, so it cannot run on the simulated file system the
 //! segmented WAL's crash tests use. Instead a child process (this test binary, run
-//! again) writes and syncs from one thread while another aborts the process at an
-//! arbitrary moment; the parent then reopens the directory and checks that every entry
-//! the child saw synced is there, intact. An abort keeps the page cache, so this covers
-//! process crashes, not power loss.
+//! again) writes and syncs from one thread and reports each durable index, and the
+//! parent kills it with SIGKILL at an arbitrary moment in the middle of that; the parent
+//! then reopens the directory and checks that every entry the child saw durable is
+//! there, intact. A killed process leaves the page cache behind, so this covers process
+//! crashes, not power loss.
 
 #![cfg(feature = "rocksdb")]
 
@@ -21,88 +22,97 @@ use common::{batch, ents, hs};
 use wal::{LogBatch, LogError, LogStore, RocksLogStore};
 
 const CHILD_DIR_ENV: &str = "KEEL_ROCKS_KILL_CHILD_DIR";
-const CHILD_TEST: &str = "child_writes_until_aborted";
-/// The child aborts once this many entries were reported synced.
-const ABORT_AFTER_SYNCED: u64 = 300;
+const CHILD_TEST: &str = "child_writes_until_killed";
+/// The parent kills the child once this many entries were reported durable.
+const KILL_AFTER_DURABLE: u64 = 300;
+
+fn entry_batch(i: u64) -> LogBatch {
+    batch(ents(i, i + 1, 1 + i / 100, 64))
+}
 
 /// Not a test on its own: the body the parent runs in a child process.
 #[test]
-#[ignore = "run by an_aborted_process_keeps_every_synced_entry in a child process"]
-fn child_writes_until_aborted() {
+#[ignore = "run by a_killed_process_keeps_every_durable_entry in a child process"]
+fn child_writes_until_killed() {
     let dir = std::env::var(CHILD_DIR_ENV).expect("run by the parent test only");
     let log = std::sync::Arc::new(RocksLogStore::open(&dir).expect("child open"));
-    let (synced_tx, synced_rx) = crossbeam_channel::bounded::<u64>(1024);
-    let writer = {
+    let (durable_tx, durable_rx) = crossbeam_channel::bounded::<u64>(1024);
+    // Never joined: the process is killed while it writes.
+    let _writer = {
         let log = std::sync::Arc::clone(&log);
         std::thread::spawn(move || {
-            // Bounded: the main thread aborts the process long before the end.
+            // Bounded; the parent kills the process long before the end.
             for i in 1..=1_000_000u64 {
                 // Every third batch synced, the others only written.
                 let sync = i % 3 == 0;
-                let mut b = batch(ents(i, i + 1, 1 + i / 100, 64));
+                let mut b = entry_batch(i);
                 if sync {
                     b.hard_state = Some(hs(1 + i / 100, i));
                 }
                 log.write(&b, sync).expect("child write");
-                if sync && synced_tx.send(log.durable_index()).is_err() {
+                if sync && durable_tx.send(log.durable_index()).is_err() {
                     return;
                 }
             }
         })
     };
     let mut out = std::io::stdout().lock();
-    let mut reported = 0u64;
-    while reported < ABORT_AFTER_SYNCED {
-        match synced_rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(durable) => {
-                reported = reported.max(durable);
-                writeln!(out, "durable {durable}").expect("stdout");
-                out.flush().expect("stdout");
-            }
-            Err(e) => panic!("child writer stalled: {e}"),
-        }
+    // Ends when the writer does (the parent failed to kill us) or stalls.
+    while let Ok(durable) = durable_rx.recv_timeout(Duration::from_secs(60)) {
+        writeln!(out, "durable {durable}").expect("stdout");
+        out.flush().expect("stdout");
     }
-    // The writer is mid-flight: no destructor, no clean RocksDB close.
-    drop(writer);
-    std::process::abort();
 }
 
 #[test]
-fn an_aborted_process_keeps_every_synced_entry() {
+fn a_killed_process_keeps_every_durable_entry() {
     let tmp = tempfile::tempdir().unwrap();
     let exe = std::env::current_exe().unwrap();
-    let child = Command::new(exe)
+    let mut child = Command::new(exe)
         .args([CHILD_TEST, "--exact", "--ignored", "--nocapture"])
         .env(CHILD_DIR_ENV, tmp.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let mut child = child;
     let stdout = child.stdout.take().unwrap();
     let mut durable = 0u64;
+    // Bounded: the child reports at most a million lines, and stops after a 60 s stall.
     for line in BufReader::new(stdout).lines() {
-        let line = line.unwrap();
+        let Ok(line) = line else { break };
         if let Some(n) = line.strip_prefix("durable ") {
             durable = durable.max(n.trim().parse().unwrap());
         }
+        if durable >= KILL_AFTER_DURABLE {
+            // SIGKILL while the writer is mid-flight: no destructor, no clean close.
+            child.kill().unwrap();
+            break;
+        }
     }
     let status = child.wait().unwrap();
-    assert!(!status.success(), "the child must die by abort: {status:?}");
-    assert!(durable >= ABORT_AFTER_SYNCED, "child reported {durable}");
+    assert!(
+        !status.success(),
+        "the child must die by the kill: {status:?}"
+    );
+    assert!(durable >= KILL_AFTER_DURABLE, "child reported {durable}");
 
     let log = RocksLogStore::open(tmp.path()).unwrap();
-    assert!(log.last_index() >= durable, "{} < {durable}", log.last_index());
+    assert!(
+        log.last_index() >= durable,
+        "{} < {durable}",
+        log.last_index()
+    );
     assert_eq!(log.first_index(), 1);
     let got = log.entries(1, durable + 1, u64::MAX).unwrap();
-    for (i, e) in (1..=durable).zip(&got) {
-        assert_eq!(e, &ents(i, i + 1, 1 + i / 100, 64)[0], "entry {i}");
-    }
     assert_eq!(got.len() as u64, durable);
+    for (i, e) in (1..=durable).zip(&got) {
+        assert_eq!(e, &entry_batch(i).entries[0], "entry {i}");
+    }
     assert!(log.hard_state().commit >= durable);
     // And it takes writes again after the crash.
     let next = log.last_index() + 1;
-    log.write(&batch(ents(next, next + 1, 99, 8)), true).unwrap();
+    log.write(&batch(ents(next, next + 1, 99, 8)), true)
+        .unwrap();
     assert_eq!(log.durable_index(), next);
 }
 
@@ -136,7 +146,12 @@ fn a_missing_current_file_is_refused_not_recreated() {
 
 #[test]
 fn a_garbled_current_file_is_an_error_not_a_panic() {
-    for garbage in [&b"MANIFEST-999999\n"[..], b"", b"\xff\xfe not a name", b"MANIFEST-"] {
+    for garbage in [
+        &b"MANIFEST-999999\n"[..],
+        b"",
+        b"\xff\xfe not a name",
+        b"MANIFEST-",
+    ] {
         let tmp = tempfile::tempdir().unwrap();
         write_some(tmp.path());
         std::fs::write(tmp.path().join("CURRENT"), garbage).unwrap();

@@ -19,9 +19,9 @@ mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocksdb;
 
-pub use memory::MemoryStateMachine;
 #[cfg(feature = "rocksdb")]
 pub use self::rocksdb::{RocksStateMachine, RESTORE_BATCH_MAX_BYTES};
+pub use memory::MemoryStateMachine;
 
 use raft_core::SnapshotMetadata;
 use snapshot::{SavedSnapshot, SnapshotId, SnapshotStore};

@@ -32,8 +32,8 @@ use std::path::{Path, PathBuf};
 
 use raft_core::SnapshotMetadata;
 use rocksdb::{
-    ColumnFamily, ColumnFamilyDescriptor, Options, ReadOptions, SnapshotWithThreadMode,
-    WriteBatch, WriteOptions, DB,
+    ColumnFamily, ColumnFamilyDescriptor, Options, ReadOptions, SnapshotWithThreadMode, WriteBatch,
+    WriteOptions, DB,
 };
 use snapshot::memory::{MapLimits, RecordReader, RecordWriter};
 use snapshot::{SavedSnapshot, SnapshotConsumer, SnapshotId, SnapshotProducer, SnapshotStore};
@@ -388,7 +388,12 @@ impl StateMachine for RocksStateMachine {
 
 impl RocksStateMachine {
     // Streams snapshot `id` into column family `staging` and makes it durable.
-    fn fill(&self, store: &SnapshotStore, id: SnapshotId, staging: &str) -> Result<SnapshotMetadata> {
+    fn fill(
+        &self,
+        store: &SnapshotStore,
+        id: SnapshotId,
+        staging: &str,
+    ) -> Result<SnapshotMetadata> {
         let cf = self
             .db
             .cf_handle(staging)
