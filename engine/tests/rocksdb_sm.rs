@@ -447,6 +447,7 @@ fn a_follower_catches_up_through_a_rocksdb_snapshot() {
     // It restarts on the restored database and keeps following.
     c.kill(down);
     c.start(down);
+    c.wait_leader();
     c.db(down).put(b"after", b"snapshot").unwrap();
     assert_eq!(
         c.db(down).get(b"after").unwrap(),
