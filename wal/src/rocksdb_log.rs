@@ -65,9 +65,9 @@ fn backend(e: rocksdb::Error) -> LogError {
 
 /// Whether directory `path` holds what is left of a RocksDB database (its manifest,
 /// data or WAL files), subdirectories aside. RocksDB, told to create a missing
-/// database, takes a directory whose `CURRENT` file is gone for a new one and discards
-/// the old manifests, losing everything; a caller that finds files here but no
-/// `CURRENT` must refuse to open instead.
+/// database, refuses a directory without `CURRENT` only while a WAL file is left in it;
+/// otherwise it starts a new database and deletes the old manifest and every data
+/// file. A caller that finds files here but no `CURRENT` must refuse to open instead.
 pub fn has_rocksdb_files(path: &Path) -> std::io::Result<bool> {
     let entries = match std::fs::read_dir(path) {
         Ok(entries) => entries,

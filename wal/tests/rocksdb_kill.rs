@@ -129,6 +129,13 @@ fn write_some(path: &Path) {
     .unwrap();
 }
 
+fn file_names(path: &Path) -> Vec<String> {
+    std::fs::read_dir(path)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
 #[test]
 fn a_missing_current_file_is_refused_not_recreated() {
     let tmp = tempfile::tempdir().unwrap();
@@ -142,6 +149,45 @@ fn a_missing_current_file_is_refused_not_recreated() {
     // Nothing was created over the remains, so a second attempt says the same.
     assert!(!tmp.path().join("CURRENT").exists());
     assert!(RocksLogStore::open(tmp.path()).is_err());
+}
+
+/// With its WAL files gone as well, RocksDB itself (11.8) would take the directory for
+/// a new database, delete the old manifest and with it every data file.
+#[test]
+fn data_files_without_current_or_wal_are_kept_not_replaced() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_some(tmp.path());
+    {
+        // Move everything into data files, as a long-running log would have.
+        let db = rocksdb::DB::open_cf(
+            &rocksdb::Options::default(),
+            tmp.path(),
+            ["entries", "meta"],
+        )
+        .unwrap();
+        for cf in ["entries", "meta"] {
+            db.flush_cf(db.cf_handle(cf).unwrap()).unwrap();
+        }
+    }
+    std::fs::remove_file(tmp.path().join("CURRENT")).unwrap();
+    for name in file_names(tmp.path()) {
+        if name.ends_with(".log") {
+            std::fs::remove_file(tmp.path().join(name)).unwrap();
+        }
+    }
+    let data_files = |p: &Path| {
+        let mut v: Vec<String> = file_names(p)
+            .into_iter()
+            .filter(|n| n.ends_with(".sst") || n.starts_with("MANIFEST-"))
+            .collect();
+        v.sort();
+        v
+    };
+    let before = data_files(tmp.path());
+    assert!(before.iter().any(|n| n.ends_with(".sst")), "{before:?}");
+    let err = RocksLogStore::open(tmp.path()).err().expect("refused");
+    assert!(matches!(err, LogError::Corrupt(_)), "{err}");
+    assert_eq!(data_files(tmp.path()), before);
 }
 
 #[test]
