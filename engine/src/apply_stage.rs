@@ -43,12 +43,19 @@ pub(crate) struct ApplyStage {
     pub(crate) sm: Arc<RwLock<dyn StateMachine>>,
     pub(crate) cache: LogCache<dyn LogStore>,
     pub(crate) store: Arc<SnapshotStore>,
+    /// Membership as of the entry at `conf_index`.
     pub(crate) conf_state: ConfState,
+    pub(crate) conf_index: u64,
+    /// The last entry handed to this stage and processed (applied, or skipped because
+    /// the state already held it), or the last snapshot installed: what raft is told was
+    /// applied. A persistent state machine may be further on after a restart; raft then
+    /// hands out the entries in between again, so their membership changes reach raft.
+    pub(crate) applied_through: u64,
     pub(crate) snapshot_every: u64,
     pub(crate) catch_up_entries: u64,
     /// Index of the newest snapshot taken or installed.
     pub(crate) last_snapshot_index: u64,
-    /// Term of the last applied entry (for the next snapshot's metadata).
+    /// Term of the entry at `applied_through` (for the next snapshot's metadata).
     pub(crate) applied_term: u64,
     pub(crate) max_batch: usize,
     pub(crate) commit_index: Arc<AtomicU64>,
@@ -73,8 +80,7 @@ impl ApplyStage {
                         commit_index,
                     } => {
                         self.commit_index.fetch_max(commit_index, Ordering::Relaxed);
-                        self.apply_entries(&entries, conf_states);
-                        Ok(())
+                        self.apply_entries(&entries, conf_states)
                     }
                     ApplyTask::Snapshot(meta) => self.install(&meta),
                 };
@@ -83,7 +89,7 @@ impl ApplyStage {
                     return;
                 }
             }
-            let applied = self.sm.read().applied_index();
+            let applied = self.applied_through;
             self.shared.applied.advance(applied);
             let commit = self.commit_index.load(Ordering::Relaxed);
             let m = &self.shared.metrics;
@@ -97,62 +103,88 @@ impl ApplyStage {
         }
     }
 
-    fn apply_entries(&mut self, entries: &[Entry], conf_states: Vec<(u64, ConfState)>) {
+    fn apply_entries(
+        &mut self,
+        entries: &[Entry],
+        conf_states: Vec<(u64, ConfState)>,
+    ) -> Result<(), String> {
         let my_id = self.shared.id;
         let mut conf_states = conf_states.into_iter().peekable();
         let mut sm = self.sm.write();
+        let held = sm.applied_index();
+        // One batch for the state machine, answers after it: nobody is told their write
+        // was applied before it is.
+        let mut ops = Vec::new();
+        let mut answers = Vec::with_capacity(entries.len());
         for e in entries {
-            // Membership as of this entry (a skipped entry's is already in the state's
-            // snapshot, so only newer ones count).
-            while let Some((index, cs)) = conf_states.next_if(|(i, _)| *i <= e.index) {
-                if index > sm.applied_index() {
-                    self.conf_state = cs;
-                }
-            }
-            if e.index <= sm.applied_index() {
-                // Already in the state (a replay after restart, or covered by a
-                // snapshot): applying is idempotent by index.
+            if e.index <= self.applied_through {
+                // Covered by a snapshot installed after it was handed out.
                 continue;
             }
-            let mut request = None;
-            match e.entry_type {
-                EntryType::Normal if !e.data.is_empty() => match Command::decode(&e.data) {
-                    Ok(cmd) => {
-                        if let Err(err) = sm.apply(e.index, &cmd.op) {
-                            // Every replica fails the same way on the same entry, so
-                            // skipping keeps them equal; report it loudly.
-                            log::error!("node {my_id}: applying entry {} failed: {err}", e.index);
-                            sm.skip_to(e.index);
-                        }
-                        request = Some((cmd.origin, cmd.request_id));
-                    }
-                    Err(err) => {
-                        log::error!("node {my_id}: entry {} is undecodable: {err}", e.index);
-                        sm.skip_to(e.index);
-                    }
-                },
-                _ => sm.skip_to(e.index),
+            while let Some((index, cs)) = conf_states.next_if(|(i, _)| *i <= e.index) {
+                if index > self.conf_index {
+                    self.conf_state = cs;
+                    self.conf_index = index;
+                }
             }
+            self.applied_through = e.index;
             self.applied_term = e.term;
+            let mut request = None;
+            if e.entry_type == EntryType::Normal && !e.data.is_empty() {
+                match Command::decode(&e.data) {
+                    Ok(cmd) => {
+                        request = Some((cmd.origin, cmd.request_id));
+                        // At or below `held` the state already has it (a persistent
+                        // state machine's restart): applying is idempotent by index.
+                        if e.index > held {
+                            ops.push((e.index, cmd.op));
+                        }
+                    }
+                    // Every replica sees the same bytes, so every one skips it.
+                    Err(err) => {
+                        log::error!("node {my_id}: entry {} is undecodable: {err}", e.index)
+                    }
+                }
+            }
+            answers.push((e.index, e.term, request));
+        }
+        if let (Some((first, _)), Some((last, _))) = (ops.first(), ops.last()) {
+            let (first, last) = (*first, *last);
+            // Local storage failed: skipping would leave this replica different from the
+            // others, so the node stops instead.
+            sm.apply_batch(&ops)
+                .map_err(|err| format!("applying entries {first}..={last} failed: {err}"))?;
+        }
+        sm.skip_to(self.applied_through);
+        drop(sm);
+        for (index, term, request) in answers {
             self.shared
                 .proposals
-                .on_applied(my_id, e.index, e.term, request);
+                .on_applied(my_id, index, term, request);
         }
+        Ok(())
     }
 
     fn install(&mut self, meta: &SnapshotMetadata) -> Result<(), String> {
-        let mut sm = self.sm.write();
-        if meta.index <= sm.applied_index() {
+        if meta.index <= self.applied_through {
             return Ok(());
         }
-        let id = SnapshotId::of(meta);
-        let loaded = sm
-            .restore_snapshot(&self.store, id)
-            .map_err(|e| format!("installing snapshot {id:?} failed: {e}"))?;
+        let mut sm = self.sm.write();
+        let loaded = if meta.index <= sm.applied_index() {
+            // A persistent state machine applied past it before a restart; the entries
+            // after it are committed, so the state needs nothing from the snapshot.
+            meta.clone()
+        } else {
+            let id = SnapshotId::of(meta);
+            sm.restore_snapshot(&self.store, id)
+                .map_err(|e| format!("installing snapshot {id:?} failed: {e}"))?
+        };
         drop(sm);
         self.conf_state = loaded.conf_state;
+        self.conf_index = loaded.index;
+        self.applied_through = loaded.index;
         self.applied_term = loaded.term;
-        self.last_snapshot_index = loaded.index;
+        self.last_snapshot_index = self.last_snapshot_index.max(loaded.index);
         self.shared.proposals.on_snapshot(loaded.index);
         self.commit_index.fetch_max(loaded.index, Ordering::Relaxed);
         log::info!(
@@ -170,6 +202,11 @@ impl ApplyStage {
         let sm = self.sm.read();
         let applied = sm.applied_index();
         if applied < self.last_snapshot_index.saturating_add(self.snapshot_every) {
+            return;
+        }
+        if applied != self.applied_through {
+            // A persistent state machine ahead of the entries raft handed out again after
+            // a restart: the term at `applied` is not known yet. Soon it is.
             return;
         }
         let meta = SnapshotMetadata {

@@ -26,6 +26,10 @@ pub enum StateMachineKind {
     /// An in-memory `BTreeMap`, rebuilt from the newest snapshot plus the log at start.
     #[default]
     Memory,
+    /// A RocksDB database in `DIR/rocksdb/sm/`, kept across restarts: a restart replays
+    /// only the log above its applied index (cargo feature `rocksdb`).
+    #[cfg(feature = "rocksdb")]
+    RocksDb,
 }
 
 /// Configuration of one node. Start from [`Config::single_node`] or [`Config::cluster`]
@@ -40,12 +44,14 @@ pub struct Config {
     /// from the log. Ignored once the node has data: membership then comes from its
     /// log and snapshots.
     pub peers: Vec<u64>,
-    /// The data directory: `wal/` and `snap/` live under it.
+    /// The data directory: `wal/` and `snap/` live under it, and `rocksdb/` for the
+    /// RocksDB log (`rocksdb/` itself) and state machine (`rocksdb/sm/`).
     pub data_dir: PathBuf,
     /// How messages reach the other nodes; `None` for a single node.
     pub transport: Option<Arc<dyn Transport>>,
     /// The file system all durable I/O goes through (the real one by default; the
-    /// simulated one in crash tests).
+    /// simulated one in crash tests). The RocksDB log and state machine bypass it:
+    /// RocksDB does its own file I/O.
     pub fs: Arc<dyn FileSystem>,
     /// The Raft log backend.
     pub log_backend: LogBackend,
@@ -268,5 +274,11 @@ impl Config {
     /// Where snapshots live.
     pub fn snap_dir(&self) -> PathBuf {
         self.data_dir.join("snap")
+    }
+
+    /// Where the RocksDB state machine lives: a subdirectory of the RocksDB log's
+    /// directory, which RocksDB leaves alone (it only touches files it named).
+    pub fn rocksdb_sm_dir(&self) -> PathBuf {
+        self.data_dir.join("rocksdb").join("sm")
     }
 }

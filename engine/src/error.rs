@@ -58,6 +58,10 @@ pub enum Error {
     /// The snapshot store failed.
     #[error("snapshot error: {0}")]
     Snapshot(#[from] snapshot::SnapshotError),
+    /// The state machine's own storage failed (the RocksDB state machine), or holds
+    /// something this build cannot use.
+    #[error("state machine error: {0}")]
+    StateMachine(String),
     /// raft-core refused something (e.g. an invalid membership change).
     #[error("raft error: {0}")]
     Raft(#[from] raft_core::Error),

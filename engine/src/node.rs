@@ -138,6 +138,43 @@ fn open_log(config: &Config) -> Result<Arc<dyn LogStore>> {
     }
 }
 
+fn open_state_machine(config: &Config) -> Result<Arc<RwLock<dyn StateMachine>>> {
+    Ok(match config.state_machine {
+        StateMachineKind::Memory => Arc::new(RwLock::new(MemoryStateMachine::new())),
+        #[cfg(feature = "rocksdb")]
+        StateMachineKind::RocksDb => Arc::new(RwLock::new(
+            crate::state_machine::RocksStateMachine::open(config.rocksdb_sm_dir())?,
+        )),
+    })
+}
+
+/// Brings the state machine up to the newest snapshot that passes every check and
+/// returns that snapshot's metadata. Damaged snapshots are skipped (the log still
+/// reaches back to an older one, see the apply stage). A persistent state machine that
+/// already holds a snapshot's index only reads its checked header.
+fn load_snapshot(
+    id: u64,
+    sm: &mut dyn StateMachine,
+    store: &SnapshotStore,
+) -> Result<Option<raft_core::SnapshotMetadata>> {
+    let held = sm.applied_index();
+    for snap_id in store.list()? {
+        let outcome = if snap_id.index <= held {
+            store.metadata(snap_id).map_err(Error::from)
+        } else {
+            sm.restore_snapshot(store, snap_id)
+        };
+        match outcome {
+            Ok(meta) => return Ok(Some(meta)),
+            Err(Error::Snapshot(e @ snapshot::SnapshotError::Damaged { .. })) => {
+                log::error!("node {id}: skipping damaged snapshot {snap_id:?}: {e}");
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(None)
+}
+
 fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
     Ok(std::thread::Builder::new().name(name).spawn(f)?)
 }
@@ -159,24 +196,8 @@ impl Node {
         if is_brand_new(log.as_ref(), &store)? {
             bootstrap(&config, log.as_ref())?;
         }
-        let mut sm = match config.state_machine {
-            StateMachineKind::Memory => MemoryStateMachine::new(),
-        };
-        // The newest snapshot that passes every check; damaged ones are skipped (and
-        // the log still reaches back to an older one, see the apply stage).
-        let mut loaded = None;
-        for snap_id in store.list()? {
-            match sm.restore_snapshot(&store, snap_id) {
-                Ok(meta) => {
-                    loaded = Some(meta);
-                    break;
-                }
-                Err(Error::Snapshot(e @ snapshot::SnapshotError::Damaged { .. })) => {
-                    log::error!("node {id}: skipping damaged snapshot {snap_id:?}: {e}");
-                }
-                Err(e) => return Err(e),
-            }
-        }
+        let sm = open_state_machine(&config)?;
+        let loaded = load_snapshot(id, &mut *sm.write(), &store)?;
         let cache = LogCache::open(
             Arc::clone(&log),
             LogCacheOptions {
@@ -186,10 +207,29 @@ impl Node {
         let (conf_state, bootstrapped) =
             recover_log(&config, log.as_ref(), &cache, loaded.as_ref())?;
         cache.set_conf_state(conf_state.clone());
-        // The bootstrap entries are membership changes already folded into
-        // `conf_state` and change nothing in the state machine: raft counts them
-        // applied, so a lone voter can campaign at once.
-        let applied = sm.applied_index().max(bootstrapped);
+        let held = sm.read().applied_index();
+        let log_end = cache
+            .last_index()?
+            .max(loaded.as_ref().map_or(0, |m| m.index));
+        if held > log_end {
+            // Entries at or below `held` would be skipped as already applied, yet the
+            // log and snapshots no longer have them: new entries there would be lost.
+            return Err(Error::Config(format!(
+                "the state machine has applied index {held} but the log and snapshots end \
+                 at {log_end}; they were removed or lost writes (to rebuild the state \
+                 machine from them, remove {})",
+                config.rocksdb_sm_dir().display()
+            )));
+        }
+        // Raft hands out everything after the snapshot again, even what a persistent
+        // state machine already holds, so membership changes after the snapshot are
+        // applied to raft; the apply stage skips their operations by index.
+        // The bootstrap entries are membership changes already folded into `conf_state`
+        // and change nothing in the state machine: raft counts them applied, so a lone
+        // voter can campaign at once.
+        let applied = loaded
+            .as_ref()
+            .map_or(bootstrapped, |m| m.index.max(bootstrapped));
         let mut raw = RawNode::new(&config.raft_config(applied), cache.clone())?;
         if raw.raft.prs.is_singleton() && raw.raft.prs.is_voter(id) {
             // A lone voter need not wait an election timeout to lead.
@@ -199,7 +239,7 @@ impl Node {
         let shared = Arc::new(Shared {
             id,
             metrics: Metrics::new(id)?,
-            proposals: Proposals::new(config.max_pending_requests),
+            proposals: Proposals::new(config.max_pending_requests, request_id_seed()),
             applied: AppliedWatch::new(applied),
             view: RwLock::new(RaftView {
                 conf_state: conf_state.clone(),
@@ -223,7 +263,6 @@ impl Node {
         let (snap_status_tx, snap_status_rx) = bounded(8);
         let outbox = Outbox::new(id, config.transport.clone(), snap_tx);
 
-        let sm: Arc<RwLock<dyn StateMachine>> = Arc::new(RwLock::new(sm));
         let mut threads = Vec::new();
         let persist = PersistStage {
             shared: Arc::clone(&shared),
@@ -243,6 +282,8 @@ impl Node {
             cache: cache.clone(),
             store: Arc::clone(&store),
             conf_state,
+            conf_index: applied,
+            applied_through: applied,
             snapshot_every: config.snapshot_every,
             catch_up_entries: config.catch_up_entries,
             last_snapshot_index: loaded.as_ref().map_or(0, |m| m.index),
@@ -429,6 +470,18 @@ fn bootstrap_membership(log: &dyn LogStore) -> Result<(Vec<u64>, u64)> {
     }
     let n = voters.len() as u64;
     Ok((voters, n))
+}
+
+// Request ids travel in log entries, and a restart replays the entries after the
+// snapshot: a replayed entry carrying an id this run handed out again would answer a
+// new caller whose write is not applied. Starting each run at its start time in
+// nanoseconds keeps every run's ids above all earlier runs' (no run hands out an id per
+// nanosecond), even for a restart within the same second.
+fn request_id_seed() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_nanos() as u64)
+        .max(1)
 }
 
 /// Brings the log in line with the snapshot the state machine was loaded from, and

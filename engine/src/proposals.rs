@@ -38,10 +38,12 @@ pub(crate) struct Proposals {
 }
 
 impl Proposals {
-    pub(crate) fn new(max_pending: usize) -> Proposals {
+    /// A registry handing out request ids from `first_id` (see `node::request_id_seed`:
+    /// ids must differ from every earlier run's, whose entries the log replays).
+    pub(crate) fn new(max_pending: usize, first_id: u64) -> Proposals {
         Proposals {
             inner: Mutex::new(Inner {
-                next_id: 1,
+                next_id: first_id.max(1),
                 ..Inner::default()
             }),
             max_pending,
@@ -235,7 +237,7 @@ mod tests {
 
     #[test]
     fn an_overwritten_proposal_fails_and_a_matching_one_succeeds() {
-        let p = Proposals::new(10);
+        let p = Proposals::new(10, 1);
         let (a, rx_a) = p.register().unwrap();
         let (b, rx_b) = p.register().unwrap();
         p.place(a, 5, 2);
@@ -251,7 +253,7 @@ mod tests {
 
     #[test]
     fn a_forwarded_proposal_is_matched_by_request_id() {
-        let p = Proposals::new(10);
+        let p = Proposals::new(10, 1);
         let (a, rx) = p.register().unwrap();
         // Never placed (a follower forwarded it); applied at whatever index.
         p.on_applied(3, 42, 7, Some((3, a)));
@@ -259,8 +261,18 @@ mod tests {
     }
 
     #[test]
+    fn a_replayed_entry_of_an_earlier_run_answers_nobody() {
+        // The earlier run numbered from 1; this one from a later seed.
+        let p = Proposals::new(10, 1 << 24);
+        let (a, rx) = p.register().unwrap();
+        assert_eq!(a, 1 << 24);
+        p.on_applied(1, 7, 1, Some((1, 1)));
+        assert!(rx.try_recv().is_err(), "answered by another run's entry");
+    }
+
+    #[test]
     fn registry_is_bounded_and_snapshots_make_outcomes_unknown() {
-        let p = Proposals::new(1);
+        let p = Proposals::new(1, 1);
         let (a, rx) = p.register().unwrap();
         assert!(matches!(p.register(), Err(Error::Busy(1))));
         p.place(a, 3, 1);

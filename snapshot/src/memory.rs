@@ -9,6 +9,10 @@
 //!
 //! The count comes first because a `BTreeMap` knows its length; keys must be strictly
 //! increasing, which both rebuilds the map in order and catches duplicated records.
+//!
+//! The engine's RocksDB state machine writes and reads the same layout one record at a
+//! time ([`RecordWriter`], [`RecordReader`]), so a snapshot of either state machine
+//! restores into the other.
 
 use std::collections::BTreeMap;
 use std::io::{self, Read, Write};
@@ -52,22 +56,60 @@ pub fn write_records<'a, I>(count: u64, records: I, out: &mut dyn Write) -> io::
 where
     I: IntoIterator<Item = (&'a Vec<u8>, &'a Vec<u8>)>,
 {
-    out.write_all(MAGIC)?;
-    out.write_all(&[VERSION])?;
-    out.write_all(&count.to_le_bytes())?;
-    let mut written = 0u64;
+    let mut writer = RecordWriter::new(out, count)?;
     for (k, v) in records {
-        put_field(out, k)?;
-        put_field(out, v)?;
-        written += 1;
+        writer.push(k, v)?;
     }
-    if written != count {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("promised {count} records, wrote {written}"),
-        ));
+    writer.finish()
+}
+
+/// Writes the layout one record at a time, for records that come from somewhere a
+/// borrowing iterator cannot reach (a RocksDB iterator hands out short-lived slices
+/// and can fail between records).
+pub struct RecordWriter<'o> {
+    out: &'o mut dyn Write,
+    count: u64,
+    written: u64,
+}
+
+impl<'o> RecordWriter<'o> {
+    /// Writes the header promising `count` records.
+    pub fn new(out: &'o mut dyn Write, count: u64) -> io::Result<RecordWriter<'o>> {
+        out.write_all(MAGIC)?;
+        out.write_all(&[VERSION])?;
+        out.write_all(&count.to_le_bytes())?;
+        Ok(RecordWriter {
+            out,
+            count,
+            written: 0,
+        })
     }
-    Ok(())
+
+    /// Writes one record; keys must come in strictly increasing order (the reader
+    /// checks). More records than promised are refused.
+    pub fn push(&mut self, key: &[u8], value: &[u8]) -> io::Result<()> {
+        if self.written == self.count {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("more than the {} records promised", self.count),
+            ));
+        }
+        put_field(self.out, key)?;
+        put_field(self.out, value)?;
+        self.written += 1;
+        Ok(())
+    }
+
+    /// Checks that exactly the promised number of records was written.
+    pub fn finish(self) -> io::Result<()> {
+        if self.written != self.count {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("promised {} records, wrote {}", self.count, self.written),
+            ));
+        }
+        Ok(())
+    }
 }
 
 fn put_field(out: &mut dyn Write, bytes: &[u8]) -> io::Result<()> {
@@ -84,34 +126,87 @@ fn put_field(out: &mut dyn Write, bytes: &[u8]) -> io::Result<()> {
 /// Reads a map written by [`write_map`], rejecting anything malformed (bad magic,
 /// oversized or unordered keys, missing or extra bytes) with `InvalidData`.
 pub fn read_map(input: &mut dyn Read, limits: MapLimits) -> io::Result<Map> {
-    let mut head = [0u8; 4 + 1 + 8];
-    input.read_exact(&mut head)?;
-    if &head[..4] != MAGIC {
-        return Err(invalid("not a keel map image (bad magic)".into()));
-    }
-    if head[4] != VERSION {
-        return Err(invalid(format!(
-            "unsupported map image version {}",
-            head[4]
-        )));
-    }
-    let mut count = [0u8; 8];
-    count.copy_from_slice(&head[5..13]);
-    let count = u64::from_le_bytes(count);
+    let mut records = RecordReader::new(input, limits)?;
     let mut map = Map::new();
-    for _ in 0..count {
-        let key = get_field(input, limits.max_key_bytes, "key")?;
-        let value = get_field(input, limits.max_value_bytes, "value")?;
-        if map.last_key_value().is_some_and(|(last, _)| *last >= key) {
-            return Err(invalid("keys out of order or repeated".into()));
-        }
+    while let Some((key, value)) = records.next_record()? {
         map.insert(key, value);
     }
-    let mut extra = [0u8; 1];
-    if input.read(&mut extra)? != 0 {
-        return Err(invalid("bytes after the last record".into()));
-    }
     Ok(map)
+}
+
+/// Reads the layout one record at a time, so a state machine can stream an image
+/// into its own storage without holding it in memory. Checks everything
+/// [`read_map`] checks; the end of the records is reported only after the input was
+/// found to end there too.
+pub struct RecordReader<'i> {
+    input: &'i mut dyn Read,
+    limits: MapLimits,
+    count: u64,
+    remaining: u64,
+    last_key: Option<Vec<u8>>,
+    done: bool,
+}
+
+impl<'i> RecordReader<'i> {
+    /// Reads and checks the header.
+    pub fn new(input: &'i mut dyn Read, limits: MapLimits) -> io::Result<RecordReader<'i>> {
+        let mut head = [0u8; 4 + 1 + 8];
+        input.read_exact(&mut head)?;
+        if &head[..4] != MAGIC {
+            return Err(invalid("not a keel map image (bad magic)".into()));
+        }
+        if head[4] != VERSION {
+            return Err(invalid(format!(
+                "unsupported map image version {}",
+                head[4]
+            )));
+        }
+        let mut count = [0u8; 8];
+        count.copy_from_slice(&head[5..13]);
+        let count = u64::from_le_bytes(count);
+        Ok(RecordReader {
+            input,
+            limits,
+            count,
+            remaining: count,
+            last_key: None,
+            done: false,
+        })
+    }
+
+    /// How many records the header promises.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// The next record, or `None` after the last one (and once nothing follows it).
+    pub fn next_record(&mut self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+        if self.done {
+            return Ok(None);
+        }
+        if self.remaining == 0 {
+            let mut extra = [0u8; 1];
+            if self.input.read(&mut extra)? != 0 {
+                return Err(invalid("bytes after the last record".into()));
+            }
+            self.done = true;
+            return Ok(None);
+        }
+        let key = get_field(self.input, self.limits.max_key_bytes, "key")?;
+        let value = get_field(self.input, self.limits.max_value_bytes, "value")?;
+        match &mut self.last_key {
+            Some(last) if *last >= key => {
+                return Err(invalid("keys out of order or repeated".into()));
+            }
+            Some(last) => {
+                last.clear();
+                last.extend_from_slice(&key);
+            }
+            None => self.last_key = Some(key.clone()),
+        }
+        self.remaining -= 1;
+        Ok(Some((key, value)))
+    }
 }
 
 fn get_field(input: &mut dyn Read, max_bytes: u32, what: &str) -> io::Result<Vec<u8>> {
@@ -183,6 +278,22 @@ mod tests {
     }
 
     #[test]
+    fn the_record_reader_streams_what_write_map_wrote() {
+        let map = sample();
+        let mut bytes = Vec::new();
+        write_map(&map, &mut bytes).unwrap();
+        let mut input = bytes.as_slice();
+        let mut reader = RecordReader::new(&mut input, MapLimits::default()).unwrap();
+        assert_eq!(reader.count(), map.len() as u64);
+        let mut back = Map::new();
+        while let Some((k, v)) = reader.next_record().unwrap() {
+            back.insert(k, v);
+        }
+        assert_eq!(back, map);
+        assert!(reader.next_record().unwrap().is_none(), "stays at the end");
+    }
+
+    #[test]
     fn every_truncation_and_extension_is_rejected() {
         let mut bytes = Vec::new();
         write_map(&sample(), &mut bytes).unwrap();
@@ -200,6 +311,14 @@ mod tests {
         // First key length claims 4 GiB.
         bytes[13..17].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(read_map(&mut bytes.as_slice(), MapLimits::default()).is_err());
+
+        let mut few = Vec::new();
+        let mut w = RecordWriter::new(&mut few, 2).unwrap();
+        w.push(b"a", b"1").unwrap();
+        assert!(w.finish().is_err(), "one record of two promised");
+        let mut w = RecordWriter::new(&mut few, 1).unwrap();
+        w.push(b"a", b"1").unwrap();
+        assert!(w.push(b"b", b"2").is_err(), "a record beyond the promise");
 
         let mut dup = Vec::new();
         let rec = (b"a".to_vec(), b"1".to_vec());

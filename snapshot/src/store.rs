@@ -391,6 +391,36 @@ impl SnapshotStore {
         Ok((metadata, image))
     }
 
+    /// The metadata of snapshot `id`, from its checked header alone, for a state
+    /// machine that already holds the state it covers (a persistent one after a
+    /// restart) and needs only its membership and term. Damage to the header is
+    /// reported as [`SnapshotError::Damaged`]; the rest of the file is not read.
+    pub fn metadata(&self, id: SnapshotId) -> Result<SnapshotMetadata> {
+        let path = self.path_of(id);
+        let damaged = |reason: SnapshotError| {
+            if reason.is_corruption() {
+                SnapshotError::Damaged {
+                    path: path.clone(),
+                    reason: Box::new(reason),
+                }
+            } else {
+                file_error(reason, &path)
+            }
+        };
+        let reader = self.open_reader(&path).map_err(damaged)?;
+        let metadata = reader.header().metadata.clone();
+        if SnapshotId::of(&metadata) != id {
+            return Err(damaged(SnapshotError::Malformed {
+                seq: 0,
+                reason: format!(
+                    "header says term {} index {} but the name says term {} index {}",
+                    metadata.term, metadata.index, id.term, id.index
+                ),
+            }));
+        }
+        Ok(metadata)
+    }
+
     /// Reads snapshot `id` through, checking every chunk and the final checksum
     /// without keeping anything (for `keel snapshot verify`).
     pub fn verify(&self, id: SnapshotId) -> Result<(StreamHeader, StreamTrailer)> {

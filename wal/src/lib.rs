@@ -68,6 +68,6 @@ pub use record::{
 };
 pub use recovery::{RecoveryReport, TailCut};
 #[cfg(feature = "rocksdb")]
-pub use rocksdb_log::RocksLogStore;
+pub use rocksdb_log::{has_rocksdb_files, RocksLogStore};
 pub use segment::{SegmentName, BROKEN_SUFFIX, PREALLOC_SUFFIX, SEGMENT_SUFFIX};
 pub use wal::{Wal, WalStats};

@@ -63,10 +63,48 @@ fn backend(e: rocksdb::Error) -> LogError {
     LogError::Backend(e.into_string())
 }
 
+/// Whether directory `path` holds what is left of a RocksDB database (its manifest,
+/// data or WAL files), subdirectories aside. RocksDB, told to create a missing
+/// database, refuses a directory without `CURRENT` only while a WAL file is left in it;
+/// otherwise it starts a new database and deletes the old manifest and every data
+/// file. A caller that finds files here but no `CURRENT` must refuse to open instead.
+pub fn has_rocksdb_files(path: &Path) -> std::io::Result<bool> {
+    let entries = match std::fs::read_dir(path) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        if entry.file_type()?.is_dir() {
+            continue;
+        }
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name == "CURRENT"
+            || name == "IDENTITY"
+            || name.starts_with("MANIFEST-")
+            || name.ends_with(".sst")
+            || name.ends_with(".log")
+        {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 impl RocksLogStore {
-    /// Opens (or creates) the log in directory `path`, recovering its index.
+    /// Opens (or creates) the log in directory `path`, recovering its index. A
+    /// directory with RocksDB files but no `CURRENT` file is refused as corrupt rather
+    /// than silently replaced by an empty log.
     pub fn open(path: impl AsRef<Path>) -> Result<RocksLogStore, LogError> {
         let path = path.as_ref();
+        if !path.join("CURRENT").exists() && has_rocksdb_files(path)? {
+            return Err(LogError::Corrupt(format!(
+                "{} holds RocksDB files but no CURRENT file",
+                path.display()
+            )));
+        }
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);

@@ -4,9 +4,23 @@
 //! behind a read-write lock. Applying is idempotent by index: an entry at or below
 //! [`StateMachine::applied_index`] is skipped, so replaying the log after a restart
 //! (or a duplicated hand-out) never applies anything twice.
+//!
+//! Two implementations: [`MemoryStateMachine`] (a `BTreeMap`, rebuilt from the newest
+//! snapshot plus the log on every start) and, behind the `rocksdb` feature,
+//! `RocksStateMachine` (persistent; a restart replays only the log above its applied
+//! index). Both write snapshots in `snapshot::memory`'s layout, so either restores the
+//! other's.
+//!
+//! An error from [`StateMachine::apply`] or [`StateMachine::apply_batch`] means local
+//! storage failed (the operations themselves cannot fail): the apply stage stops the
+//! node rather than let this replica skip an entry the others applied.
 
 mod memory;
+#[cfg(feature = "rocksdb")]
+mod rocksdb;
 
+#[cfg(feature = "rocksdb")]
+pub use self::rocksdb::{RocksStateMachine, RESTORE_BATCH_MAX_BYTES};
 pub use memory::MemoryStateMachine;
 
 use raft_core::SnapshotMetadata;
@@ -21,6 +35,15 @@ pub trait StateMachine: Send + Sync + 'static {
     fn applied_index(&self) -> u64;
     /// Applies `op` committed at `index`; skipped if `index <= applied_index()`.
     fn apply(&mut self, index: u64, op: &Op) -> Result<()>;
+    /// Applies a run of operations committed at increasing indexes, skipping those at
+    /// or below `applied_index()`; all or nothing where the state machine can do that
+    /// (one RocksDB `WriteBatch`).
+    fn apply_batch(&mut self, ops: &[(u64, Op)]) -> Result<()> {
+        for (index, op) in ops {
+            self.apply(*index, op)?;
+        }
+        Ok(())
+    }
     /// Records that `index` (an entry without an operation: a leader's no-op, a
     /// membership change, a damaged payload) was applied.
     fn skip_to(&mut self, index: u64);
