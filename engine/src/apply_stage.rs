@@ -10,15 +10,17 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::Instant;
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{bounded, select, Receiver, Sender};
 use parking_lot::RwLock;
 use raft_core::{ConfState, Entry, EntryType, SnapshotMetadata};
-use snapshot::{LogCache, SnapshotId, SnapshotStore};
+use snapshot::{LogCache, SavedSnapshot, SnapshotId, SnapshotStore};
 use wal::LogStore;
 
 use crate::command::Command;
+use crate::error::Error;
 use crate::node::Shared;
 use crate::state_machine::StateMachine;
 
@@ -33,6 +35,18 @@ pub(crate) enum ApplyTask {
     },
     /// A durable snapshot from the leader to install.
     Snapshot(SnapshotMetadata),
+}
+
+/// A snapshot being written on a thread of its own from a frozen image.
+pub(crate) struct SavingSnapshot {
+    meta: SnapshotMetadata,
+    started: Instant,
+    done: Receiver<crate::Result<SavedSnapshot>>,
+    thread: JoinHandle<()>,
+}
+
+fn saver_vanished() -> Error {
+    Error::Stopped("the snapshot thread ended without an answer".to_string())
 }
 
 pub(crate) struct ApplyStage {
@@ -59,12 +73,14 @@ pub(crate) struct ApplyStage {
     pub(crate) applied_term: u64,
     pub(crate) max_batch: usize,
     pub(crate) commit_index: Arc<AtomicU64>,
+    /// The snapshot being written, at most one at a time.
+    pub(crate) saving: Option<SavingSnapshot>,
 }
 
 impl ApplyStage {
     /// Runs until the raft stage drops its sender, or a snapshot cannot be installed.
     pub(crate) fn run(mut self) {
-        while let Ok(first) = self.tasks.recv() {
+        while let Some(first) = self.next_task() {
             let mut tasks = vec![first];
             while tasks.len() < self.max_batch {
                 match self.tasks.try_recv() {
@@ -100,6 +116,31 @@ impl ApplyStage {
             // Full means a wake-up is already pending; the raft stage reads the index.
             let _ = self.wake_raft.try_send(());
             self.maybe_snapshot();
+        }
+        // Shutting down: a snapshot being written is finished, and the log compacted
+        // behind it, rather than abandoned; its thread ends with it.
+        if let Some(saving) = self.saving.take() {
+            let saved = saving.done.recv().unwrap_or_else(|_| Err(saver_vanished()));
+            self.finish_saving(saving, saved);
+        }
+    }
+
+    // The next task. Meanwhile it finishes a snapshot whose thread is done; bounded:
+    // that branch clears `saving`, so the loop turns at most twice.
+    fn next_task(&mut self) -> Option<ApplyTask> {
+        loop {
+            let Some(done) = self.saving.as_ref().map(|s| s.done.clone()) else {
+                return self.tasks.recv().ok();
+            };
+            select! {
+                recv(self.tasks) -> task => return task.ok(),
+                recv(done) -> saved => {
+                    let saved = saved.unwrap_or_else(|_| Err(saver_vanished()));
+                    if let Some(saving) = self.saving.take() {
+                        self.finish_saving(saving, saved);
+                    }
+                }
+            }
         }
     }
 
@@ -196,7 +237,7 @@ impl ApplyStage {
     }
 
     fn maybe_snapshot(&mut self) {
-        if self.snapshot_every == 0 {
+        if self.snapshot_every == 0 || self.saving.is_some() {
             return;
         }
         let sm = self.sm.read();
@@ -215,20 +256,69 @@ impl ApplyStage {
             term: self.applied_term,
         };
         let started = Instant::now();
-        // Readers keep reading while the image is written; only applying waits.
-        let saved = sm.save_snapshot(&self.store, &meta);
+        let Some(frozen) = sm.freeze() else {
+            // Readers keep reading while the image is written; only applying waits.
+            let saved = sm.save_snapshot(&self.store, &meta);
+            drop(sm);
+            self.finish_snapshot(meta, started, saved);
+            return;
+        };
         drop(sm);
+        assert_eq!(frozen.applied_index(), applied, "frozen image");
+        // Capacity 1: the thread sends exactly one answer and never waits for it to be
+        // taken.
+        let (answer, done) = bounded(1);
+        let (store, job_meta) = (Arc::clone(&self.store), meta.clone());
+        let spawned = std::thread::Builder::new()
+            .name(format!("keel-snapsave-{}", self.shared.id))
+            .spawn(move || {
+                let _ = answer.send(frozen.save_snapshot(&store, &job_meta));
+            });
+        match spawned {
+            Ok(thread) => {
+                self.saving = Some(SavingSnapshot {
+                    meta,
+                    started,
+                    done,
+                    thread,
+                })
+            }
+            Err(e) => {
+                let saved = Err(Error::Io(e));
+                self.finish_snapshot(meta, started, saved);
+            }
+        }
+    }
+
+    fn finish_saving(&mut self, saving: SavingSnapshot, saved: crate::Result<SavedSnapshot>) {
+        // It has sent its answer (or died), so joining does not wait.
+        if saving.thread.join().is_err() {
+            log::error!("node {}: the snapshot thread panicked", self.shared.id);
+        }
+        self.finish_snapshot(saving.meta, saving.started, saved);
+    }
+
+    // Records a snapshot that was written (or failed), applies retention and compacts
+    // the log behind it.
+    fn finish_snapshot(
+        &mut self,
+        meta: SnapshotMetadata,
+        started: Instant,
+        saved: crate::Result<SavedSnapshot>,
+    ) {
+        let applied = meta.index;
         if let Err(e) = saved {
             log::error!("node {}: snapshot at {applied} failed: {e}", self.shared.id);
             // Try again after another interval rather than on every batch.
-            self.last_snapshot_index = applied;
+            self.last_snapshot_index = self.last_snapshot_index.max(applied);
             return;
         }
         self.shared
             .metrics
             .snapshot_save_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.last_snapshot_index = applied;
+        // An installed snapshot from the leader may be newer already.
+        self.last_snapshot_index = self.last_snapshot_index.max(applied);
         let purge_through = match self.store.retain() {
             Ok(r) => r.wal_purge_through,
             Err(e) => {

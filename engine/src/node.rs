@@ -290,6 +290,7 @@ impl Node {
             applied_term: loaded.as_ref().map_or(0, |m| m.term),
             max_batch: 16,
             commit_index: Arc::new(AtomicU64::new(0)),
+            saving: None,
         };
         threads.push(spawn(format!("keel-apply-{id}"), move || apply.run())?);
         let snap_status_rx = match &config.transport {

@@ -1,20 +1,68 @@
-//! The default state machine: a `BTreeMap` in memory, snapshotted with
+//! The default state machine: an ordered map in memory, snapshotted with
 //! `snapshot::memory`'s streaming map format and rebuilt from the newest snapshot plus
 //! the log at start.
+//!
+//! The map is `imbl::OrdMap`, a persistent B-tree: cloning it shares every node, and
+//! the live map copies only the nodes it changes afterwards. That makes
+//! [`StateMachine::freeze`] a pointer copy, so a snapshot of any size is written on
+//! its own thread while applying goes on (a `BTreeMap` would have to be copied whole,
+//! or held still for the whole write).
 
+use std::io::{self, Write};
+
+use imbl::OrdMap;
 use raft_core::SnapshotMetadata;
-use snapshot::memory::{Map, MapConsumer};
-use snapshot::{SavedSnapshot, SnapshotId, SnapshotStore};
+use snapshot::memory::{write_records, MapConsumer};
+use snapshot::{SavedSnapshot, SnapshotId, SnapshotProducer, SnapshotStore};
 
-use super::StateMachine;
+use super::{FrozenState, StateMachine};
 use crate::command::Op;
 use crate::error::Result;
+
+type Map = OrdMap<Vec<u8>, Vec<u8>>;
 
 /// An in-memory map.
 #[derive(Debug, Default)]
 pub struct MemoryStateMachine {
     map: Map,
     applied_index: u64,
+}
+
+/// The map as of one applied index, detached from the live one.
+#[derive(Debug)]
+struct FrozenMap {
+    map: Map,
+    applied_index: u64,
+}
+
+impl SnapshotProducer for FrozenMap {
+    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        write_records(self.map.len() as u64, self.map.iter(), out)
+    }
+}
+
+impl FrozenState for FrozenMap {
+    fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    fn save_snapshot(
+        &self,
+        store: &SnapshotStore,
+        metadata: &SnapshotMetadata,
+    ) -> Result<SavedSnapshot> {
+        assert_eq!(metadata.index, self.applied_index, "snapshot metadata");
+        Ok(store.save(metadata, self)?)
+    }
+}
+
+impl MemoryStateMachine {
+    fn frozen(&self) -> FrozenMap {
+        FrozenMap {
+            map: self.map.clone(),
+            applied_index: self.applied_index,
+        }
+    }
 }
 
 impl MemoryStateMachine {
@@ -62,7 +110,7 @@ impl StateMachine for MemoryStateMachine {
         store: &SnapshotStore,
         metadata: &SnapshotMetadata,
     ) -> Result<SavedSnapshot> {
-        Ok(store.save(metadata, &self.map)?)
+        self.frozen().save_snapshot(store, metadata)
     }
 
     fn restore_snapshot(
@@ -71,9 +119,15 @@ impl StateMachine for MemoryStateMachine {
         id: SnapshotId,
     ) -> Result<SnapshotMetadata> {
         let (metadata, map) = store.load(id, &MapConsumer::default())?;
-        self.map = map;
+        // The consumer builds a `BTreeMap`; its keys come sorted, so the persistent
+        // map is built from them in one pass.
+        self.map = map.into_iter().collect();
         self.applied_index = metadata.index;
         Ok(metadata)
+    }
+
+    fn freeze(&self) -> Option<Box<dyn FrozenState>> {
+        Some(Box::new(self.frozen()))
     }
 }
 
@@ -96,5 +150,44 @@ mod tests {
         assert_eq!(sm.applied_index(), 2);
         sm.apply(3, &Op::Delete { key: b"k".to_vec() }).unwrap();
         assert_eq!(sm.get(b"k").unwrap(), None);
+    }
+
+    #[test]
+    fn a_frozen_image_does_not_see_later_applies() {
+        let mut sm = MemoryStateMachine::new();
+        let put = |k: &str, v: &str| Op::Put {
+            key: k.as_bytes().to_vec(),
+            value: v.as_bytes().to_vec(),
+        };
+        sm.apply(1, &put("a", "1")).unwrap();
+        sm.apply(2, &put("b", "2")).unwrap();
+        let frozen = sm.freeze().expect("the memory map freezes");
+        assert_eq!(frozen.applied_index(), 2);
+        sm.apply(3, &put("a", "changed")).unwrap();
+        sm.apply(4, &Op::Delete { key: b"b".to_vec() }).unwrap();
+        sm.apply(5, &put("c", "3")).unwrap();
+
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(
+            wal::fs::StdFs::shared(),
+            dir.path(),
+            snapshot::StoreOptions::default(),
+        )
+        .unwrap();
+        let meta = SnapshotMetadata {
+            index: 2,
+            term: 1,
+            ..SnapshotMetadata::default()
+        };
+        let saved = frozen.save_snapshot(&store, &meta).unwrap();
+        let mut restored = MemoryStateMachine::new();
+        restored.restore_snapshot(&store, saved.id).unwrap();
+        assert_eq!(restored.get(b"a").unwrap(), Some(b"1".to_vec()));
+        assert_eq!(restored.get(b"b").unwrap(), Some(b"2".to_vec()));
+        assert_eq!(restored.get(b"c").unwrap(), None);
+        assert_eq!(restored.applied_index(), 2);
+        // The live map kept every later apply.
+        assert_eq!(sm.get(b"a").unwrap(), Some(b"changed".to_vec()));
+        assert_eq!(sm.len(), 2);
     }
 }

@@ -11,6 +11,13 @@
 //! index). Both write snapshots in `snapshot::memory`'s layout, so either restores the
 //! other's.
 //!
+//! Taking a snapshot must not stop applying for as long as the image takes to write:
+//! a state machine that can freeze its state cheaply hands out a [`FrozenState`]
+//! ([`StateMachine::freeze`]), which the apply stage writes on a thread of its own while
+//! it goes on applying. The memory map is persistent (`imbl::OrdMap`, structurally
+//! shared), so freezing it is a pointer copy; one that cannot freeze is written in
+//! place, holding applies back meanwhile.
+//!
 //! An error from [`StateMachine::apply`] or [`StateMachine::apply_batch`] means local
 //! storage failed (the operations themselves cannot fail): the apply stage stops the
 //! node rather than let this replica skip an entry the others applied.
@@ -69,4 +76,25 @@ pub trait StateMachine: Send + Sync + 'static {
         store: &SnapshotStore,
         id: SnapshotId,
     ) -> Result<SnapshotMetadata>;
+    /// An immutable image of the state as of `applied_index()` that can be written
+    /// on another thread while this state machine goes on applying, if this state
+    /// machine can make one cheaply; `None` means snapshots are written in place with
+    /// [`save_snapshot`](Self::save_snapshot).
+    fn freeze(&self) -> Option<Box<dyn FrozenState>> {
+        None
+    }
+}
+
+/// A point-in-time image of a state machine, detached from it (see
+/// [`StateMachine::freeze`]).
+pub trait FrozenState: Send + 'static {
+    /// The applied index the image is as of.
+    fn applied_index(&self) -> u64;
+    /// Streams the image into `store` durably under `metadata` (whose index must be
+    /// [`applied_index`](Self::applied_index)).
+    fn save_snapshot(
+        &self,
+        store: &SnapshotStore,
+        metadata: &SnapshotMetadata,
+    ) -> Result<SavedSnapshot>;
 }
