@@ -7,8 +7,10 @@
 //! 2. read states → the reads waiting for them;
 //! 3. committed entries → membership changes applied to raft here (raft-core requires
 //!    it on this thread), then everything to the apply stage;
-//! 4. messages → sent now: raft-core puts only a leader's messages here, and a leader
-//!    may replicate before its own write is durable (Raft thesis §10.2.1);
+//! 4. messages → sent now: raft-core puts a leader's messages here, as a leader may
+//!    replicate before its own write is durable (Raft thesis §10.2.1), and a
+//!    follower's forwarded proposals and read requests, which depend on nothing
+//!    durable;
 //! 5. entries, hard state, snapshot and the follower's `persisted_messages` → the
 //!    persist stage (`advance_append_async`); the persist stage reports the durable
 //!    Ready number back and this stage calls `on_persist_ready`, which is when a leader
@@ -653,10 +655,13 @@ impl RaftStage {
         // apply stage gets everything.
         let committed = rd.take_committed_entries();
         let hold_until_applied = self.handle_committed(st, committed)?;
-        // 4. Messages that may leave before the write is durable (a leader's).
+        // 4. Messages that may leave before the write is durable (a leader's, and
+        // forwarded requests).
         let msgs = rd.take_messages();
         if !msgs.is_empty() {
-            fail::fail_point!("raftBeforeLeaderSend");
+            if self.raw.raft.state == StateRole::Leader {
+                fail::fail_point!("raftBeforeLeaderSend");
+            }
             let failures = self.outbox.send(msgs);
             self.report_failures(failures);
         }

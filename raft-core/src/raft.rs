@@ -257,7 +257,14 @@ impl<S: Storage> Raft<S> {
             MessageType::Propose | MessageType::ReadIndex => {}
             _ => m.term = self.term,
         }
-        if self.state == StateRole::Leader {
+        // A leader's messages may leave before its own write is durable (it counts
+        // itself only once it is). So may a forwarded proposal or read request from
+        // any role: neither claims anything about this node's log or vote, so a crash
+        // before the local write loses nothing the message promised. Everything else a
+        // follower or candidate sends (append and vote responses, vote requests after
+        // its vote for itself) speaks for state that must be durable first.
+        let local_request = matches!(m.msg_type, MessageType::Propose | MessageType::ReadIndex);
+        if self.state == StateRole::Leader || local_request {
             self.msgs.push(m);
         } else {
             self.msgs_after_persist.push(m);

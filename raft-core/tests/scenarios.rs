@@ -1220,6 +1220,23 @@ fn follower_and_candidate_messages_wait_for_persistence() {
         .all(|m| m.msg_type == MessageType::RequestVote));
 }
 
+#[test]
+fn forwarded_proposals_and_reads_leave_without_waiting_for_persistence() {
+    let mut nw = Network::new(&[1, 2, 3]);
+    elect(&mut nw, 1);
+    let follower = nw.peer_mut(2);
+    follower.propose(b"fwd".to_vec()).unwrap();
+    follower.read_index(b"ctx".to_vec()).unwrap();
+    let rd = follower.ready();
+    // Nothing durable is involved: they go out with the Ready's immediate messages.
+    let kinds: Vec<_> = rd.messages().iter().map(|m| (m.msg_type, m.to)).collect();
+    assert_eq!(
+        kinds,
+        vec![(MessageType::Propose, 1), (MessageType::ReadIndex, 1)]
+    );
+    assert!(rd.persisted_messages().is_empty());
+}
+
 // ---- malformed input ----
 
 #[test]
