@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, RecvTimeoutError, SendTimeoutError};
+use crossbeam_channel::SendTimeoutError;
 use raft_core::{ConfChangeV2, ConfState, StateRole};
 
 use crate::command::Op;
@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::node::Node;
 use crate::raft_stage::{Request, QUORUM_REFUSAL};
+use crate::reply::{self, RecvTimeoutError};
 
 /// A node's role, as [`Db::status`] reports it.
 pub type Role = StateRole;
@@ -176,7 +177,7 @@ impl Db {
             if remaining.is_zero() {
                 return Err(Error::Timeout(timeout));
             }
-            let (reply, answer) = bounded(1);
+            let (reply, answer) = reply::channel();
             match self
                 .node
                 .requests
@@ -244,7 +245,7 @@ impl Db {
 
     fn change_membership_once(&self, cc: ConfChangeV2, timeout: Duration) -> Result<ConfState> {
         self.check_running()?;
-        let (reply, answer) = bounded(1);
+        let (reply, answer) = reply::channel();
         match self
             .node
             .requests
@@ -295,7 +296,7 @@ impl Db {
             // Ask again after an election timeout: raft abandons a transfer that did
             // not finish in that time, and a new leader may have appeared meanwhile.
             if asked_at.is_none_or(|t| now.duration_since(t) >= election) {
-                let (reply, answer) = bounded(1);
+                let (reply, answer) = reply::channel();
                 let remaining = deadline.saturating_duration_since(now);
                 match self
                     .node

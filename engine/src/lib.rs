@@ -56,6 +56,7 @@ mod outbox;
 mod persist_stage;
 mod proposals;
 mod raft_stage;
+mod reply;
 mod snapshot_transfer;
 pub mod state_machine;
 pub mod transport;

@@ -13,7 +13,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
-use crossbeam_channel::{bounded, Receiver, Sender};
+use crate::reply::{self, Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result};
@@ -58,8 +58,7 @@ impl Proposals {
         }
         let id = inner.next_id;
         inner.next_id += 1;
-        // Capacity 1: exactly one answer is ever sent, so the sender never blocks.
-        let (reply, rx) = bounded(1);
+        let (reply, rx) = reply::channel();
         inner.waiters.insert(
             id,
             Waiter {

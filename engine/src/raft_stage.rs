@@ -40,23 +40,24 @@ use crate::error::{Error, Result};
 use crate::node::Shared;
 use crate::outbox::{Outbox, SendFailures};
 use crate::persist_stage::{PersistTask, Persisted};
+use crate::reply;
 
 /// What callers ask of the raft stage.
 pub(crate) enum Request {
     /// Propose a write registered in `Proposals` under `id`.
     Propose { id: u64, op: Op },
     /// A linearizable read: answered with the index the read may be served at.
-    Read { reply: Sender<Result<u64>> },
+    Read { reply: reply::Sender<Result<u64>> },
     /// A membership change: answered with the membership once it is applied to raft.
     ConfChange {
         cc: ConfChangeV2,
-        reply: Sender<Result<ConfState>>,
+        reply: reply::Sender<Result<ConfState>>,
     },
     /// Hand leadership to `target`: answered once the request was passed to raft (the
     /// caller watches the status for the outcome).
     TransferLeader {
         target: u64,
-        reply: Sender<Result<()>>,
+        reply: reply::Sender<Result<()>>,
     },
 }
 
@@ -72,14 +73,14 @@ const MAX_PROMOTION_LAG_ENTRIES: u64 = 1_000;
 const MAX_DRAIN: usize = 1024;
 
 struct PendingRead {
-    waiters: Vec<Sender<Result<u64>>>,
+    waiters: Vec<reply::Sender<Result<u64>>>,
     issued_tick: u64,
 }
 
 struct PendingConfChange {
     index: u64,
     term: u64,
-    reply: Sender<Result<ConfState>>,
+    reply: reply::Sender<Result<ConfState>>,
 }
 
 pub(crate) struct RaftStage {
@@ -116,7 +117,7 @@ struct Loop {
     conf_changes: Vec<PendingConfChange>,
     // Reads that arrived while this node leads but has not committed an entry of its
     // term yet (see `start_read`).
-    deferred_reads: Vec<Sender<Result<u64>>>,
+    deferred_reads: Vec<reply::Sender<Result<u64>>>,
     ticks: u64,
     leader: u64,
 }
@@ -293,7 +294,7 @@ impl RaftStage {
 
     fn on_requests(&mut self, st: &mut Loop, first: Request) {
         let mut proposals: Vec<(u64, Op)> = Vec::new();
-        let mut reads: Vec<Sender<Result<u64>>> = Vec::new();
+        let mut reads: Vec<reply::Sender<Result<u64>>> = Vec::new();
         let mut next = Some(first);
         let mut handled = 0;
         while let Some(r) = next.take() {
@@ -371,7 +372,7 @@ impl RaftStage {
         r.state != StateRole::Leader || r.raft_log.term(r.raft_log.committed).ok() == Some(r.term)
     }
 
-    fn start_read(&mut self, st: &mut Loop, mut reads: Vec<Sender<Result<u64>>>) {
+    fn start_read(&mut self, st: &mut Loop, mut reads: Vec<reply::Sender<Result<u64>>>) {
         if !st.deferred_reads.is_empty() && self.leader_commit_is_current() {
             reads.append(&mut st.deferred_reads);
         }
@@ -424,7 +425,7 @@ impl RaftStage {
         &mut self,
         st: &mut Loop,
         cc: ConfChangeV2,
-        reply: Sender<Result<ConfState>>,
+        reply: reply::Sender<Result<ConfState>>,
     ) {
         if self.raw.role() != StateRole::Leader {
             let _ = reply.try_send(Err(Error::NotLeader {
