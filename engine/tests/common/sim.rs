@@ -1,0 +1,155 @@
+//! A cluster whose nodes each write to their own simulated file system
+//! (`wal::fs::SimFs`), so a node can crash the way a machine does: its unsynced
+//! writes are dropped or torn, its threads stop, and it restarts from what its disk
+//! kept. Shared between threads (clients, a nemesis) through `&SimCluster`.
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use keel::transport::InProcessNetwork;
+use keel::{Config, Db, Role};
+use parking_lot::Mutex;
+use wal::fs::{CrashMode, SimFs};
+
+use super::{fast, wait_until};
+
+/// Where every node keeps its data on its own file system.
+pub const DATA_DIR: &str = "/keel";
+
+pub struct SimCluster {
+    pub net: Arc<InProcessNetwork>,
+    pub ids: Vec<u64>,
+    pub fs: BTreeMap<u64, SimFs>,
+    nodes: Mutex<BTreeMap<u64, Db>>,
+    seed: u64,
+    tweak: fn(Config) -> Config,
+}
+
+impl SimCluster {
+    /// Nodes `1..=n`, all started.
+    pub fn new(n: u64, seed: u64, tweak: fn(Config) -> Config) -> SimCluster {
+        let ids: Vec<u64> = (1..=n).collect();
+        let c = SimCluster {
+            net: Arc::new(InProcessNetwork::new(seed)),
+            fs: ids
+                .iter()
+                .map(|&id| (id, SimFs::new(seed.wrapping_mul(1000).wrapping_add(id))))
+                .collect(),
+            ids,
+            nodes: Mutex::new(BTreeMap::new()),
+            seed,
+            tweak,
+        };
+        for &id in &c.ids {
+            c.start(id).expect("start node");
+        }
+        c
+    }
+
+    pub fn config(&self, id: u64) -> Config {
+        let mut c = Config::cluster(id, self.ids.clone(), DATA_DIR, self.net.clone());
+        c.fs = self.fs[&id].shared();
+        c.seed = self.seed.wrapping_mul(31).wrapping_add(id);
+        (self.tweak)(fast(c))
+    }
+
+    /// Opens node `id` from what its file system holds.
+    pub fn start(&self, id: u64) -> keel::Result<()> {
+        let db = Db::open(self.config(id))?;
+        let old = self.nodes.lock().insert(id, db);
+        assert!(old.is_none(), "node {id} started twice");
+        Ok(())
+    }
+
+    /// Power loss on node `id`: its disk keeps only what was synced (per `mode`), and
+    /// its threads stop. Handles callers still hold get `Stopped`.
+    pub fn crash(&self, id: u64, mode: CrashMode) {
+        let Some(db) = self.nodes.lock().remove(&id) else {
+            return;
+        };
+        // The disk first, so nothing the node does from here on survives.
+        self.fs[&id].crash_with(mode);
+        // Stops and joins the threads; its writes fail on the dead file handles.
+        let _ = db.close();
+    }
+
+    /// A clean stop of node `id`.
+    pub fn stop(&self, id: u64) {
+        if let Some(db) = self.nodes.lock().remove(&id) {
+            db.close().expect("clean close");
+        }
+    }
+
+    pub fn db(&self, id: u64) -> Option<Db> {
+        self.nodes.lock().get(&id).cloned()
+    }
+
+    pub fn running(&self) -> Vec<u64> {
+        self.nodes.lock().keys().copied().collect()
+    }
+
+    pub fn down(&self) -> Vec<u64> {
+        let up = self.running();
+        self.ids
+            .iter()
+            .copied()
+            .filter(|id| !up.contains(id))
+            .collect()
+    }
+
+    /// The leader as one running node sees it right now (no agreement needed).
+    pub fn current_leader(&self) -> Option<u64> {
+        let nodes: Vec<Db> = self.nodes.lock().values().cloned().collect();
+        nodes
+            .iter()
+            .find(|db| db.status().role == Role::Leader)
+            .map(|db| db.id())
+    }
+
+    /// The leader every running node agrees on, once there is one.
+    pub fn wait_leader(&self, timeout: Duration) -> Option<u64> {
+        wait_until(timeout, || {
+            let nodes: Vec<Db> = self.nodes.lock().values().cloned().collect();
+            let leaders: Vec<Option<u64>> = nodes.iter().map(|db| db.status().leader).collect();
+            let first = leaders.first().copied().flatten()?;
+            let agreed = leaders.iter().all(|l| *l == Some(first));
+            let leads = nodes
+                .iter()
+                .any(|db| db.id() == first && db.status().role == Role::Leader);
+            (agreed && leads).then_some(first)
+        })
+    }
+
+    /// Waits until every running node applied the same index, which is the highest
+    /// commit index any of them knows, twice in a row 50 ms apart (so a write still
+    /// in flight does not slip in between).
+    pub fn wait_converged(&self, timeout: Duration) -> Result<u64, String> {
+        let deadline = Instant::now() + timeout;
+        let mut last = None;
+        loop {
+            let nodes: Vec<Db> = self.nodes.lock().values().cloned().collect();
+            let st: Vec<_> = nodes.iter().map(|d| d.status()).collect();
+            let commit = st.iter().map(|s| s.commit_index).max().unwrap_or(0);
+            let same = st.iter().all(|s| s.applied_index == commit);
+            if same && last == Some(commit) {
+                return Ok(commit);
+            }
+            last = same.then_some(commit);
+            if Instant::now() >= deadline {
+                return Err(format!("nodes did not converge: {st:#?}"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for SimCluster {
+    fn drop(&mut self) {
+        let nodes = std::mem::take(&mut *self.nodes.lock());
+        for (_, db) in nodes {
+            let _ = db.close();
+        }
+    }
+}
