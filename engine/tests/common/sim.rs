@@ -30,7 +30,12 @@ pub struct SimCluster {
 impl SimCluster {
     /// Nodes `1..=n`, all started.
     pub fn new(n: u64, seed: u64, tweak: fn(Config) -> Config) -> SimCluster {
-        let ids: Vec<u64> = (1..=n).collect();
+        SimCluster::with_ids((1..=n).collect(), seed, tweak)
+    }
+
+    /// Nodes with these ids, all started. Ids unique in the process let a test pick
+    /// out its own nodes' threads by name (`keel-persist-ID`) while others run.
+    pub fn with_ids(ids: Vec<u64>, seed: u64, tweak: fn(Config) -> Config) -> SimCluster {
         let c = SimCluster {
             net: Arc::new(InProcessNetwork::new(seed)),
             fs: ids
