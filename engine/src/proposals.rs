@@ -305,7 +305,10 @@ mod tests {
         assert_ne!(old, new);
         // The old run's entry (origin this node, its old id) is applied now.
         after.on_applied(1, 7, 2, Some((1, old)));
-        assert!(rx.try_recv().is_err(), "a new write completed by an old entry");
+        assert!(
+            rx.try_recv().is_err(),
+            "a new write completed by an old entry"
+        );
         assert_eq!(after.pending(), 1);
         after.on_applied(1, 8, 2, Some((1, new)));
         assert!(matches!(rx.try_recv(), Ok(Ok(8))));

@@ -148,7 +148,10 @@ fn wait_for_leader(c: &SimCluster) -> u64 {
 // Writes key `i` through whichever running node takes it; true if acknowledged.
 fn write_anywhere(c: &SimCluster, avoid: u64, i: u64) -> bool {
     let nodes: Vec<u64> = c.running().into_iter().filter(|&n| n != avoid).collect();
-    let Some(db) = nodes.get(i as usize % nodes.len().max(1)).and_then(|&n| c.db(n)) else {
+    let Some(db) = nodes
+        .get(i as usize % nodes.len().max(1))
+        .and_then(|&n| c.db(n))
+    else {
         return false;
     };
     db.put_timeout(&key(i), &value(i), Duration::from_millis(700))
@@ -200,7 +203,10 @@ fn cluster_crash_at(point: &'static str, victim: Victim, base: u64) {
         write(&c, &mut acked);
     }
     disarm(point, target);
-    assert!(hit.load(Ordering::SeqCst), "{point} ({victim:?}) was not reached");
+    assert!(
+        hit.load(Ordering::SeqCst),
+        "{point} ({victim:?}) was not reached"
+    );
     // Power loss right after the thread died.
     c.crash(target, CrashMode::Random);
     for _ in 0..20 {
@@ -214,13 +220,21 @@ fn cluster_crash_at(point: &'static str, victim: Victim, base: u64) {
     let applied = c
         .wait_converged(Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{point} ({victim:?}): {e}"));
-    assert!(acked.len() >= 40, "{point}: only {} writes acknowledged", acked.len());
+    assert!(
+        acked.len() >= 40,
+        "{point}: only {} writes acknowledged",
+        acked.len()
+    );
     let leader = c.db(wait_for_leader(&c)).unwrap();
     let restarted = c.db(target).unwrap();
     for j in 0..i {
         let expected = leader.get_local(&key(j)).unwrap();
         if acked.contains(&j) {
-            assert_eq!(expected, Some(value(j)), "{point}: acknowledged key {j} lost");
+            assert_eq!(
+                expected,
+                Some(value(j)),
+                "{point}: acknowledged key {j} lost"
+            );
         }
         for &id in &ids {
             assert_eq!(

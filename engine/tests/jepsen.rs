@@ -22,9 +22,13 @@ use common::sim::SimCluster;
 use keel::{Config, Db, Error};
 use wal::fs::CrashMode;
 
-// How long a client waits for one operation. Short enough that a client stuck behind
-// a partition moves to another node soon, long enough for an election.
-const OP_TIMEOUT: Duration = Duration::from_millis(1_500);
+// How long a client waits for one operation: mostly long enough for an election, and
+// sometimes short, so writes also time out while they are still in flight.
+const OP_TIMEOUTS: [Duration; 3] = [
+    Duration::from_millis(250),
+    Duration::from_millis(1_500),
+    Duration::from_millis(1_500),
+];
 
 /// SplitMix64: the test's only randomness, seeded.
 struct Rng(u64);
@@ -80,9 +84,7 @@ fn parse_value(v: Option<Vec<u8>>) -> Option<u64> {
 fn write_outcome(r: &keel::Result<()>) -> Outcome {
     match r {
         Ok(()) => Outcome::Ok,
-        Err(Error::NotLeader { .. } | Error::Busy(_) | Error::ProposalLost(_)) => {
-            Outcome::Failed
-        }
+        Err(Error::NotLeader { .. } | Error::Busy(_) | Error::ProposalLost(_)) => Outcome::Failed,
         Err(Error::TooLarge { .. } | Error::Config(_)) => Outcome::Failed,
         Err(_) => Outcome::Unknown,
     }
@@ -105,13 +107,7 @@ struct Plan {
     seed: u64,
 }
 
-fn client(
-    c: &SimCluster,
-    me: usize,
-    seed: u64,
-    keys: usize,
-    stop: &AtomicBool,
-) -> Vec<Record> {
+fn client(c: &SimCluster, me: usize, seed: u64, keys: usize, stop: &AtomicBool) -> Vec<Record> {
     let mut rng = Rng(seed);
     let mut records = Vec::new();
     let mut node = rng.pick(&c.ids);
@@ -125,18 +121,19 @@ fn client(
         let key = rng.below(keys as u64) as usize;
         let k = key_bytes(key);
         let roll = rng.below(100);
+        let timeout = rng.pick(&OP_TIMEOUTS);
         let call = Instant::now();
         let (op, outcome) = if roll < 45 {
             seq += 1;
             // Unique across clients and runs of this test: client in the high bits.
             let v = ((me as u64 + 1) << 40) | seq;
-            let r = db.put_timeout(&k, v.to_string().as_bytes(), OP_TIMEOUT);
+            let r = db.put_timeout(&k, v.to_string().as_bytes(), timeout);
             (KvOp::Put(v), write_outcome(&r))
         } else if roll < 52 {
-            let r = db.delete_timeout(&k, OP_TIMEOUT);
+            let r = db.delete_timeout(&k, timeout);
             (KvOp::Delete, write_outcome(&r))
         } else {
-            match db.get_timeout(&k, OP_TIMEOUT) {
+            match db.get_timeout(&k, timeout) {
                 Ok(v) => (KvOp::Get(parse_value(v)), Outcome::Ok),
                 Err(_) => (KvOp::Get(None), Outcome::Failed),
             }
@@ -181,7 +178,7 @@ fn nemesis_round(c: &SimCluster, rng: &mut Rng) -> Result<String, String> {
         }
         Ok(())
     };
-    let what = match rng.below(6) {
+    let what = match rng.below(9) {
         0 => {
             let id = target(rng);
             c.crash(id, CrashMode::Random);
@@ -236,6 +233,25 @@ fn nemesis_round(c: &SimCluster, rng: &mut Rng) -> Result<String, String> {
             restart(&down)?;
             format!("crash {down:?}")
         }
+        6 => {
+            // Slow and reordered: messages wait out a delay, and those still waiting
+            // when it is lifted arrive after newer ones.
+            let delay_ms = 1 + rng.below(15);
+            c.net.set_delay_ms(delay_ms);
+            std::thread::sleep(hold);
+            c.net.set_delay_ms(0);
+            format!("delay {delay_ms} ms")
+        }
+        7 => {
+            // Every node loses power at once; only synced data survives anywhere.
+            let all = c.ids.clone();
+            for &id in &all {
+                c.crash(id, CrashMode::Random);
+            }
+            std::thread::sleep(hold / 4);
+            restart(&all)?;
+            "crash all".to_string()
+        }
         _ => {
             // The leader is cut off, and a node of the majority crashes meanwhile.
             let Some(l) = leader else {
@@ -257,6 +273,7 @@ fn nemesis_round(c: &SimCluster, rng: &mut Rng) -> Result<String, String> {
 }
 
 struct Summary {
+    nemesis: Vec<String>,
     ops: usize,
     acked_writes: usize,
     unknown_writes: usize,
@@ -361,6 +378,7 @@ fn run(plan: &Plan) -> Result<Summary, String> {
     let stats = check_all(&records).map_err(context)?;
     let writes = records.iter().filter(|r| !matches!(r.op, KvOp::Get(_)));
     Ok(Summary {
+        nemesis: log,
         ops: records.len(),
         acked_writes: writes.clone().filter(|r| r.outcome == Outcome::Ok).count(),
         unknown_writes: writes.filter(|r| r.outcome == Outcome::Unknown).count(),
@@ -398,7 +416,11 @@ fn jepsen(name: &str, nodes: u64, clients: usize, default_rounds: u64, default_s
                 s.max_concurrency,
                 started.elapsed().as_secs_f64()
             );
-            assert!(s.acked_writes > 0 && s.reads > 0, "{name}: the clients did nothing");
+            println!("{name}: nemesis: {}", s.nemesis.join("; "));
+            assert!(
+                s.acked_writes > 0 && s.reads > 0,
+                "{name}: the clients did nothing"
+            );
         }
         Err(e) => panic!(
             "{name} failed; replay with KEEL_JEPSEN_SEED={seed} KEEL_JEPSEN_ROUNDS={rounds} \

@@ -162,7 +162,11 @@ pub fn check_key(records: &[&Record]) -> Result<KeyStats, String> {
     if WGLChecker::<KvSpec>::is_linearizable(History::from_actions(actions)) {
         return Ok(stats);
     }
-    let t0 = ops.iter().map(|(r, _)| r.call).min().unwrap_or_else(Instant::now);
+    let t0 = ops
+        .iter()
+        .map(|(r, _)| r.call)
+        .min()
+        .unwrap_or_else(Instant::now);
     let mut lines: Vec<String> = ops
         .iter()
         .map(|(r, open)| {
