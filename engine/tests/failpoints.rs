@@ -164,7 +164,7 @@ fn write_anywhere(c: &SimCluster, avoid: u64, i: u64) -> bool {
 /// write missing anywhere.
 fn cluster_crash_at(point: &'static str, victim: Victim, base: u64) {
     let ids: Vec<u64> = (base + 1..=base + 3).collect();
-    let c = SimCluster::with_ids(ids.clone(), base, snapshot_often);
+    let c = SimCluster::with_ids(ids.clone(), base, Arc::new(snapshot_often));
     let leader = wait_for_leader(&c);
     let target = match victim {
         Victim::Leader => leader,

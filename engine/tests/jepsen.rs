@@ -15,10 +15,11 @@
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::linearizable::{check_all, check_final, check_key, KvOp, Outcome, Record};
-use common::sim::SimCluster;
+use common::sim::{SimCluster, Tweak};
 use keel::{Config, Db, Error};
 use wal::fs::CrashMode;
 
@@ -90,13 +91,30 @@ fn write_outcome(r: &keel::Result<()>) -> Outcome {
     }
 }
 
-fn tweak(mut c: Config) -> Config {
-    // Snapshots, compaction and segment rollover all happen during a run, so crashed
-    // nodes recover through them and lagging ones catch up through snapshots.
-    c.snapshot_every = 64;
-    c.catch_up_entries = 16;
-    c.wal_segment_size_bytes = 64 << 10;
-    c
+// Node settings drawn from the seed. Snapshots, compaction and segment rollover all
+// happen during a run, so crashed nodes recover through them and lagging ones catch up
+// through snapshots; small messages and windows exercise flow control.
+fn tweak(rng: &mut Rng) -> (Tweak, String) {
+    let snapshot_every = rng.pick(&[16u64, 64, 64, 1_000]);
+    let catch_up_entries = rng.pick(&[4u64, 16]);
+    let max_size_per_msg_bytes = rng.pick(&[512u64, 1 << 20]);
+    let max_inflight_msgs = rng.pick(&[2usize, 256]);
+    let max_inflight_readies = rng.pick(&[1usize, 64]);
+    let about = format!(
+        "snapshot_every {snapshot_every}, catch_up_entries {catch_up_entries}, \
+         max_size_per_msg_bytes {max_size_per_msg_bytes}, max_inflight_msgs \
+         {max_inflight_msgs}, max_inflight_readies {max_inflight_readies}"
+    );
+    let tweak = move |mut c: Config| {
+        c.snapshot_every = snapshot_every;
+        c.catch_up_entries = catch_up_entries;
+        c.max_size_per_msg_bytes = max_size_per_msg_bytes;
+        c.max_inflight_msgs = max_inflight_msgs;
+        c.max_inflight_readies = max_inflight_readies;
+        c.wal_segment_size_bytes = 64 << 10;
+        c
+    };
+    (Arc::new(tweak), about)
 }
 
 struct Plan {
@@ -283,11 +301,13 @@ struct Summary {
 }
 
 fn run(plan: &Plan) -> Result<Summary, String> {
+    let mut rng = Rng(plan.seed);
+    let (tweak, settings) = tweak(&mut rng);
+    println!("settings: {settings}");
     let c = SimCluster::new(plan.nodes, plan.seed, tweak);
     c.wait_leader(Duration::from_secs(10))
         .ok_or("no first leader")?;
     let stop = AtomicBool::new(false);
-    let mut rng = Rng(plan.seed);
     let client_seeds: Vec<u64> = (0..plan.clients).map(|_| rng.next()).collect();
     let mut log = Vec::new();
     let (records, nemesis) = std::thread::scope(|s| {

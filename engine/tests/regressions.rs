@@ -33,7 +33,10 @@ fn an_entry_proposed_before_a_restart_never_acknowledges_a_new_write() {
     std::thread::sleep(Duration::from_millis(delay_ms / 2));
     let others = c.followers(b);
     c.net.partition(&[b], &others);
-    assert!(old_write.join().unwrap().is_err(), "B cannot have seen its write");
+    assert!(
+        old_write.join().unwrap().is_err(),
+        "B cannot have seen its write"
+    );
     c.stop(b);
     let db_leader = c.db(leader).clone();
     wait_until(Duration::from_secs(5), || {
@@ -43,7 +46,11 @@ fn an_entry_proposed_before_a_restart_never_acknowledges_a_new_write() {
     c.net.heal();
     c.start(b);
     let db_b = c.db(b).clone();
-    assert_eq!(db_b.get_local(b"old").unwrap(), None, "B's log had the entry");
+    assert_eq!(
+        db_b.get_local(b"old").unwrap(),
+        None,
+        "B's log had the entry"
+    );
     // As soon as B knows the leader, its write is forwarded rather than refused.
     wait_until(Duration::from_secs(5), || db_b.status().leader).expect("B hears the leader");
     let started = Instant::now();

@@ -24,18 +24,21 @@ pub struct SimCluster {
     pub fs: BTreeMap<u64, SimFs>,
     nodes: Mutex<BTreeMap<u64, Db>>,
     seed: u64,
-    tweak: fn(Config) -> Config,
+    tweak: Tweak,
 }
+
+/// Adjusts every node's configuration (after the fast test timings are applied).
+pub type Tweak = Arc<dyn Fn(Config) -> Config + Send + Sync>;
 
 impl SimCluster {
     /// Nodes `1..=n`, all started.
-    pub fn new(n: u64, seed: u64, tweak: fn(Config) -> Config) -> SimCluster {
+    pub fn new(n: u64, seed: u64, tweak: Tweak) -> SimCluster {
         SimCluster::with_ids((1..=n).collect(), seed, tweak)
     }
 
     /// Nodes with these ids, all started. Ids unique in the process let a test pick
     /// out its own nodes' threads by name (`keel-persist-ID`) while others run.
-    pub fn with_ids(ids: Vec<u64>, seed: u64, tweak: fn(Config) -> Config) -> SimCluster {
+    pub fn with_ids(ids: Vec<u64>, seed: u64, tweak: Tweak) -> SimCluster {
         let c = SimCluster {
             net: Arc::new(InProcessNetwork::new(seed)),
             fs: ids
