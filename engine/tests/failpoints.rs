@@ -285,6 +285,16 @@ fn leader_crashes_before_the_wal_sync() {
 }
 
 #[test]
+fn follower_crashes_before_the_wal_sync() {
+    cluster_crash_at("walBeforeSync", Victim::Follower, 210);
+}
+
+#[test]
+fn leader_crashes_after_the_wal_sync() {
+    cluster_crash_at("walAfterSync", Victim::Leader, 220);
+}
+
+#[test]
 fn follower_crashes_after_the_wal_sync() {
     cluster_crash_at("walAfterSync", Victim::Follower, 160);
 }
