@@ -118,17 +118,11 @@ fn relevant(records: &[&Record]) -> (Vec<(Record, bool)>, usize) {
     (kept, dropped)
 }
 
-/// Checks one key's records; `Err` describes the history when it is not linearizable.
-pub fn check_key(records: &[&Record]) -> Result<KeyStats, String> {
-    let (ops, dropped) = relevant(records);
-    let mut stats = KeyStats {
-        ops: ops.len(),
-        open_ended: ops.iter().filter(|(_, open)| *open).count(),
-        dropped_unobserved: dropped,
-        max_concurrency: 0,
-    };
+// Runs the WGL search on `ops` (open-ended ones marked); returns the verdict and the
+// most operations in flight at once.
+fn linearizable(ops: &[(Record, bool)]) -> (bool, usize) {
     if ops.is_empty() {
-        return Ok(stats);
+        return (true, 0);
     }
     // Events ordered by time; at equal times calls go first (more overlap, never a
     // false alarm), and an open-ended return goes after everything.
@@ -144,7 +138,7 @@ pub fn check_key(records: &[&Record]) -> Result<KeyStats, String> {
         events.push((ret, 1, i));
     }
     events.sort();
-    let mut in_flight = 0usize;
+    let (mut in_flight, mut max_in_flight) = (0usize, 0usize);
     let mut actions = Vec::with_capacity(events.len());
     for (_, kind, i) in &events {
         let op = ops[*i].0.op;
@@ -152,22 +146,75 @@ pub fn check_key(records: &[&Record]) -> Result<KeyStats, String> {
         // client's later operations must not pair with its response.
         if *kind == 0 {
             in_flight += 1;
-            stats.max_concurrency = stats.max_concurrency.max(in_flight);
+            max_in_flight = max_in_flight.max(in_flight);
             actions.push((*i, Action::Call(op)));
         } else {
             in_flight -= 1;
             actions.push((*i, Action::Response(op)));
         }
     }
-    if WGLChecker::<KvSpec>::is_linearizable(History::from_actions(actions)) {
+    let ok = WGLChecker::<KvSpec>::is_linearizable(History::from_actions(actions));
+    (ok, max_in_flight)
+}
+
+// The history as of `cut`: operations called by then, where a write still running at
+// `cut` becomes open-ended and a read still running is left out. A linearizable
+// history has only linearizable prefixes, so the shortest failing one ends near the
+// violation.
+fn prefix(ops: &[(Record, bool)], cut: Instant) -> Vec<(Record, bool)> {
+    ops.iter()
+        .filter(|(r, open)| {
+            r.call <= cut && (*open || r.ret <= cut || !matches!(r.op, KvOp::Get(_)))
+        })
+        .map(|(r, open)| (r.clone(), *open || r.ret > cut))
+        .collect()
+}
+
+// Values are `(client + 1) << 40 | sequence` (see the jepsen test): shown as
+// `client.sequence`.
+fn show(op: KvOp) -> String {
+    let v = |v: u64| format!("{}.{}", (v >> 40) as i64 - 1, v & ((1 << 40) - 1));
+    match op {
+        KvOp::Put(x) => format!("put {}", v(x)),
+        KvOp::Delete => "delete".to_string(),
+        KvOp::Get(Some(x)) => format!("get -> {}", v(x)),
+        KvOp::Get(None) => "get -> absent".to_string(),
+    }
+}
+
+/// Checks one key's records; `Err` shows the operations around the first violation
+/// when they are not linearizable.
+pub fn check_key(records: &[&Record]) -> Result<KeyStats, String> {
+    let (ops, dropped) = relevant(records);
+    let (ok, max_concurrency) = linearizable(&ops);
+    let stats = KeyStats {
+        ops: ops.len(),
+        open_ended: ops.iter().filter(|(_, open)| *open).count(),
+        dropped_unobserved: dropped,
+        max_concurrency,
+    };
+    if ok {
         return Ok(stats);
     }
-    let t0 = ops
-        .iter()
-        .map(|(r, _)| r.call)
-        .min()
-        .unwrap_or_else(Instant::now);
-    let mut lines: Vec<String> = ops
+    // Bisect for the shortest failing prefix (by call time).
+    let mut calls: Vec<Instant> = ops.iter().map(|(r, _)| r.call).collect();
+    calls.sort();
+    let (mut lo, mut hi) = (0usize, calls.len() - 1);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if linearizable(&prefix(&ops, calls[mid])).0 {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    let cut = calls[lo];
+    let mut shown = prefix(&ops, cut);
+    shown.sort_by_key(|(r, _)| r.call);
+    const CONTEXT_OPS: usize = 40;
+    let skip = shown.len().saturating_sub(CONTEXT_OPS);
+    let t0 = calls[0];
+    let lines: Vec<String> = shown[skip..]
         .iter()
         .map(|(r, open)| {
             let call = r.call.duration_since(t0).as_micros();
@@ -176,15 +223,11 @@ pub fn check_key(records: &[&Record]) -> Result<KeyStats, String> {
             } else {
                 format!("{}", r.ret.duration_since(t0).as_micros())
             };
-            format!("  client {} {:?} [{call} .. {ret}] us", r.client, r.op)
+            format!("  client {} {} [{call} .. {ret}] us", r.client, show(r.op))
         })
         .collect();
-    lines.sort();
-    const MAX_LINES: usize = 400;
-    let total = lines.len();
-    lines.truncate(MAX_LINES);
     Err(format!(
-        "not linearizable ({total} ops, {stats:?}):\n{}",
+        "not linearizable ({stats:?}); the shortest failing prefix ends with:\n{}",
         lines.join("\n")
     ))
 }
