@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use common::linearizable::{check_all, check_final, check_key, KvOp, Outcome, Record};
 use common::sim::{SimCluster, Tweak};
 use keel::{Config, Db, Error};
-use wal::fs::CrashMode;
+use wal::fs::{CrashMode, SimFault};
 
 // How long a client waits for one operation: mostly long enough for an election, and
 // sometimes short, so writes also time out while they are still in flight.
@@ -196,7 +196,7 @@ fn nemesis_round(c: &SimCluster, rng: &mut Rng) -> Result<String, String> {
         }
         Ok(())
     };
-    let what = match rng.below(9) {
+    let what = match rng.below(10) {
         0 => {
             let id = target(rng);
             c.crash(id, CrashMode::Random);
@@ -269,6 +269,23 @@ fn nemesis_round(c: &SimCluster, rng: &mut Rng) -> Result<String, String> {
             std::thread::sleep(hold / 4);
             restart(&all)?;
             "crash all".to_string()
+        }
+        8 => {
+            // A disk fails a write or a sync: the node must stop rather than go on
+            // (a failed fsync leaves the page cache in an unknown state), and it
+            // comes back after the power cycle that implies.
+            let id = target(rng);
+            let after_ops = rng.below(20);
+            let fault = rng.pick(&[SimFault::Eio, SimFault::Enospc]);
+            if rng.below(2) == 0 {
+                c.fs[&id].fail_sync_after(after_ops, fault);
+            } else {
+                c.fs[&id].fail_write_after(after_ops, fault);
+            }
+            std::thread::sleep(hold);
+            c.crash(id, CrashMode::Random);
+            restart(&[id])?;
+            format!("disk fault on {id} ({fault:?} after {after_ops} ops)")
         }
         _ => {
             // The leader is cut off, and a node of the majority crashes meanwhile.
