@@ -197,7 +197,7 @@ fn cluster_crash_at(point: &'static str, victim: Victim, base: u64) {
     if victim == Victim::Lagging {
         c.start(target).unwrap();
     }
-    // Keep writing until the point is reached (and a little after).
+    // Keep writing until the point is reached.
     let deadline = Instant::now() + Duration::from_secs(15);
     while !hit.load(Ordering::SeqCst) && Instant::now() < deadline {
         write(&c, &mut acked);

@@ -143,7 +143,7 @@ fn client(c: &SimCluster, me: usize, seed: u64, keys: usize, stop: &AtomicBool) 
         let call = Instant::now();
         let (op, outcome) = if roll < 45 {
             seq += 1;
-            // Unique across clients and runs of this test: client in the high bits.
+            // Unique within the run: the client in the high bits, its count below.
             let v = ((me as u64 + 1) << 40) | seq;
             let r = db.put_timeout(&k, v.to_string().as_bytes(), timeout);
             (KvOp::Put(v), write_outcome(&r))

@@ -19,14 +19,20 @@ use common::{wait_until, Cluster};
 // (every message is delayed), while the new write waits.
 #[test]
 fn an_entry_proposed_before_a_restart_never_acknowledges_a_new_write() {
-    let mut c = Cluster::new(3);
+    // Elections slow enough for the long message delay below.
+    let mut c = Cluster::with(3, |mut cfg| {
+        cfg.election_ticks = 150;
+        cfg.heartbeat_ticks = 5;
+        cfg
+    });
     let leader = c.wait_leader();
     let b = c.followers(leader)[0];
-    let delay_ms = 60;
+    // Generous, so a loaded machine still sends B's forward before the cut below.
+    let delay_ms = 200;
     c.net.set_delay_ms(delay_ms);
     let old_write = {
         let db = c.db(b).clone();
-        std::thread::spawn(move || db.put_timeout(b"old", b"1", Duration::from_millis(400)))
+        std::thread::spawn(move || db.put_timeout(b"old", b"1", Duration::from_millis(1_000)))
     };
     // The forward left B already (it is in the delay queue); the leader's append
     // toward B, sent once the forward arrives, meets the cut.
