@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::sim::SimCluster;
+use common::sim::{ProcessFs, SimCluster};
 use common::{key, single, value, wait_until};
 use keel::{Config, Db};
 use wal::fs::{CrashMode, SimFs};
@@ -72,16 +72,17 @@ fn disarm(point: &'static str, id: u64) {
 // Points a lone node passes on every write.
 fn single_node_crash_at(point: &'static str, id: u64) {
     let fs = SimFs::new(id);
-    let config = || {
+    let config = |run: &ProcessFs| {
         let mut c = single(std::path::Path::new("/keel"));
-        c.fs = fs.shared();
+        c.fs = Arc::new(run.clone());
         c.id = id;
         c.peers = vec![id];
         c
     };
     let mut acked = Vec::new();
     let hit = {
-        let db = Db::open(config()).unwrap();
+        let run = ProcessFs::new(&fs);
+        let db = Db::open(config(&run)).unwrap();
         for i in 0..20 {
             db.put(&key(i), &value(i)).unwrap();
             acked.push(i);
@@ -96,12 +97,12 @@ fn single_node_crash_at(point: &'static str, id: u64) {
             }
         }
         disarm(point, id);
-        fs.crash_with(CrashMode::Random);
+        run.kill(CrashMode::Random);
         let _ = db.close();
         hit
     };
     assert!(hit.load(Ordering::SeqCst), "{point} was not reached");
-    let db = Db::open(config()).unwrap();
+    let db = Db::open(config(&ProcessFs::new(&fs))).unwrap();
     for &i in &acked {
         assert_eq!(db.get(&key(i)).unwrap(), Some(value(i)), "{point}: key {i}");
     }

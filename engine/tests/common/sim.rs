@@ -5,15 +5,84 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeMap;
+use std::io;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use keel::transport::InProcessNetwork;
 use keel::{Config, Db, Role};
-use parking_lot::Mutex;
-use wal::fs::{CrashMode, SimFs};
+use parking_lot::{Mutex, RwLock};
+use wal::fs::{CrashMode, FileSystem, FsFile, SimFs};
 
 use super::{fast, wait_until};
+
+/// One run of a node's process on its disk. A crash must also end the process: a node
+/// whose disk lost power but whose threads still run would otherwise go on creating,
+/// renaming and removing files on the "rebooted" disk (handles opened before the
+/// crash already fail; new ones would not). [`kill`](ProcessFs::kill) crashes the
+/// disk and fails every later call of this run, atomically with respect to them.
+#[derive(Debug, Clone)]
+pub struct ProcessFs {
+    fs: SimFs,
+    dead: Arc<RwLock<bool>>,
+}
+
+impl ProcessFs {
+    pub fn new(fs: &SimFs) -> ProcessFs {
+        ProcessFs {
+            fs: fs.clone(),
+            dead: Arc::new(RwLock::new(false)),
+        }
+    }
+
+    /// Power loss: the disk keeps what was synced (per `mode`) and this run of the
+    /// process does no more I/O.
+    pub fn kill(&self, mode: CrashMode) {
+        let mut dead = self.dead.write();
+        *dead = true;
+        self.fs.crash_with(mode);
+    }
+
+    fn live<T>(&self, op: impl FnOnce(&SimFs) -> io::Result<T>) -> io::Result<T> {
+        // Held across the call, so no call straddles `kill`.
+        let dead = self.dead.read();
+        if *dead {
+            return Err(io::Error::other("the process died in a simulated crash"));
+        }
+        op(&self.fs)
+    }
+}
+
+impl FileSystem for ProcessFs {
+    fn create_dir_all(&self, dir: &Path) -> io::Result<()> {
+        self.live(|fs| fs.create_dir_all(dir))
+    }
+    fn create(&self, path: &Path) -> io::Result<Arc<dyn FsFile>> {
+        self.live(|fs| fs.create(path))
+    }
+    fn open(&self, path: &Path) -> io::Result<Arc<dyn FsFile>> {
+        self.live(|fs| fs.open(path))
+    }
+    fn open_readonly(&self, path: &Path) -> io::Result<Arc<dyn FsFile>> {
+        self.live(|fs| fs.open_readonly(path))
+    }
+    fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
+        self.live(|fs| fs.rename(from, to))
+    }
+    fn remove_file(&self, path: &Path) -> io::Result<()> {
+        self.live(|fs| fs.remove_file(path))
+    }
+    fn list_dir(&self, dir: &Path) -> io::Result<Vec<String>> {
+        self.live(|fs| fs.list_dir(dir))
+    }
+    fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        self.live(|fs| fs.sync_dir(dir))
+    }
+    fn exists(&self, path: &Path) -> io::Result<bool> {
+        self.live(|fs| fs.exists(path))
+    }
+}
 
 /// Where every node keeps its data on its own file system.
 pub const DATA_DIR: &str = "/keel";
@@ -22,7 +91,7 @@ pub struct SimCluster {
     pub net: Arc<InProcessNetwork>,
     pub ids: Vec<u64>,
     pub fs: BTreeMap<u64, SimFs>,
-    nodes: Mutex<BTreeMap<u64, Db>>,
+    nodes: Mutex<BTreeMap<u64, (Db, ProcessFs)>>,
     seed: u64,
     tweak: Tweak,
 }
@@ -56,17 +125,19 @@ impl SimCluster {
         c
     }
 
-    pub fn config(&self, id: u64) -> Config {
+    /// Node `id`'s configuration for a run of its process on `fs`.
+    pub fn config(&self, id: u64, fs: &ProcessFs) -> Config {
         let mut c = Config::cluster(id, self.ids.clone(), DATA_DIR, self.net.clone());
-        c.fs = self.fs[&id].shared();
+        c.fs = Arc::new(fs.clone());
         c.seed = self.seed.wrapping_mul(31).wrapping_add(id);
         (self.tweak)(fast(c))
     }
 
     /// Opens node `id` from what its file system holds.
     pub fn start(&self, id: u64) -> keel::Result<()> {
-        let db = Db::open(self.config(id))?;
-        let old = self.nodes.lock().insert(id, db);
+        let fs = ProcessFs::new(&self.fs[&id]);
+        let db = Db::open(self.config(id, &fs))?;
+        let old = self.nodes.lock().insert(id, (db, fs));
         assert!(old.is_none(), "node {id} started twice");
         Ok(())
     }
@@ -74,24 +145,25 @@ impl SimCluster {
     /// Power loss on node `id`: its disk keeps only what was synced (per `mode`), and
     /// its threads stop. Handles callers still hold get `Stopped`.
     pub fn crash(&self, id: u64, mode: CrashMode) {
-        let Some(db) = self.nodes.lock().remove(&id) else {
+        let Some((db, fs)) = self.nodes.lock().remove(&id) else {
             return;
         };
-        // The disk first, so nothing the node does from here on survives.
-        self.fs[&id].crash_with(mode);
-        // Stops and joins the threads; its writes fail on the dead file handles.
+        // The disk and the process first, so nothing the node does from here on
+        // reaches the disk.
+        fs.kill(mode);
+        // Stops and joins the threads; their I/O fails from now on.
         let _ = db.close();
     }
 
     /// A clean stop of node `id`.
     pub fn stop(&self, id: u64) {
-        if let Some(db) = self.nodes.lock().remove(&id) {
+        if let Some((db, _)) = self.nodes.lock().remove(&id) {
             db.close().expect("clean close");
         }
     }
 
     pub fn db(&self, id: u64) -> Option<Db> {
-        self.nodes.lock().get(&id).cloned()
+        self.nodes.lock().get(&id).map(|(db, _)| db.clone())
     }
 
     pub fn running(&self) -> Vec<u64> {
@@ -109,7 +181,12 @@ impl SimCluster {
 
     /// The leader as one running node sees it right now (no agreement needed).
     pub fn current_leader(&self) -> Option<u64> {
-        let nodes: Vec<Db> = self.nodes.lock().values().cloned().collect();
+        let nodes: Vec<Db> = self
+            .nodes
+            .lock()
+            .values()
+            .map(|(db, _)| db.clone())
+            .collect();
         nodes
             .iter()
             .find(|db| db.status().role == Role::Leader)
@@ -119,7 +196,12 @@ impl SimCluster {
     /// The leader every running node agrees on, once there is one.
     pub fn wait_leader(&self, timeout: Duration) -> Option<u64> {
         wait_until(timeout, || {
-            let nodes: Vec<Db> = self.nodes.lock().values().cloned().collect();
+            let nodes: Vec<Db> = self
+                .nodes
+                .lock()
+                .values()
+                .map(|(db, _)| db.clone())
+                .collect();
             let leaders: Vec<Option<u64>> = nodes.iter().map(|db| db.status().leader).collect();
             let first = leaders.first().copied().flatten()?;
             let agreed = leaders.iter().all(|l| *l == Some(first));
@@ -137,7 +219,12 @@ impl SimCluster {
         let deadline = Instant::now() + timeout;
         let mut last = None;
         loop {
-            let nodes: Vec<Db> = self.nodes.lock().values().cloned().collect();
+            let nodes: Vec<Db> = self
+                .nodes
+                .lock()
+                .values()
+                .map(|(db, _)| db.clone())
+                .collect();
             let st: Vec<_> = nodes.iter().map(|d| d.status()).collect();
             let commit = st.iter().map(|s| s.commit_index).max().unwrap_or(0);
             let same = st.iter().all(|s| s.applied_index == commit);
@@ -156,7 +243,7 @@ impl SimCluster {
 impl Drop for SimCluster {
     fn drop(&mut self) {
         let nodes = std::mem::take(&mut *self.nodes.lock());
-        for (_, db) in nodes {
+        for (_, (db, _)) in nodes {
             let _ = db.close();
         }
     }
