@@ -183,7 +183,7 @@ fn cluster_crash_at(point: &'static str, victim: Victim, base: u64) {
         write(&c, &mut acked);
     }
     if victim == Victim::Lagging {
-        c.stop(target);
+        c.stop(target).unwrap();
         // Enough for snapshots and compaction past everything the target has.
         for _ in 0..100 {
             write(&c, &mut acked);

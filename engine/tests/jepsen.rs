@@ -199,10 +199,17 @@ fn nemesis_round(c: &SimCluster, rng: &mut Rng) -> Result<String, String> {
     let what = match rng.below(10) {
         0 => {
             let id = target(rng);
-            c.crash(id, CrashMode::Random);
+            // Now and then a clean stop instead (`close`: drain, then sync).
+            let clean = rng.below(4) == 0;
+            if clean {
+                c.stop(id)
+                    .map_err(|e| format!("node {id} failed to close: {e}"))?;
+            } else {
+                c.crash(id, CrashMode::Random);
+            }
             std::thread::sleep(hold);
             restart(&[id])?;
-            format!("crash {id}")
+            format!("{} {id}", if clean { "restart" } else { "crash" })
         }
         1 => {
             let Some(l) = leader else {

@@ -156,9 +156,10 @@ impl SimCluster {
     }
 
     /// A clean stop of node `id`.
-    pub fn stop(&self, id: u64) {
-        if let Some((db, _)) = self.nodes.lock().remove(&id) {
-            db.close().expect("clean close");
+    pub fn stop(&self, id: u64) -> keel::Result<()> {
+        match self.nodes.lock().remove(&id) {
+            Some((db, _)) => db.close(),
+            None => Ok(()),
         }
     }
 
