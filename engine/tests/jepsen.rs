@@ -100,10 +100,17 @@ fn tweak(rng: &mut Rng) -> (Tweak, String) {
     let max_size_per_msg_bytes = rng.pick(&[512u64, 1 << 20]);
     let max_inflight_msgs = rng.pick(&[2usize, 256]);
     let max_inflight_readies = rng.pick(&[1usize, 64]);
+    // Tiny queues: writes refused as Busy, callers waiting for room, inbound messages
+    // dropped at a full inbox.
+    let max_pending_requests = rng.pick(&[3usize, 65_536, 65_536]);
+    let request_queue_len = rng.pick(&[2usize, 4_096]);
+    let inbox_queue_len = rng.pick(&[8usize, 4_096]);
     let about = format!(
         "snapshot_every {snapshot_every}, catch_up_entries {catch_up_entries}, \
          max_size_per_msg_bytes {max_size_per_msg_bytes}, max_inflight_msgs \
-         {max_inflight_msgs}, max_inflight_readies {max_inflight_readies}"
+         {max_inflight_msgs}, max_inflight_readies {max_inflight_readies}, \
+         max_pending_requests {max_pending_requests}, request_queue_len \
+         {request_queue_len}, inbox_queue_len {inbox_queue_len}"
     );
     let tweak = move |mut c: Config| {
         c.snapshot_every = snapshot_every;
@@ -111,6 +118,9 @@ fn tweak(rng: &mut Rng) -> (Tweak, String) {
         c.max_size_per_msg_bytes = max_size_per_msg_bytes;
         c.max_inflight_msgs = max_inflight_msgs;
         c.max_inflight_readies = max_inflight_readies;
+        c.max_pending_requests = max_pending_requests;
+        c.request_queue_len = request_queue_len;
+        c.inbox_queue_len = inbox_queue_len;
         c.wal_segment_size_bytes = 64 << 10;
         c
     };
