@@ -42,7 +42,7 @@ impl Op {
 pub struct Command {
     /// The node whose caller waits for this entry.
     pub origin: u64,
-    /// That node's request id (unique per node run; see `proposals`).
+    /// That node's request id (never reused, not even across restarts; see `proposals`).
     pub request_id: u64,
     /// The operation.
     pub op: Op,

@@ -239,7 +239,7 @@ impl Node {
         let shared = Arc::new(Shared {
             id,
             metrics: Metrics::new(id)?,
-            proposals: Proposals::new(config.max_pending_requests, request_id_seed()),
+            proposals: Proposals::new(config.max_pending_requests),
             applied: AppliedWatch::new(applied),
             view: RwLock::new(RaftView {
                 conf_state: conf_state.clone(),
@@ -471,18 +471,6 @@ fn bootstrap_membership(log: &dyn LogStore) -> Result<(Vec<u64>, u64)> {
     }
     let n = voters.len() as u64;
     Ok((voters, n))
-}
-
-// Request ids travel in log entries, and a restart replays the entries after the
-// snapshot: a replayed entry carrying an id this run handed out again would answer a
-// new caller whose write is not applied. Starting each run at its start time in
-// nanoseconds keeps every run's ids above all earlier runs' (no run hands out an id per
-// nanosecond), even for a restart within the same second.
-fn request_id_seed() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| d.as_nanos() as u64)
-        .max(1)
 }
 
 /// Brings the log in line with the snapshot the state machine was loaded from, and

@@ -11,7 +11,8 @@
 //! than a channel; every critical section is a few map operations.
 
 use std::collections::{BTreeMap, HashMap};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::reply::{self, Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
@@ -28,7 +29,32 @@ struct Inner {
     waiters: HashMap<u64, Waiter>,
     // index -> (term, request id) for proposals this node appended as leader.
     by_index: BTreeMap<u64, (u64, u64)>,
-    next_id: u64,
+}
+
+// Request ids must never repeat across restarts of a node: an entry proposed by an
+// earlier run can be committed and applied after a restart, and it carries (origin,
+// request id). Had ids restarted at 1, such an entry would complete a new caller's
+// write with the same id: a false success, acknowledged before (or without) that
+// caller's own entry being applied.
+//
+// Without persisting anything, ids come from one process-wide counter that starts at
+// the wall clock in nanoseconds when the first registry of the process is created,
+// and is raised to the clock again by every later registry (a node restarted in the
+// same process, as tests do). A previous run of a node issued ids below the clock
+// reading of its own start plus the number of writes it registered; issuing more
+// than one write per nanosecond is impossible (each takes a lock and a channel), so
+// every id of the previous run is below the clock at this start. What remains is a
+// wall clock stepped back across a restart by more than the previous run lived;
+// entries of that run are then already applied or lost long before the clock reaches
+// their ids again, so a collision needs an entry to stay uncommitted for that long.
+// The process-wide counter also keeps ids distinct between nodes in one process,
+// though they need not be: an entry carries its origin node.
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+
+fn clock_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
 }
 
 /// The registry of waiting writes.
@@ -38,14 +64,11 @@ pub(crate) struct Proposals {
 }
 
 impl Proposals {
-    /// A registry handing out request ids from `first_id` (see `node::request_id_seed`:
-    /// ids must differ from every earlier run's, whose entries the log replays).
-    pub(crate) fn new(max_pending: usize, first_id: u64) -> Proposals {
+    pub(crate) fn new(max_pending: usize) -> Proposals {
+        // Never below an id handed out before (see NEXT_REQUEST_ID).
+        NEXT_REQUEST_ID.fetch_max(clock_nanos(), Ordering::SeqCst);
         Proposals {
-            inner: Mutex::new(Inner {
-                next_id: first_id.max(1),
-                ..Inner::default()
-            }),
+            inner: Mutex::new(Inner::default()),
             max_pending,
         }
     }
@@ -56,8 +79,7 @@ impl Proposals {
         if inner.waiters.len() >= self.max_pending {
             return Err(Error::Busy(inner.waiters.len()));
         }
-        let id = inner.next_id;
-        inner.next_id += 1;
+        let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::SeqCst);
         let (reply, rx) = reply::channel();
         inner.waiters.insert(
             id,
@@ -236,7 +258,7 @@ mod tests {
 
     #[test]
     fn an_overwritten_proposal_fails_and_a_matching_one_succeeds() {
-        let p = Proposals::new(10, 1);
+        let p = Proposals::new(10);
         let (a, rx_a) = p.register().unwrap();
         let (b, rx_b) = p.register().unwrap();
         p.place(a, 5, 2);
@@ -252,7 +274,7 @@ mod tests {
 
     #[test]
     fn a_forwarded_proposal_is_matched_by_request_id() {
-        let p = Proposals::new(10, 1);
+        let p = Proposals::new(10);
         let (a, rx) = p.register().unwrap();
         // Never placed (a follower forwarded it); applied at whatever index.
         p.on_applied(3, 42, 7, Some((3, a)));
@@ -261,21 +283,43 @@ mod tests {
 
     #[test]
     fn a_replayed_entry_of_an_earlier_run_answers_nobody() {
-        // The earlier run numbered from 1; this one from a later seed.
-        let p = Proposals::new(10, 1 << 24);
+        // An earlier run's ids were small; this run's start at the clock.
+        let p = Proposals::new(10);
         let (a, rx) = p.register().unwrap();
-        assert_eq!(a, 1 << 24);
+        assert!(a > 1 << 24, "{a}");
         p.on_applied(1, 7, 1, Some((1, 1)));
         assert!(rx.try_recv().is_err(), "answered by another run's entry");
     }
 
     #[test]
     fn registry_is_bounded_and_snapshots_make_outcomes_unknown() {
-        let p = Proposals::new(1, 1);
+        let p = Proposals::new(1);
         let (a, rx) = p.register().unwrap();
         assert!(matches!(p.register(), Err(Error::Busy(1))));
         p.place(a, 3, 1);
         p.on_snapshot(10);
         assert!(matches!(rx.try_recv(), Ok(Err(Error::Indeterminate(_)))));
+    }
+
+    // Regression: ids restarted at 1 on every node start, so an entry proposed before
+    // a restart and applied after it completed a new caller's write (a false success).
+    #[test]
+    fn an_entry_from_before_a_restart_never_completes_a_new_write() {
+        let before = Proposals::new(10);
+        let (old, _old_rx) = before.register().unwrap();
+        drop(before);
+        // The restarted node, its first write pending.
+        let after = Proposals::new(10);
+        let (new, rx) = after.register().unwrap();
+        assert_ne!(old, new);
+        // The old run's entry (origin this node, its old id) is applied now.
+        after.on_applied(1, 7, 2, Some((1, old)));
+        assert!(
+            rx.try_recv().is_err(),
+            "a new write completed by an old entry"
+        );
+        assert_eq!(after.pending(), 1);
+        after.on_applied(1, 8, 2, Some((1, new)));
+        assert!(matches!(rx.try_recv(), Ok(Ok(8))));
     }
 }

@@ -75,25 +75,31 @@ fn follower_down_during_compaction_catches_up_through_a_snapshot() {
     let mut c = Cluster::with(3, snapshot_often);
     let leader = c.wait_leader();
     let down = c.followers(leader)[0];
+    let before = c.db(down).status();
+    assert_eq!(before.snapshot_index, 0, "{before:?}");
     c.stop(down);
     for i in 0..120 {
         c.db(leader).put(&key(i % 40), &value(i)).unwrap();
     }
     // The leader's log no longer reaches back to what the stopped follower has.
-    let st = wait_until(Duration::from_secs(5), || {
+    let leader_st = wait_until(Duration::from_secs(5), || {
         let st = c.db(leader).status();
         (st.first_index > 30).then_some(st)
     })
     .expect("leader compacted its log");
-    assert!(st.snapshot_index >= st.first_index - 1);
+    assert!(leader_st.snapshot_index >= leader_st.first_index - 1);
 
     c.start(down);
     c.wait_converged();
     let st = c.db(down).status();
+    // It stopped with no snapshot and the leader's log now starts past 30: the only
+    // way to a snapshot at or past the leader's first index is installing the
+    // leader's (a snapshot of its own would need the entries before it).
     assert!(
-        st.snapshot_index >= 30,
-        "follower installed a snapshot: {st:?}"
+        st.snapshot_index >= leader_st.first_index - 1,
+        "follower did not install a snapshot: {st:?}"
     );
+    assert!(st.first_index > before.applied_index + 1, "{st:?}");
     for i in 80..120 {
         assert_eq!(c.db(down).get_local(&key(i % 40)).unwrap(), Some(value(i)));
     }

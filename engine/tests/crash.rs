@@ -8,18 +8,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::sim::ProcessFs;
 use common::{key, single, value};
 use keel::{Config, Db, Error};
-use wal::fs::{SimFault, SimFs};
+use wal::fs::{CrashMode, SimFault, SimFs};
 
-fn on_sim(fs: &SimFs) -> Config {
+// A run of the node's process on `fs` (see `ProcessFs`: a crash also ends the run's
+// I/O, as it ends the process).
+fn on_sim(fs: &SimFs) -> (Config, ProcessFs) {
+    let run = ProcessFs::new(fs);
     let mut c = single(std::path::Path::new("/keel"));
-    c.fs = fs.shared();
+    c.fs = Arc::new(run.clone());
     // Snapshots and compaction run during the workload too.
     c.snapshot_every = 40;
     c.catch_up_entries = 10;
     c.wal_segment_size_bytes = 64 << 10;
-    c
+    (c, run)
 }
 
 #[test]
@@ -28,7 +32,8 @@ fn power_loss_mid_workload_keeps_every_acknowledged_write() {
         let fs = SimFs::new(seed);
         let acked = Arc::new(Mutex::new(Vec::new()));
         {
-            let db = Db::open(on_sim(&fs)).unwrap();
+            let (config, run) = on_sim(&fs);
+            let db = Db::open(config).unwrap();
             let stop = Arc::new(AtomicBool::new(false));
             let writers: Vec<_> = (0..4u64)
                 .map(|t| {
@@ -46,7 +51,7 @@ fn power_loss_mid_workload_keeps_every_acknowledged_write() {
                 })
                 .collect();
             std::thread::sleep(Duration::from_millis(150 + 20 * seed));
-            fs.crash();
+            run.kill(CrashMode::Random);
             stop.store(true, Ordering::Relaxed);
             for w in writers {
                 w.join().unwrap();
@@ -54,7 +59,7 @@ fn power_loss_mid_workload_keeps_every_acknowledged_write() {
         }
         let acked = acked.lock().unwrap().clone();
         assert!(!acked.is_empty(), "seed {seed}: nothing acknowledged");
-        let db = Db::open(on_sim(&fs)).unwrap();
+        let db = Db::open(on_sim(&fs).0).unwrap();
         for &i in &acked {
             assert_eq!(
                 db.get(&key(i)).unwrap(),
@@ -76,7 +81,7 @@ fn power_loss_mid_workload_keeps_every_acknowledged_write() {
 #[test]
 fn a_failed_fsync_stops_the_node_loudly() {
     let fs = SimFs::new(9);
-    let db = Db::open(on_sim(&fs)).unwrap();
+    let db = Db::open(on_sim(&fs).0).unwrap();
     for i in 0..5 {
         db.put(&key(i), &value(i)).unwrap();
     }
@@ -91,7 +96,7 @@ fn a_failed_fsync_stops_the_node_loudly() {
     drop(db);
     // After the crash that a real failed fsync implies, the acknowledged writes are there.
     fs.crash();
-    let db = Db::open(on_sim(&fs)).unwrap();
+    let db = Db::open(on_sim(&fs).0).unwrap();
     for i in 0..5 {
         assert_eq!(db.get(&key(i)).unwrap(), Some(value(i)));
     }

@@ -1,66 +1,127 @@
 //! With the `failpoints` feature: a node that dies at one of etcd's points in the
-//! pipeline (or around the WAL sync) loses no acknowledged write once restarted.
+//! pipeline (or around the WAL sync) loses no acknowledged write once restarted, and
+//! a cluster node that dies there rejoins and catches up with the leader.
 //!
-//! One test function only: fail points are process-wide, so in a cluster test every
-//! node that reaches the point dies there. Each point is checked to be reached.
+//! Fail points are process-wide, so each point gets one callback (installed once) that
+//! crashes only the thread of an armed node: the callback reads the node id from the
+//! thread's name (`keel-persist-ID`, `keel-raft-ID`, ...) and panics that thread if
+//! the id is armed for the point. Every test uses node ids no other test uses, so the
+//! tests run in parallel without crashing each other's nodes. The node's disk is a
+//! `SimFs` whose unsynced writes are dropped or torn right after the thread died, as
+//! at power loss, before it restarts from what the disk kept.
 #![cfg(feature = "failpoints")]
 
 mod common;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
-use common::{key, single, value, Cluster};
+use common::sim::{ProcessFs, SimCluster};
+use common::{key, single, value, wait_until};
 use keel::{Config, Db};
+use wal::fs::{CrashMode, SimFs};
 
-// Makes `point` panic the thread that reaches it; returns whether it was reached.
-fn arm(point: &str) -> Arc<AtomicBool> {
+#[derive(Default)]
+struct Armed {
+    installed: HashSet<&'static str>,
+    // (point, node id) -> set once that node's thread died there.
+    nodes: HashMap<(&'static str, u64), Arc<AtomicBool>>,
+}
+
+fn armed() -> &'static Mutex<Armed> {
+    static ARMED: OnceLock<Mutex<Armed>> = OnceLock::new();
+    ARMED.get_or_init(Mutex::default)
+}
+
+// The node id at the end of a keel thread's name.
+fn thread_node_id() -> Option<u64> {
+    let t = std::thread::current();
+    let name = t.name()?;
+    if !name.starts_with("keel-") {
+        return None;
+    }
+    name.rsplit('-').next()?.parse().ok()
+}
+
+/// Makes the next thread of node `id` that reaches `point` panic (once); the flag
+/// tells whether it happened.
+fn arm(point: &'static str, id: u64) -> Arc<AtomicBool> {
     let hit = Arc::new(AtomicBool::new(false));
-    let h = Arc::clone(&hit);
-    fail::cfg_callback(point, move || {
-        h.store(true, Ordering::SeqCst);
-        panic!("failpoint crash");
-    })
-    .unwrap();
+    let mut a = armed().lock().unwrap();
+    a.nodes.insert((point, id), Arc::clone(&hit));
+    if a.installed.insert(point) {
+        fail::cfg_callback(point, move || {
+            let Some(me) = thread_node_id() else { return };
+            let hit = armed().lock().unwrap().nodes.remove(&(point, me));
+            if let Some(hit) = hit {
+                hit.store(true, Ordering::SeqCst);
+                panic!("failpoint {point}: crashing node {me}");
+            }
+        })
+        .expect("configure failpoint");
+    }
     hit
 }
 
+fn disarm(point: &'static str, id: u64) {
+    armed().lock().unwrap().nodes.remove(&(point, id));
+}
+
 // Points a lone node passes on every write.
-fn single_node_points() {
-    for point in [
+fn single_node_crash_at(point: &'static str, id: u64) {
+    let fs = SimFs::new(id);
+    let config = |run: &ProcessFs| {
+        let mut c = single(std::path::Path::new("/keel"));
+        c.fs = Arc::new(run.clone());
+        c.id = id;
+        c.peers = vec![id];
+        c
+    };
+    let mut acked = Vec::new();
+    let hit = {
+        let run = ProcessFs::new(&fs);
+        let db = Db::open(config(&run)).unwrap();
+        for i in 0..20 {
+            db.put(&key(i), &value(i)).unwrap();
+            acked.push(i);
+        }
+        let hit = arm(point, id);
+        for i in 20..30 {
+            if db
+                .put_timeout(&key(i), &value(i), Duration::from_millis(300))
+                .is_ok()
+            {
+                acked.push(i);
+            }
+        }
+        disarm(point, id);
+        run.kill(CrashMode::Random);
+        let _ = db.close();
+        hit
+    };
+    assert!(hit.load(Ordering::SeqCst), "{point} was not reached");
+    let db = Db::open(config(&ProcessFs::new(&fs))).unwrap();
+    for &i in &acked {
+        assert_eq!(db.get(&key(i)).unwrap(), Some(value(i)), "{point}: key {i}");
+    }
+    db.put(b"alive", b"yes").unwrap();
+    db.close().unwrap();
+}
+
+#[test]
+fn single_node_crashes_around_the_save_and_the_sync() {
+    for (n, point) in [
         "raftBeforeSave",
         "raftAfterSave",
         "walBeforeSync",
         "walAfterSync",
-    ] {
-        let dir = tempfile::tempdir().unwrap();
-        let mut acked = Vec::new();
-        let hit = {
-            let db = Db::open(single(dir.path())).unwrap();
-            for i in 0..20 {
-                db.put(&key(i), &value(i)).unwrap();
-                acked.push(i);
-            }
-            let hit = arm(point);
-            for i in 20..30 {
-                if db
-                    .put_timeout(&key(i), &value(i), Duration::from_millis(300))
-                    .is_ok()
-                {
-                    acked.push(i);
-                }
-            }
-            fail::remove(point);
-            hit
-        };
-        assert!(hit.load(Ordering::SeqCst), "{point} was not reached");
-        let db = Db::open(single(dir.path())).unwrap();
-        for &i in &acked {
-            assert_eq!(db.get(&key(i)).unwrap(), Some(value(i)), "{point}: key {i}");
-        }
-        db.put(b"alive", b"yes").unwrap();
-        db.close().unwrap();
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        single_node_crash_at(point, 10 + n as u64);
     }
 }
 
@@ -70,70 +131,191 @@ fn snapshot_often(mut c: Config) -> Config {
     c
 }
 
-// Points only a cluster reaches: sending, and receiving a snapshot.
-fn cluster_points() {
-    for point in [
-        "raftBeforeLeaderSend",
-        "raftBeforeFollowerSend",
-        "raftBeforeSaveSnap",
-        "raftAfterSaveSnap",
-        "raftAfterApplySnap",
-    ] {
-        let mut c = Cluster::with(3, snapshot_often);
-        let leader = c.wait_leader();
-        let lagging = c.followers(leader)[0];
-        let mut acked: Vec<u64> = Vec::new();
-        let snapshot_point = point.contains("Snap");
-        if snapshot_point {
-            // The follower comes back after the leader compacted past it.
-            c.stop(lagging);
-        }
-        for i in 0..60 {
-            c.db(leader).put(&key(i), &value(i)).unwrap();
+/// Which node of the cluster dies at the point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Victim {
+    Leader,
+    Follower,
+    /// A follower that was down while the leader compacted past it, so it receives a
+    /// snapshot when it comes back.
+    Lagging,
+}
+
+fn wait_for_leader(c: &SimCluster) -> u64 {
+    c.wait_leader(Duration::from_secs(10))
+        .expect("a leader within 10 s")
+}
+
+// Writes key `i` through whichever running node takes it; true if acknowledged.
+fn write_anywhere(c: &SimCluster, avoid: u64, i: u64) -> bool {
+    let nodes: Vec<u64> = c.running().into_iter().filter(|&n| n != avoid).collect();
+    let Some(db) = nodes
+        .get(i as usize % nodes.len().max(1))
+        .and_then(|&n| c.db(n))
+    else {
+        return false;
+    };
+    db.put_timeout(&key(i), &value(i), Duration::from_millis(700))
+        .is_ok()
+}
+
+/// In a 3-node cluster with ids `base+1..=base+3`, the `victim` dies at `point`; then
+/// its disk loses what it had not synced, it restarts, and it must catch up: the same
+/// applied index and the same value for every key as the rest, and no acknowledged
+/// write missing anywhere.
+fn cluster_crash_at(point: &'static str, victim: Victim, base: u64) {
+    let ids: Vec<u64> = (base + 1..=base + 3).collect();
+    let c = SimCluster::with_ids(ids.clone(), base, Arc::new(snapshot_often));
+    let leader = wait_for_leader(&c);
+    let target = match victim {
+        Victim::Leader => leader,
+        Victim::Follower | Victim::Lagging => ids.iter().copied().find(|&i| i != leader).unwrap(),
+    };
+    let mut acked = Vec::new();
+    let mut i = 0u64;
+    let mut write = |c: &SimCluster, acked: &mut Vec<u64>| {
+        if write_anywhere(c, target, i) {
             acked.push(i);
         }
-        let hit = arm(point);
-        if snapshot_point {
-            c.start(lagging);
+        i += 1;
+    };
+    for _ in 0..20 {
+        write(&c, &mut acked);
+    }
+    if victim == Victim::Lagging {
+        c.stop(target).unwrap();
+        // Enough for snapshots and compaction past everything the target has.
+        for _ in 0..100 {
+            write(&c, &mut acked);
         }
-        for i in 60..70 {
-            if c.db(leader)
-                .put_timeout(&key(i), &value(i), Duration::from_millis(500))
-                .is_ok()
-            {
-                acked.push(i);
-            }
-        }
-        common::wait_until(Duration::from_secs(5), || {
-            hit.load(Ordering::SeqCst).then_some(())
+        let leader_db = c.db(wait_for_leader(&c)).unwrap();
+        wait_until(Duration::from_secs(5), || {
+            (leader_db.status().first_index > 30).then_some(())
         })
-        .unwrap_or_else(|| panic!("{point} was not reached"));
-        fail::remove(point);
-        // Restart every node, as after a crash of all that died.
-        for id in [1, 2, 3] {
-            c.kill(id);
+        .expect("the leader compacted its log");
+    }
+    let hit = arm(point, target);
+    if victim == Victim::Lagging {
+        c.start(target).unwrap();
+    }
+    // Keep writing until the point is reached.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !hit.load(Ordering::SeqCst) && Instant::now() < deadline {
+        write(&c, &mut acked);
+    }
+    disarm(point, target);
+    assert!(
+        hit.load(Ordering::SeqCst),
+        "{point} ({victim:?}) was not reached"
+    );
+    // Power loss right after the thread died.
+    c.crash(target, CrashMode::Random);
+    for _ in 0..20 {
+        write(&c, &mut acked);
+    }
+    c.start(target).unwrap();
+    wait_for_leader(&c);
+    for _ in 0..10 {
+        write(&c, &mut acked);
+    }
+    let applied = c
+        .wait_converged(Duration::from_secs(20))
+        .unwrap_or_else(|e| panic!("{point} ({victim:?}): {e}"));
+    assert!(
+        acked.len() >= 30,
+        "{point}: only {} writes acknowledged",
+        acked.len()
+    );
+    let leader = c.db(wait_for_leader(&c)).unwrap();
+    let restarted = c.db(target).unwrap();
+    for j in 0..i {
+        let expected = leader.get_local(&key(j)).unwrap();
+        if acked.contains(&j) {
+            assert_eq!(
+                expected,
+                Some(value(j)),
+                "{point}: acknowledged key {j} lost"
+            );
         }
-        for id in [1, 2, 3] {
-            c.start(id);
+        for &id in &ids {
+            assert_eq!(
+                c.db(id).unwrap().get_local(&key(j)).unwrap(),
+                expected,
+                "{point} ({victim:?}): node {id} differs from the leader on key {j} at {applied}"
+            );
         }
-        c.wait_leader();
-        c.wait_converged();
-        for id in [1, 2, 3] {
-            for &i in &acked {
-                assert_eq!(
-                    c.db(id).get_local(&key(i)).unwrap(),
-                    Some(value(i)),
-                    "{point}: node {id} key {i}"
-                );
-            }
-        }
+    }
+    let st = restarted.status();
+    assert_eq!(st.applied_index, applied, "{point}: {st:?}");
+    if victim == Victim::Lagging {
+        assert!(
+            st.snapshot_index > 0,
+            "{point}: the lagging follower caught up without a snapshot: {st:?}"
+        );
     }
 }
 
 #[test]
-fn a_crash_at_each_failpoint_loses_no_acknowledged_write() {
-    let scenario = fail::FailScenario::setup();
-    single_node_points();
-    cluster_points();
-    scenario.teardown();
+fn leader_crashes_before_sending() {
+    cluster_crash_at("raftBeforeLeaderSend", Victim::Leader, 100);
+}
+
+#[test]
+fn leader_crashes_before_saving() {
+    cluster_crash_at("raftBeforeSave", Victim::Leader, 110);
+}
+
+#[test]
+fn follower_crashes_before_saving() {
+    cluster_crash_at("raftBeforeSave", Victim::Follower, 120);
+}
+
+#[test]
+fn leader_crashes_after_saving() {
+    cluster_crash_at("raftAfterSave", Victim::Leader, 130);
+}
+
+#[test]
+fn follower_crashes_after_saving() {
+    cluster_crash_at("raftAfterSave", Victim::Follower, 140);
+}
+
+#[test]
+fn leader_crashes_before_the_wal_sync() {
+    cluster_crash_at("walBeforeSync", Victim::Leader, 150);
+}
+
+#[test]
+fn follower_crashes_before_the_wal_sync() {
+    cluster_crash_at("walBeforeSync", Victim::Follower, 210);
+}
+
+#[test]
+fn leader_crashes_after_the_wal_sync() {
+    cluster_crash_at("walAfterSync", Victim::Leader, 220);
+}
+
+#[test]
+fn follower_crashes_after_the_wal_sync() {
+    cluster_crash_at("walAfterSync", Victim::Follower, 160);
+}
+
+#[test]
+fn follower_crashes_before_sending_its_acks() {
+    cluster_crash_at("raftBeforeFollowerSend", Victim::Follower, 170);
+}
+
+#[test]
+fn follower_crashes_before_saving_a_snapshot() {
+    cluster_crash_at("raftBeforeSaveSnap", Victim::Lagging, 180);
+}
+
+#[test]
+fn follower_crashes_after_saving_a_snapshot() {
+    cluster_crash_at("raftAfterSaveSnap", Victim::Lagging, 190);
+}
+
+#[test]
+fn follower_crashes_after_applying_a_snapshot() {
+    cluster_crash_at("raftAfterApplySnap", Victim::Lagging, 200);
 }

@@ -161,3 +161,6 @@ pub fn value(i: u64) -> Vec<u8> {
 pub fn single(dir: &Path) -> Config {
     fast(Config::single_node(dir))
 }
+
+pub mod linearizable;
+pub mod sim;
