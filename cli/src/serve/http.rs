@@ -2,13 +2,14 @@
 //! connections, a timeout on every read and write, and a body limit enforced before
 //! the body is read.
 //!
-//! Why not a crate: the candidates that are synchronous and small (tiny_http 0.12)
-//! set no socket timeouts (a client that sends headers and then stalls its body pins
-//! a worker for good), spawn a thread per connection without a bound, and stop
-//! accepting for good after one `accept` error (e.g. running out of descriptors). The
-//! API needs little of HTTP: a request line, a few headers, a `Content-Length` or
-//! chunked body, keep-alive and `Expect: 100-continue` (curl sends it for bodies over
-//! 1 KiB).
+//! Why not a server crate: the candidates that are synchronous and small (tiny_http
+//! 0.12) set no socket timeouts (a client that sends headers and then stalls its body
+//! pins a worker for good), spawn a thread per connection without a bound, and stop
+//! accepting for good after one `accept` error (e.g. running out of descriptors). So
+//! this module owns the connections, deadlines and limits, and leaves the request-head
+//! syntax to `httparse` (hyper's parser). The API needs little else of HTTP: a
+//! `Content-Length` or chunked body, keep-alive and `Expect: 100-continue` (curl sends
+//! it for bodies over 1 KiB).
 //!
 //! The connection thread runs the handler itself, so the number of requests served at
 //! once is bounded by `max_connections`; with keep-alive, a benchmark's 64
@@ -423,27 +424,34 @@ struct Head {
     expect_continue: bool,
 }
 
+// Most header lines in one request; curl and wrk send fewer than ten.
+const MAX_HEADERS: usize = 64;
+
+// The request line and header syntax are httparse's (hyper's parser); this function
+// only applies the API's rules to what it found.
 fn parse_head(head: &[u8]) -> Result<Head, &'static str> {
-    let text = std::str::from_utf8(head).map_err(|_| "request head is not valid UTF-8")?;
-    let mut lines = text.split("\r\n");
-    let request_line = lines.next().ok_or("empty request")?;
-    let mut parts = request_line.split(' ');
-    let (Some(method), Some(target), Some(version), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    match req.parse(head) {
+        Ok(httparse::Status::Complete(_)) => {}
+        Ok(httparse::Status::Partial) => return Err("incomplete request head"),
+        Err(httparse::Error::TooManyHeaders) => return Err("too many header lines"),
+        Err(httparse::Error::Version) => {
+            return Err("unsupported HTTP version (HTTP/1.0 and 1.1 are)")
+        }
+        Err(_) => return Err("malformed request head"),
+    }
+    let (Some(method), Some(target), Some(minor_version)) = (req.method, req.path, req.version)
     else {
         return Err("malformed request line");
     };
-    if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
+    if !method.bytes().all(|b| b.is_ascii_uppercase()) {
         return Err("malformed method");
     }
     if !target.starts_with('/') {
         return Err("the request target must be a path");
     }
-    let http10 = match version {
-        "HTTP/1.1" => false,
-        "HTTP/1.0" => true,
-        _ => return Err("unsupported HTTP version (HTTP/1.0 and 1.1 are)"),
-    };
+    let http10 = minor_version == 0;
     let mut h = Head {
         method: method.to_string(),
         target: target.to_string(),
@@ -452,14 +460,10 @@ fn parse_head(head: &[u8]) -> Result<Head, &'static str> {
         close: http10,
         expect_continue: false,
     };
-    for line in lines {
-        if line.is_empty() {
-            continue;
-        }
-        let (name, value) = line.split_once(':').ok_or("malformed header line")?;
-        if name.is_empty() || name.bytes().any(|b| b.is_ascii_whitespace()) {
-            return Err("malformed header name");
-        }
+    for header in req.headers.iter() {
+        let name = header.name;
+        let value =
+            std::str::from_utf8(header.value).map_err(|_| "a header value is not valid UTF-8")?;
         let value = value.trim();
         if name.eq_ignore_ascii_case("content-length") {
             let n: u64 = value
