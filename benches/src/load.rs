@@ -341,6 +341,14 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new(3).expect("3 significant digits are valid")
 }
 
+/// Records `elapsed` in a histogram from [`new_histogram`].
+pub fn record(h: &mut Histogram<u64>, elapsed: Duration) {
+    let ns = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+    // The histogram grows to fit (saturating_record would clamp to its initial
+    // bounds instead); growing fails only past 2^63 ns, which no latency reaches.
+    let _ = h.record(ns);
+}
+
 /// Appends of writer `w` when `entries` are split across `writers`.
 pub fn share(entries: u64, writers: usize, w: usize) -> u64 {
     let n = writers as u64;
@@ -386,7 +394,7 @@ pub fn run(
                             failed.store(true, Ordering::Relaxed);
                             return Err(e);
                         }
-                        lat.saturating_record(t.elapsed().as_nanos() as u64);
+                        record(&mut lat, t.elapsed());
                         done.fetch_add(1, Ordering::Relaxed);
                     }
                     Ok(lat)
