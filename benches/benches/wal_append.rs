@@ -202,10 +202,7 @@ fn main() {
 
     type Make = fn() -> Arc<dyn Target>;
     #[cfg_attr(not(feature = "rocksdb"), allow(unused_mut))]
-    let mut backends: Vec<(&'static str, Make)> = vec![
-        ("raw", raw),
-        ("wal", wal),
-    ];
+    let mut backends: Vec<(&'static str, Make)> = vec![("raw", raw), ("wal", wal)];
     #[cfg(feature = "rocksdb")]
     {
         backends.push(("rocksdb", rocks::raw));

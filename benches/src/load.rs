@@ -108,7 +108,9 @@ impl RawFile {
     /// directory entry durable. Appends wrap around (overwriting) past `file_bytes`.
     pub fn create(dir: &Path, file_bytes: u64) -> Result<RawFile, LoadError> {
         if file_bytes == 0 {
-            return Err(LoadError::Invalid("raw file size must be at least 1 byte".into()));
+            return Err(LoadError::Invalid(
+                "raw file size must be at least 1 byte".into(),
+            ));
         }
         let path = dir.join("raw.log");
         let file = OpenOptions::new()
@@ -255,7 +257,9 @@ impl<L: LogStore> Target for StoreTarget<L> {
                 entries: vec![Entry::new(1, index, data.to_vec())],
                 ..LogBatch::default()
             };
-            self.log.write(&batch, false).map_err(log_err("log write"))?;
+            self.log
+                .write(&batch, false)
+                .map_err(log_err("log write"))?;
             *next += 1;
             index
         };

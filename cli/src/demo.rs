@@ -141,7 +141,7 @@ fn client(c: usize, s: &Shared<'_>) -> ClientResult {
                 continue;
             }
         }
-        if i % READ_EVERY == 0 {
+        if i.is_multiple_of(READ_EVERY) {
             read_back(c, i, s);
         }
     }
@@ -163,7 +163,11 @@ fn read_back(c: usize, i: u64, s: &Shared<'_>) {
     match db.get_timeout(&key(c, i), REQUEST_TIMEOUT) {
         Ok(Some(v)) if v == value(c, i, s.size) => {}
         Ok(other) => {
-            let got = if other.is_some() { "another value" } else { "nothing" };
+            let got = if other.is_some() {
+                "another value"
+            } else {
+                "nothing"
+            };
             s.stale_reads
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -197,9 +201,11 @@ fn monitor(cluster: &InProcCluster, stop: &AtomicBool, t0: Instant, log: &Leader
         if last != Some(now) {
             // Record losing a leader only once a leader was seen.
             if now.0.is_some() || last.is_some() {
-                log.lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .push((t0.elapsed().as_secs_f64(), now.0, now.1));
+                log.lock().unwrap_or_else(|e| e.into_inner()).push((
+                    t0.elapsed().as_secs_f64(),
+                    now.0,
+                    now.1,
+                ));
             }
             last = Some(now);
         }
@@ -355,7 +361,10 @@ fn demo(o: &DemoOptions, cluster: &InProcCluster, r: &Reporter) -> Result<Status
         missing_by_node.push((db.id(), missing));
         checks.check(
             missing == 0,
-            format!("node {}: {missing} acknowledged writes are missing or wrong", db.id()),
+            format!(
+                "node {}: {missing} acknowledged writes are missing or wrong",
+                db.id()
+            ),
         );
     }
     let stale = shared
@@ -365,7 +374,10 @@ fn demo(o: &DemoOptions, cluster: &InProcCluster, r: &Reporter) -> Result<Status
         .clone();
     checks.check(
         stale.is_empty(),
-        format!("{} linearizable reads missed an acknowledged write", stale.len()),
+        format!(
+            "{} linearizable reads missed an acknowledged write",
+            stale.len()
+        ),
     );
     checks.check(!acked.is_empty(), "no write was acknowledged");
 
@@ -380,7 +392,10 @@ fn demo(o: &DemoOptions, cluster: &InProcCluster, r: &Reporter) -> Result<Status
     }
     r.plain("throughput (acknowledged writes/s):")?;
     for (name, n, secs) in &phase_rates {
-        r.plain(&format!("  {name:<28} {:>8}  ({n} in {secs:.1} s)", num(*n as f64 / secs.max(1e-9))))?;
+        r.plain(&format!(
+            "  {name:<28} {:>8}  ({n} in {secs:.1} s)",
+            num(*n as f64 / secs.max(1e-9))
+        ))?;
     }
     r.plain(&format!(
         "  {:<28} {:>8}  ({} in {load_secs:.1} s)",
@@ -428,7 +443,9 @@ fn phase_wait(r: &Reporter, s: &Shared<'_>, name: &str, d: Duration) -> u64 {
     let end = Instant::now() + d;
     while Instant::now() < end {
         r.tick(name, s.acked.load(Ordering::Relaxed));
-        std::thread::sleep(Duration::from_millis(50).min(end.saturating_duration_since(Instant::now())));
+        std::thread::sleep(
+            Duration::from_millis(50).min(end.saturating_duration_since(Instant::now())),
+        );
     }
     s.acked.load(Ordering::Relaxed) - before
 }
@@ -436,7 +453,10 @@ fn phase_wait(r: &Reporter, s: &Shared<'_>, name: &str, d: Duration) -> u64 {
 /// Waits (at most [`WAIT`]) for one more acknowledged write; whether one came.
 fn wait_for_a_write(s: &Shared<'_>) -> bool {
     let before = s.acked.load(Ordering::Relaxed);
-    wait_until(WAIT, || (s.acked.load(Ordering::Relaxed) > before).then_some(())).is_some()
+    wait_until(WAIT, || {
+        (s.acked.load(Ordering::Relaxed) > before).then_some(())
+    })
+    .is_some()
 }
 
 // Restarts node `id` and reports what it recovered and how long it took to catch up.
@@ -459,7 +479,10 @@ fn restart(cluster: &InProcCluster, r: &Reporter, id: u64, checks: &mut Checks) 
         Some(ms) => r.say(&format!("node {id} caught up with the leader in {ms} ms"))?,
         None => {
             r.say(&format!("node {id} did not catch up within 30 s"))?;
-            checks.check(false, format!("node {id} did not catch up after its restart"));
+            checks.check(
+                false,
+                format!("node {id} did not catch up after its restart"),
+            );
         }
     }
     Ok(())
@@ -504,7 +527,9 @@ fn scenario(
         .find(|&id| id != leader)
         .unwrap_or(leader);
     cluster.kill(follower)?;
-    r.say(&format!("killed node {follower} (a follower) without a clean shutdown"))?;
+    r.say(&format!(
+        "killed node {follower} (a follower) without a clean shutdown"
+    ))?;
     let n = timed(&format!("node {follower} down"), phase, rates);
     if n == 0 {
         checks.check(

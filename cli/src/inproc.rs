@@ -91,7 +91,8 @@ impl InProcCluster {
         if self.nodes.read().contains_key(&id) {
             return Err(CliError::Usage(format!("node {id} is already running")));
         }
-        let db = Arc::new(Db::open(self.config(id)).map_err(engine(format!("cannot start node {id}")))?);
+        let db =
+            Arc::new(Db::open(self.config(id)).map_err(engine(format!("cannot start node {id}")))?);
         self.nodes.write().insert(id, Arc::clone(&db));
         Ok(db)
     }
@@ -188,7 +189,9 @@ impl InProcCluster {
 
     /// Closes every node cleanly.
     pub fn close(&self) -> Result<()> {
-        let nodes: Vec<(u64, Arc<Db>)> = std::mem::take(&mut *self.nodes.write()).into_iter().collect();
+        let nodes: Vec<(u64, Arc<Db>)> = std::mem::take(&mut *self.nodes.write())
+            .into_iter()
+            .collect();
         let mut first = Ok(());
         for (id, db) in nodes {
             if let Err(e) = db.close() {

@@ -138,7 +138,8 @@ pub fn run(o: &ClusterBenchOptions) -> Result<Status> {
         if baseline {
             let wal_ops = run_baseline(o, clients, &dir)?;
             row.wal_ops_per_sec = Some(round1(wal_ops));
-            row.ratio_to_wal = Some((row.ops_per_sec / wal_ops.max(1e-9) * 1000.0).round() / 1000.0);
+            row.ratio_to_wal =
+                Some((row.ops_per_sec / wal_ops.max(1e-9) * 1000.0).round() / 1000.0);
         }
         if o.json {
             out.json(&row)?;
@@ -198,7 +199,10 @@ fn drive(o: &ClusterBenchOptions, clients: usize, cluster: &InProcCluster) -> Re
             // Bounded by `duration` plus one put timeout.
             while handles.iter().any(|h| !h.is_finished()) {
                 let tenths = (started.elapsed().as_secs_f64() * 10.0) as u64;
-                elapsed_tenths.store(tenths.min((o.duration_secs * 10.0).ceil() as u64), Ordering::Relaxed);
+                elapsed_tenths.store(
+                    tenths.min((o.duration_secs * 10.0).ceil() as u64),
+                    Ordering::Relaxed,
+                );
                 std::thread::sleep(super::PROGRESS_TICK);
             }
             let mut all = load::new_histogram();
@@ -212,8 +216,8 @@ fn drive(o: &ClusterBenchOptions, clients: usize, cluster: &InProcCluster) -> Re
         })
     });
     progress.finish();
-    let syncs =
-        (cluster.metric_sum("keel_disk_wal_fsync_duration_seconds_count") - syncs_before).max(0.0) as u64;
+    let syncs = (cluster.metric_sum("keel_disk_wal_fsync_duration_seconds_count") - syncs_before)
+        .max(0.0) as u64;
     let entries = latency_ns.len();
     let secs = wall.as_secs_f64().max(1e-9);
     let ops = entries as f64 / secs;
@@ -282,8 +286,10 @@ fn client(
 fn run_baseline(o: &ClusterBenchOptions, writers: usize, dir: &Path) -> Result<f64> {
     let d = dir.join("wal-baseline");
     let load_err = |context: String| move |source| CliError::Load { context, source };
-    let target = WalTarget::open(&d, WalOptions::default())
-        .map_err(load_err(format!("cannot open the baseline WAL in {}", d.display())))?;
+    let target = WalTarget::open(&d, WalOptions::default()).map_err(load_err(format!(
+        "cannot open the baseline WAL in {}",
+        d.display()
+    )))?;
     let load = Load {
         writers,
         entries: u64::MAX,
@@ -295,7 +301,9 @@ fn run_baseline(o: &ClusterBenchOptions, writers: usize, dir: &Path) -> Result<f
         load::run(&target, load, &load::payload(o.size), &done)
     });
     progress.finish();
-    let r = r.map_err(load_err(format!("the baseline WAL with {writers} writers failed")))?;
+    let r = r.map_err(load_err(format!(
+        "the baseline WAL with {writers} writers failed"
+    )))?;
     target
         .close()
         .map_err(load_err("cannot close the baseline WAL".into()))?;
@@ -330,8 +338,19 @@ fn human_table(rows: &[ClusterRow]) -> Vec<String> {
         })
         .collect();
     let mut header = vec![
-        "NODES", "CLIENTS", "WRITES", "SIZE", "SECONDS", "OPS/S", "MB/S", "SYNCS", "ENTRIES/SYNC",
-        "P50 µs", "P99 µs", "P99.9 µs", "ERRORS",
+        "NODES",
+        "CLIENTS",
+        "WRITES",
+        "SIZE",
+        "SECONDS",
+        "OPS/S",
+        "MB/S",
+        "SYNCS",
+        "ENTRIES/SYNC",
+        "P50 µs",
+        "P99 µs",
+        "P99.9 µs",
+        "ERRORS",
     ];
     if baseline {
         header.extend(["WAL OPS/S", "CLUSTER/WAL"]);

@@ -214,7 +214,10 @@ mod tests {
     fn tables_align() {
         let t = table(
             &["backend", "ops/s"],
-            &[vec!["wal".into(), "12345".into()], vec!["raw".into(), "7".into()]],
+            &[
+                vec!["wal".into(), "12345".into()],
+                vec!["raw".into(), "7".into()],
+            ],
         );
         assert_eq!(t, ["backend  ops/s", "wal      12345", "raw          7"]);
     }

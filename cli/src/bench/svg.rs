@@ -20,6 +20,23 @@ fn color(backend: &str) -> RGBColor {
     }
 }
 
+/// 1, 2, 5 × powers of ten between `lo` and `hi`.
+fn ticks_125(lo: f64, hi: f64) -> Vec<f64> {
+    let mut out = Vec::new();
+    let mut decade = 1.0;
+    // Bounded: 20 decades cover every latency in µs a run can report.
+    for _ in 0..20 {
+        for m in [1.0, 2.0, 5.0] {
+            let v = m * decade;
+            if v >= lo && v <= hi {
+                out.push(v);
+            }
+        }
+        decade *= 10.0;
+    }
+    out
+}
+
 /// Draws `rows` (any order) into an SVG file at `path`.
 pub fn draw_sweep(path: &Path, rows: &[WalRow], size: usize) -> Result<()> {
     draw(path, rows, size).map_err(|reason| CliError::WriteFile {
@@ -45,7 +62,12 @@ fn draw(path: &Path, rows: &[WalRow], size: usize) -> std::result::Result<(), St
         pts
     };
     let max_writers = rows.iter().map(|r| r.writers).max().unwrap_or(1) as f64;
-    let x_range = 0.8..(max_writers * 1.25).max(2.0);
+    let min_writers = rows.iter().map(|r| r.writers).min().unwrap_or(1) as f64;
+    let x_range = min_writers * 0.8..(max_writers * 1.25).max(min_writers * 2.0);
+    // Ticks at the writer counts measured, not at every power of ten's subdivisions.
+    let mut ticks: Vec<f64> = rows.iter().map(|r| r.writers as f64).collect();
+    ticks.sort_by(f64::total_cmp);
+    ticks.dedup();
     let max_ops = rows.iter().map(|r| r.ops_per_sec).fold(1.0, f64::max);
     let p99 = rows.iter().map(|r| r.p99_us.max(1.0));
     let (min_p99, max_p99) = p99.fold((f64::MAX, 1.0f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
@@ -62,10 +84,14 @@ fn draw(path: &Path, rows: &[WalRow], size: usize) -> std::result::Result<(), St
         .margin(15)
         .x_label_area_size(40)
         .y_label_area_size(80)
-        .build_cartesian_2d(x_range.clone().log_scale(), 0.0..max_ops * 1.1)
+        .build_cartesian_2d(
+            x_range.clone().log_scale().with_key_points(ticks.clone()),
+            0.0..max_ops * 1.1,
+        )
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
+        .light_line_style(WHITE)
         .x_desc("writers (log scale)")
         .y_desc("entries/s")
         .x_label_formatter(&|x| format!("{x:.0}"))
@@ -98,12 +124,15 @@ fn draw(path: &Path, rows: &[WalRow], size: usize) -> std::result::Result<(), St
         .x_label_area_size(40)
         .y_label_area_size(80)
         .build_cartesian_2d(
-            x_range.log_scale(),
-            (min_p99 * 0.8..max_p99 * 1.25).log_scale(),
+            x_range.log_scale().with_key_points(ticks),
+            (min_p99 * 0.8..max_p99 * 1.25)
+                .log_scale()
+                .with_key_points(ticks_125(min_p99 * 0.8, max_p99 * 1.25)),
         )
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
+        .light_line_style(WHITE)
         .x_desc("writers (log scale)")
         .y_desc("p99 µs (log scale)")
         .x_label_formatter(&|x| format!("{x:.0}"))

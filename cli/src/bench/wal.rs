@@ -133,7 +133,9 @@ fn check(o: &WalBenchOptions) -> Result<()> {
         }
     }
     if o.svg.is_some() && o.sweep.is_empty() {
-        return Err(CliError::Usage("--svg draws a sweep; pass --sweep too".into()));
+        return Err(CliError::Usage(
+            "--svg draws a sweep; pass --sweep too".into(),
+        ));
     }
     Ok(())
 }
@@ -196,12 +198,17 @@ pub fn run(o: &WalBenchOptions) -> Result<crate::error::Status> {
 
 fn open_target(o: &WalBenchOptions, backend: Backend, dir: &Path) -> Result<Box<dyn Target>> {
     let load_err = |source| CliError::Load {
-        context: format!("cannot set up the {} log in {}", backend.name(), dir.display()),
+        context: format!(
+            "cannot set up the {} log in {}",
+            backend.name(),
+            dir.display()
+        ),
         source,
     };
     Ok(match backend {
         Backend::Raw => {
-            let bytes = (o.entries.saturating_mul(o.size as u64)).clamp(o.size as u64, RAW_FILE_MAX_BYTES);
+            let bytes =
+                (o.entries.saturating_mul(o.size as u64)).clamp(o.size as u64, RAW_FILE_MAX_BYTES);
             let d = dir.join("raw");
             std::fs::create_dir(&d).map_err(|e| CliError::io(&d, e))?;
             Box::new(RawFile::create(&d, bytes.max(o.size as u64)).map_err(load_err)?)
@@ -237,11 +244,7 @@ fn run_one(o: &WalBenchOptions, backend: Backend, writers: usize, dir: &Path) ->
     let target = open_target(o, backend, dir)?;
     let data = load::payload(o.size);
     let done = AtomicU64::new(0);
-    let progress = Progress::new(
-        o.entries,
-        &format!("{} {writers}w", backend.name()),
-        o.json,
-    );
+    let progress = Progress::new(o.entries, &format!("{} {writers}w", backend.name()), o.json);
     let syncs_before = target.syncs().unwrap_or(0);
     let load = Load {
         writers,
@@ -303,8 +306,18 @@ fn human_table(rows: &[WalRow]) -> Vec<String> {
         .collect();
     table(
         &[
-            "BACKEND", "WRITERS", "ENTRIES", "SIZE", "SECONDS", "OPS/S", "MB/S", "SYNCS",
-            "ENTRIES/SYNC", "P50 µs", "P99 µs", "P99.9 µs",
+            "BACKEND",
+            "WRITERS",
+            "ENTRIES",
+            "SIZE",
+            "SECONDS",
+            "OPS/S",
+            "MB/S",
+            "SYNCS",
+            "ENTRIES/SYNC",
+            "P50 µs",
+            "P99 µs",
+            "P99.9 µs",
         ],
         &cells,
     )
