@@ -63,7 +63,8 @@ fn value(c: usize, i: u64, size: usize) -> Vec<u8> {
 /// Prints timestamped lines: above the progress bar on a terminal, else to stdout.
 struct Reporter {
     t0: Instant,
-    bar: Option<ProgressBar>,
+    // Taken (and cleared) once the workload ends, before the summary.
+    bar: Mutex<Option<ProgressBar>>,
     out: Mutex<Out>,
 }
 
@@ -74,7 +75,7 @@ impl Reporter {
     }
 
     fn plain(&self, line: &str) -> Result<()> {
-        match &self.bar {
+        match &*self.bar.lock().unwrap_or_else(|e| e.into_inner()) {
             Some(bar) => {
                 bar.println(line);
                 Ok(())
@@ -87,8 +88,14 @@ impl Reporter {
         }
     }
 
+    fn finish_bar(&self) {
+        if let Some(bar) = self.bar.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            bar.finish_and_clear();
+        }
+    }
+
     fn tick(&self, phase: &str, acked: u64) {
-        if let Some(bar) = &self.bar {
+        if let Some(bar) = &*self.bar.lock().unwrap_or_else(|e| e.into_inner()) {
             bar.set_position((self.t0.elapsed().as_secs_f64() * 10.0) as u64);
             bar.set_message(format!("{phase}, {acked} writes acknowledged"));
         }
@@ -259,7 +266,7 @@ pub fn run(o: &DemoOptions) -> Result<Status> {
     });
     let r = Reporter {
         t0,
-        bar,
+        bar: Mutex::new(bar),
         out: Mutex::new(Out::stdout()),
     };
     r.say(&format!(
@@ -268,9 +275,7 @@ pub fn run(o: &DemoOptions) -> Result<Status> {
     ))?;
     let cluster = InProcCluster::start(&dir.path, NODES)?;
     let outcome = demo(o, &cluster, &r);
-    if let Some(bar) = &r.bar {
-        bar.finish_and_clear();
-    }
+    r.finish_bar();
     let closed = cluster.close();
     let status = outcome?;
     closed?;
@@ -329,6 +334,7 @@ fn demo(o: &DemoOptions, cluster: &InProcCluster, r: &Reporter) -> Result<Status
         let _ = mon.join();
         (results, scenario)
     });
+    r.finish_bar();
     scenario?;
     let load_secs = load_start.elapsed().as_secs_f64();
 
@@ -526,10 +532,10 @@ fn scenario(
         .copied()
         .find(|&id| id != leader)
         .unwrap_or(leader);
-    cluster.kill(follower)?;
     r.say(&format!(
-        "killed node {follower} (a follower) without a clean shutdown"
+        "killing node {follower} (a follower): dropped without a clean shutdown"
     ))?;
+    cluster.kill(follower)?;
     let n = timed(&format!("node {follower} down"), phase, rates);
     if n == 0 {
         checks.check(
@@ -546,10 +552,10 @@ fn scenario(
         return Ok(());
     };
     let killed_at = Instant::now();
-    cluster.kill(leader)?;
     r.say(&format!(
-        "killed node {leader} (the leader, term {term}) without a clean shutdown"
+        "killing node {leader} (the leader, term {term}): dropped without a clean shutdown"
     ))?;
+    cluster.kill(leader)?;
     match cluster.wait_leader(WAIT) {
         Some((new, term)) => r.say(&format!(
             "node {new} elected leader (term {term}) {} ms after the kill",

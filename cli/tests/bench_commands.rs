@@ -276,7 +276,7 @@ fn demo_survives_a_follower_and_a_leader_crash() {
     assert_eq!(run.code, 0, "{}", run.all());
     for says in [
         "is the leader",
-        "killed node",
+        "killing node",
         "(a follower)",
         "(the leader",
         "elected leader",

@@ -13,7 +13,9 @@ use keel_benches::load::{self, Load, WalTarget};
 use serde::Serialize;
 use wal::WalOptions;
 
-use super::{check_size, num, round1, table, with_progress, BenchDir, Progress};
+use super::{
+    check_size, num, round1, table, tenths_since, timed_progress, with_progress, BenchDir,
+};
 use crate::error::{CliError, Result, Status};
 use crate::inproc::InProcCluster;
 use crate::output::Out;
@@ -178,43 +180,32 @@ fn drive(o: &ClusterBenchOptions, clients: usize, cluster: &InProcCluster) -> Re
     }
     let duration = Duration::from_secs_f64(o.duration_secs);
     let value = load::payload(o.size);
-    let done = AtomicU64::new(0);
     let errors = AtomicU64::new(0);
     let syncs_before = cluster.metric_sum("keel_disk_wal_fsync_duration_seconds_count");
-    let progress = Progress::new(
-        (o.duration_secs * 10.0).ceil() as u64,
-        &format!("cluster {clients}c"),
-        o.json,
-    );
+    let progress = timed_progress(duration, &format!("cluster {clients}c"), o.json);
     let started = Instant::now();
-    let elapsed_tenths = AtomicU64::new(0);
-    let (wall, latency_ns) = with_progress(&progress, &elapsed_tenths, || {
-        std::thread::scope(|s| {
-            let handles: Vec<_> = (0..clients)
-                .map(|c| {
-                    let (value, done, errors) = (&value, &done, &errors);
-                    s.spawn(move || client(c, cluster, value, started + duration, done, errors))
-                })
-                .collect();
-            // Bounded by `duration` plus one put timeout.
-            while handles.iter().any(|h| !h.is_finished()) {
-                let tenths = (started.elapsed().as_secs_f64() * 10.0) as u64;
-                elapsed_tenths.store(
-                    tenths.min((o.duration_secs * 10.0).ceil() as u64),
-                    Ordering::Relaxed,
-                );
-                std::thread::sleep(super::PROGRESS_TICK);
-            }
-            let mut all = load::new_histogram();
-            for h in handles {
-                if let Ok(lat) = h.join() {
-                    // Both auto-resize, so adding cannot fail.
-                    let _ = all.add(&lat);
+    let (wall, latency_ns) = with_progress(
+        &progress,
+        || tenths_since(started),
+        || {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = (0..clients)
+                    .map(|c| {
+                        let (value, errors) = (&value, &errors);
+                        s.spawn(move || client(c, cluster, value, started + duration, errors))
+                    })
+                    .collect();
+                let mut all = load::new_histogram();
+                for h in handles {
+                    if let Ok(lat) = h.join() {
+                        // Both auto-resize, so adding cannot fail.
+                        let _ = all.add(&lat);
+                    }
                 }
-            }
-            (started.elapsed(), all)
-        })
-    });
+                (started.elapsed(), all)
+            })
+        },
+    );
     progress.finish();
     let syncs = (cluster.metric_sum("keel_disk_wal_fsync_duration_seconds_count") - syncs_before)
         .max(0.0) as u64;
@@ -253,7 +244,6 @@ fn client(
     cluster: &InProcCluster,
     value: &[u8],
     until: Instant,
-    done: &AtomicU64,
     errors: &AtomicU64,
 ) -> Histogram<u64> {
     let mut lat = load::new_histogram();
@@ -271,7 +261,6 @@ fn client(
         match db.put_timeout(key.as_bytes(), value, PUT_TIMEOUT) {
             Ok(()) => {
                 load::record(&mut lat, t.elapsed());
-                done.fetch_add(1, Ordering::Relaxed);
             }
             Err(_) => {
                 errors.fetch_add(1, Ordering::Relaxed);
@@ -296,10 +285,14 @@ fn run_baseline(o: &ClusterBenchOptions, writers: usize, dir: &Path) -> Result<f
         max_duration: Some(Duration::from_secs_f64(o.duration_secs)),
     };
     let done = AtomicU64::new(0);
-    let progress = Progress::new(0, &format!("wal {writers}w"), o.json);
-    let r = with_progress(&progress, &done, || {
-        load::run(&target, load, &load::payload(o.size), &done)
-    });
+    let duration = Duration::from_secs_f64(o.duration_secs);
+    let progress = timed_progress(duration, &format!("wal {writers}w"), o.json);
+    let started = Instant::now();
+    let r = with_progress(
+        &progress,
+        || tenths_since(started),
+        || load::run(&target, load, &load::payload(o.size), &done),
+    );
     progress.finish();
     let r = r.map_err(load_err(format!(
         "the baseline WAL with {writers} writers failed"

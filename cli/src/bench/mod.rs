@@ -9,7 +9,6 @@ pub mod wal;
 use std::fs;
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -95,14 +94,21 @@ pub const PROGRESS_TICK: Duration = Duration::from_millis(100);
 impl Progress {
     /// A bar of `total` steps labelled `label`.
     pub fn new(total: u64, label: &str, json: bool) -> Progress {
+        Progress::with_template(
+            total,
+            label,
+            json,
+            "{prefix:>18} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+        )
+    }
+
+    fn with_template(total: u64, label: &str, json: bool, template: &str) -> Progress {
         let show = !json && std::io::stderr().is_terminal();
         let bar = show.then(|| {
             let bar = ProgressBar::new(total);
-            let style = ProgressStyle::with_template(
-                "{prefix:>18} [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> ");
+            let style = ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| ProgressStyle::default_bar())
+                .progress_chars("=> ");
             bar.set_style(style);
             bar.set_prefix(label.to_string());
             bar
@@ -125,26 +131,46 @@ impl Progress {
     }
 }
 
-/// Runs `work` on a scoped thread while the bar follows `done`; returns its result.
+/// Runs `work` on a scoped thread while the bar shows `position()`; returns its result.
 pub fn with_progress<T: Send>(
     progress: &Progress,
-    done: &AtomicU64,
+    position: impl Fn() -> u64,
     work: impl FnOnce() -> T + Send,
 ) -> T {
     std::thread::scope(|s| {
         let handle = s.spawn(work);
         // Bounded by `work` itself: the loop ends when it returns.
         while !handle.is_finished() {
-            progress.set(done.load(Ordering::Relaxed));
+            progress.set(position());
             std::thread::sleep(PROGRESS_TICK);
         }
-        progress.set(done.load(Ordering::Relaxed));
+        progress.set(position());
         match handle.join() {
             Ok(v) => v,
             // A panic in the measured work is a bug; show it as the panic it was.
             Err(panic) => std::panic::resume_unwind(panic),
         }
     })
+}
+
+/// A bar that fills over `duration`, and its position: tenths of a second elapsed
+/// since `started`.
+pub fn timed_progress(duration: Duration, label: &str, json: bool) -> Progress {
+    let template = format!(
+        "{{prefix:>18}} [{{bar:30}}] {{elapsed}} of {:.0}s",
+        duration.as_secs_f64().ceil()
+    );
+    Progress::with_template(
+        (duration.as_secs_f64() * 10.0).ceil() as u64,
+        label,
+        json,
+        &template,
+    )
+}
+
+/// Tenths of a second since `started`, for [`timed_progress`].
+pub fn tenths_since(started: std::time::Instant) -> u64 {
+    (started.elapsed().as_secs_f64() * 10.0) as u64
 }
 
 /// Parses a `--size` and checks it against the largest entry the log accepts.

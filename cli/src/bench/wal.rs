@@ -4,7 +4,7 @@
 //! writer counts and backends, with an SVG chart.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use keel_benches::load::{self, Load, RawFile, Target, WalTarget};
 use serde::Serialize;
@@ -251,9 +251,11 @@ fn run_one(o: &WalBenchOptions, backend: Backend, writers: usize, dir: &Path) ->
         entries: o.entries,
         max_duration: None,
     };
-    let result = with_progress(&progress, &done, || {
-        load::run(target.as_ref(), load, &data, &done)
-    });
+    let result = with_progress(
+        &progress,
+        || done.load(Ordering::Relaxed),
+        || load::run(target.as_ref(), load, &data, &done),
+    );
     progress.finish();
     let r = result.map_err(|source| CliError::Load {
         context: format!("{} with {writers} writers failed", backend.name()),
