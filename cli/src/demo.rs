@@ -248,6 +248,13 @@ pub fn run(o: &DemoOptions) -> Result<Status> {
         )));
     }
     crate::bench::check_size(o.size)?;
+    if o.size > crate::bench::cluster::MAX_VALUE_BYTES {
+        return Err(CliError::Usage(format!(
+            "--size {} is above the engine's entry limit; pass at most {} bytes",
+            o.size,
+            crate::bench::cluster::MAX_VALUE_BYTES
+        )));
+    }
     if o.size < 24 {
         return Err(CliError::Usage(format!(
             "--size {} is too small for the demo's self-describing values; pass at least 24",

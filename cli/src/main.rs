@@ -95,6 +95,10 @@ struct BenchWalArgs {
     /// With --sweep: draw throughput and p99 latency against writers into this SVG file.
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
+    /// Stop each run after S seconds even if fewer than --entries were written (the
+    /// output's `entries` says how many were); keeps a sweep's slow points short.
+    #[arg(long, value_name = "S")]
+    duration: Option<f64>,
 }
 
 #[derive(Debug, Args)]
@@ -218,6 +222,7 @@ fn run(cli: Cli) -> Result<Status, CliError> {
             segment_size: a.segment_size,
             sweep: a.sweep,
             svg: a.svg,
+            duration_secs: a.duration,
         }),
         Command::Bench(BenchCommand::Cluster(a)) => {
             bench::cluster::run(&bench::cluster::ClusterBenchOptions {

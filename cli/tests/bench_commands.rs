@@ -107,6 +107,27 @@ fn bench_wal_human_output_is_a_table() {
 }
 
 #[test]
+fn bench_wal_duration_caps_a_run() {
+    let run = keel(&[
+        "bench",
+        "wal",
+        "--writers",
+        "2",
+        "--entries",
+        "100000000",
+        "--duration",
+        "0.3",
+        "--json",
+    ]);
+    assert_eq!(run.code, 0, "{}", run.all());
+    let v = &run.json_lines()[0];
+    let entries = number(v, "entries");
+    assert!(entries > 0.0 && entries < 1e8, "{v}");
+    assert!(number(v, "syncs") > 0.0, "{v}");
+    assert!(number(v, "seconds") < 30.0, "{v}");
+}
+
+#[test]
 fn bench_wal_refuses_bad_arguments() {
     let d = tempfile::tempdir().unwrap();
     let full = d.path().join("full");
@@ -128,6 +149,7 @@ fn bench_wal_refuses_bad_arguments() {
         (vec!["--segment-size", "100"], "segment"),
         (vec!["--svg", "x.svg"], "--sweep"),
         (vec!["--sweep", "1,0"], "writers"),
+        (vec!["--duration", "0"], "duration"),
     ];
     for (args, says) in cases {
         let mut all = vec!["bench", "wal", "--entries", "10"];
@@ -261,6 +283,7 @@ fn bench_cluster_refuses_bad_arguments() {
         (vec!["--clients", "0"], "clients"),
         (vec!["--nodes", "0"], "nodes"),
         (vec!["--duration", "0"], "duration"),
+        (vec!["--size", "2000000"], "entry limit"),
     ] {
         let mut all = vec!["bench", "cluster"];
         all.extend(&args);

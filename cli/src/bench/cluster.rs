@@ -89,8 +89,18 @@ const PUT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a new cluster may take to elect its first leader.
 const ELECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Largest value: the engine's default entry limit (1 MiB) less room for the key and
+/// the command's framing.
+pub const MAX_VALUE_BYTES: usize = (1 << 20) - 4096;
+
 fn check(o: &ClusterBenchOptions) -> Result<()> {
     check_size(o.size)?;
+    if o.size > MAX_VALUE_BYTES {
+        return Err(CliError::Usage(format!(
+            "--size {} is above the engine's entry limit; pass at most {MAX_VALUE_BYTES} bytes",
+            o.size
+        )));
+    }
     if !(1..=7).contains(&o.nodes) {
         return Err(CliError::Usage(format!(
             "--nodes {} is out of range; pass 1..=7",

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use keel_benches::load::{self, Load, RawFile, Target, WalTarget};
 use serde::Serialize;
@@ -57,6 +58,8 @@ pub struct WalBenchOptions {
     pub sweep: Vec<usize>,
     /// Where to draw the sweep's chart.
     pub svg: Option<PathBuf>,
+    /// Stop each run after this many seconds even if not every entry was written.
+    pub duration_secs: Option<f64>,
 }
 
 /// One run's results; the JSON object of `--json`.
@@ -129,6 +132,13 @@ fn check(o: &WalBenchOptions) -> Result<()> {
         if s < 4096 {
             return Err(CliError::Usage(format!(
                 "--segment-size {s} is below the WAL's 4096-byte minimum"
+            )));
+        }
+    }
+    if let Some(d) = o.duration_secs {
+        if !(d > 0.0 && d <= 86_400.0) {
+            return Err(CliError::Usage(format!(
+                "--duration {d} is out of range; pass seconds in (0, 86400]"
             )));
         }
     }
@@ -207,11 +217,13 @@ fn open_target(o: &WalBenchOptions, backend: Backend, dir: &Path) -> Result<Box<
     };
     Ok(match backend {
         Backend::Raw => {
+            // Room for every entry, up to the cap; `check_size` keeps one entry below it,
+            // so the bounds of `clamp` are in order.
             let bytes =
                 (o.entries.saturating_mul(o.size as u64)).clamp(o.size as u64, RAW_FILE_MAX_BYTES);
             let d = dir.join("raw");
             std::fs::create_dir(&d).map_err(|e| CliError::io(&d, e))?;
-            Box::new(RawFile::create(&d, bytes.max(o.size as u64)).map_err(load_err)?)
+            Box::new(RawFile::create(&d, bytes).map_err(load_err)?)
         }
         Backend::Wal => {
             let mut opts = WalOptions::default();
@@ -249,7 +261,7 @@ fn run_one(o: &WalBenchOptions, backend: Backend, writers: usize, dir: &Path) ->
     let load = Load {
         writers,
         entries: o.entries,
-        max_duration: None,
+        max_duration: o.duration_secs.map(Duration::from_secs_f64),
     };
     let result = with_progress(
         &progress,
