@@ -69,7 +69,7 @@ struct BenchWalArgs {
     #[arg(long, value_delimiter = ',', default_value = "wal")]
     backend: Vec<bench::wal::Backend>,
     /// An empty (or new) directory to write in; the log stays in DIR/wal (DIR/raw,
-    /// DIR/rocksdb), or DIR/<backend>-w<writers>/ for several runs. Default: a
+    /// DIR/rocksdb), or DIR/<backend>-w<writers>/<backend> for several runs. Default: a
     /// temporary directory, removed at the end.
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
