@@ -29,7 +29,7 @@ impl BenchDir {
     pub fn prepare(dir: Option<&Path>) -> Result<BenchDir> {
         let Some(dir) = dir else {
             let temp = tempfile::Builder::new()
-                .prefix("keel-bench-")
+                .prefix("keel-")
                 .tempdir()
                 .map_err(|e| CliError::io(std::env::temp_dir(), e))?;
             return Ok(BenchDir {
