@@ -71,6 +71,19 @@ fn bench_wal_json_has_every_field_and_counts_right() {
     }
 }
 
+#[cfg(feature = "rocksdb")]
+#[test]
+fn bench_wal_rocksdb_backend_counts_its_syncs() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().join("rocks");
+    let v = tiny_wal_bench("rocksdb", &dir);
+    assert_eq!(v["backend"], "rocksdb");
+    assert_eq!(v["entries"], 40);
+    let syncs = number(&v, "syncs");
+    assert!(syncs > 0.0 && syncs <= 40.0, "{v}");
+    assert!(dir.join("rocksdb").is_dir());
+}
+
 #[test]
 fn bench_wal_leaves_a_wal_that_verifies() {
     let d = tempfile::tempdir().unwrap();
