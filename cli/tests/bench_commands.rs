@@ -54,6 +54,7 @@ fn bench_wal_json_has_every_field_and_counts_right() {
             "p50_us",
             "p99_us",
             "p999_us",
+            "cpu_percent",
         ] {
             assert!(number(&v, field) >= 0.0, "{field} in {v}");
         }
@@ -278,6 +279,7 @@ fn bench_cluster_json_at_a_tiny_duration() {
         "p999_us",
         "wal_ops_per_sec",
         "ratio_to_wal",
+        "cpu_percent",
     ] {
         assert!(number(v, field) >= 0.0, "{field} in {v}");
     }

@@ -78,6 +78,9 @@ pub struct ClusterRow {
     /// `ops_per_sec ÷ wal_ops_per_sec` (with the baseline).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ratio_to_wal: Option<f64>,
+    /// CPU time of this process (every node and client) during the load ÷ wall time,
+    /// in percent (200 = two cores busy).
+    pub cpu_percent: f64,
     /// Where the nodes' data was written.
     pub dir: String,
 }
@@ -192,6 +195,7 @@ fn drive(o: &ClusterBenchOptions, clients: usize, cluster: &InProcCluster) -> Re
     let value = load::payload(o.size);
     let errors = AtomicU64::new(0);
     let syncs_before = cluster.metric_sum("keel_disk_wal_fsync_duration_seconds_count");
+    let cpu_before = super::cpu_time();
     let progress = timed_progress(duration, &format!("cluster {clients}c"), o.json);
     let started = Instant::now();
     let (wall, latency_ns) = with_progress(
@@ -244,6 +248,7 @@ fn drive(o: &ClusterBenchOptions, clients: usize, cluster: &InProcCluster) -> Re
         errors: errors.load(Ordering::Relaxed),
         wal_ops_per_sec: None,
         ratio_to_wal: None,
+        cpu_percent: super::cpu_percent(cpu_before, wall),
         dir: String::new(),
     })
 }
@@ -332,6 +337,7 @@ fn human_table(rows: &[ClusterRow]) -> Vec<String> {
                 num(r.p99_us),
                 num(r.p999_us),
                 r.errors.to_string(),
+                format!("{:.0}", r.cpu_percent),
             ];
             if baseline {
                 row.push(r.wal_ops_per_sec.map_or("-".into(), num));
@@ -354,6 +360,7 @@ fn human_table(rows: &[ClusterRow]) -> Vec<String> {
         "P99 µs",
         "P99.9 µs",
         "ERRORS",
+        "CPU%",
     ];
     if baseline {
         header.extend(["WAL OPS/S", "CLUSTER/WAL"]);

@@ -173,6 +173,26 @@ pub fn tenths_since(started: std::time::Instant) -> u64 {
     (started.elapsed().as_secs_f64() * 10.0) as u64
 }
 
+/// CPU time (user + system) this process used so far, all threads together.
+pub fn cpu_time() -> Duration {
+    // SAFETY: getrusage writes only into the struct we pass, which is zeroed and ours.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; RUSAGE_SELF needs no other argument.
+    if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
+        return Duration::ZERO;
+    }
+    let tv = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+/// CPU time used since `before`, as a percentage of `wall` (200 = two cores busy).
+pub fn cpu_percent(before: Duration, wall: Duration) -> f64 {
+    let used = cpu_time().saturating_sub(before);
+    round1(used.as_secs_f64() / wall.as_secs_f64().max(1e-9) * 100.0)
+}
+
 /// Parses a `--size` and checks it against the largest entry the log accepts.
 pub fn check_size(size: usize) -> Result<()> {
     const MAX: usize = 16 << 20;

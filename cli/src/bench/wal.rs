@@ -89,6 +89,9 @@ pub struct WalRow {
     pub p99_us: f64,
     /// 99.9th percentile.
     pub p999_us: f64,
+    /// CPU time of this process during the run ÷ wall time, in percent (200 = two
+    /// cores busy): how close the run came to being CPU-bound.
+    pub cpu_percent: f64,
     /// Where the log was written.
     pub dir: String,
 }
@@ -258,6 +261,7 @@ fn run_one(o: &WalBenchOptions, backend: Backend, writers: usize, dir: &Path) ->
     let done = AtomicU64::new(0);
     let progress = Progress::new(o.entries, &format!("{} {writers}w", backend.name()), o.json);
     let syncs_before = target.syncs().unwrap_or(0);
+    let cpu_before = super::cpu_time();
     let load = Load {
         writers,
         entries: o.entries,
@@ -294,6 +298,7 @@ fn run_one(o: &WalBenchOptions, backend: Backend, writers: usize, dir: &Path) ->
         p50_us: round1(r.latency_us(0.5)),
         p99_us: round1(r.latency_us(0.99)),
         p999_us: round1(r.latency_us(0.999)),
+        cpu_percent: super::cpu_percent(cpu_before, r.wall),
         dir: dir.display().to_string(),
     })
 }
@@ -315,6 +320,7 @@ fn human_table(rows: &[WalRow]) -> Vec<String> {
                 num(r.p50_us),
                 num(r.p99_us),
                 num(r.p999_us),
+                format!("{:.0}", r.cpu_percent),
             ]
         })
         .collect();
@@ -332,6 +338,7 @@ fn human_table(rows: &[WalRow]) -> Vec<String> {
             "P50 µs",
             "P99 µs",
             "P99.9 µs",
+            "CPU%",
         ],
         &cells,
     )
