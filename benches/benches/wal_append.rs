@@ -15,6 +15,9 @@
 //! * `rocks_log` (feature `rocksdb`): [`wal::RocksLogStore`], the RocksDB `LogStore`
 //!   (ordered unsynced write, then a shared `flush_wal(true)`).
 //!
+//! The targets and the writer loop are [`keel_benches::load`], which `keel bench wal`
+//! runs too.
+//!
 //! Criterion measures one iteration as "every writer appends one entry" (throughput in
 //! entries). Beside criterion's output the bench prints a table with entries/s, syncs/s,
 //! entries per sync (WAL only) and p50/p99 append latency, over every append made.
@@ -28,16 +31,15 @@
 //! ```
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
-use std::sync::{Arc, Barrier, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use criterion::{Criterion, SamplingMode, Throughput};
-use raft_core::Entry;
+use hdrhistogram::Histogram;
+use keel_benches::load::{self, payload, LoadError, RawFile, Target, WalTarget};
 use tempfile::TempDir;
-use wal::fs::StdFs;
-use wal::{LogBatch, Wal, WalOptions};
+use wal::WalOptions;
 
 const WRITERS: [usize; 4] = [1, 4, 16, 64];
 const SIZES: [usize; 3] = [128, 1024, 16 * 1024];
@@ -55,137 +57,55 @@ fn tempdir() -> TempDir {
     }
 }
 
-fn payload(len: usize) -> Vec<u8> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
-/// One log under test: `append` makes one entry durable and may be called from many
-/// threads at once.
-trait Target: Send + Sync {
-    fn append(&self, data: &[u8]);
-    /// (batches, syncs) so far, if the target counts them.
-    fn counters(&self) -> Option<(u64, u64)> {
-        None
-    }
-}
-
-/// `write` + `fdatasync` on a preallocated file, one append at a time.
-struct Raw {
-    file: Mutex<(File, u64)>,
+/// A target together with the temporary directory its files live in.
+struct InTemp<T> {
+    target: T,
     _dir: TempDir,
 }
 
-impl Raw {
-    fn new() -> Raw {
-        let dir = tempdir();
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("raw.log"))
-            .expect("create raw file");
-        {
-            use std::os::unix::io::AsRawFd;
-            // SAFETY: fallocate reads only its integer arguments on a descriptor we own.
-            let rc = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, RAW_FILE_BYTES as i64) };
-            assert_eq!(rc, 0, "fallocate: {}", std::io::Error::last_os_error());
-        }
-        file.sync_all().expect("sync raw file");
-        // The file's directory entry is durable too, as the WAL's are.
-        File::open(dir.path())
-            .and_then(|d| d.sync_all())
-            .expect("sync dir");
-        Raw {
-            file: Mutex::new((file, 0)),
-            _dir: dir,
-        }
+impl<T: Target> Target for InTemp<T> {
+    fn append(&self, data: &[u8]) -> Result<(), LoadError> {
+        self.target.append(data)
+    }
+    fn syncs(&self) -> Option<u64> {
+        self.target.syncs()
+    }
+    fn batches(&self) -> Option<u64> {
+        self.target.batches()
     }
 }
 
-impl Target for Raw {
-    fn append(&self, data: &[u8]) {
-        let mut g = self.file.lock().unwrap();
-        let (file, off) = &mut *g;
-        if *off + data.len() as u64 > RAW_FILE_BYTES {
-            *off = 0;
-        }
-        file.write_all_at(data, *off).expect("raw write");
-        file.sync_data().expect("raw fdatasync");
-        *off += data.len() as u64;
-    }
+fn in_temp<T: Target + 'static>(make: impl FnOnce(&std::path::Path) -> T) -> Arc<dyn Target> {
+    let dir = tempdir();
+    let target = make(dir.path());
+    Arc::new(InTemp { target, _dir: dir })
 }
 
-/// The segmented WAL; indexes are taken under `next` and released once queued.
-struct WalTarget {
-    wal: Wal,
-    next: Mutex<u64>,
-    _dir: TempDir,
+fn raw() -> Arc<dyn Target> {
+    in_temp(|d| RawFile::create(d, RAW_FILE_BYTES).expect("create raw file"))
 }
 
-impl WalTarget {
-    fn new() -> WalTarget {
-        let dir = tempdir();
-        let wal = Wal::open(StdFs::shared(), dir.path(), WalOptions::default()).expect("open wal");
-        WalTarget {
-            wal,
-            next: Mutex::new(1),
-            _dir: dir,
-        }
-    }
-}
-
-impl Target for WalTarget {
-    fn append(&self, data: &[u8]) {
-        let data = data.to_vec();
-        let mut guard = self.next.lock().unwrap();
-        let index = *guard;
-        *guard += 1;
-        let batch = LogBatch {
-            entries: vec![Entry::new(1, index, data)],
-            ..LogBatch::default()
-        };
-        let durable = self
-            .wal
-            .write_queued(&batch, true, move || drop(guard))
-            .expect("wal append");
-        assert!(durable >= index, "entry {index} not durable ({durable})");
-    }
-
-    fn counters(&self) -> Option<(u64, u64)> {
-        let s = self.wal.stats();
-        Some((s.batches, s.syncs))
-    }
+fn wal() -> Arc<dyn Target> {
+    in_temp(|d| WalTarget::open(d, WalOptions::default()).expect("open wal"))
 }
 
 #[cfg(feature = "rocksdb")]
 mod rocks {
     use super::*;
-    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::atomic::Ordering;
 
-    use wal::LogStore;
-
-    use raft_core::codec;
+    use keel_benches::load::StoreTarget;
+    use raft_core::{codec, Entry};
     use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
     /// RocksDB's synced writes, merged by its own write groups.
     pub struct RocksRaw {
         db: DB,
         next: AtomicU64,
-        _dir: TempDir,
     }
 
     impl RocksRaw {
-        pub fn new() -> RocksRaw {
-            let dir = tempdir();
+        pub fn open(dir: &std::path::Path) -> RocksRaw {
             let mut opts = Options::default();
             opts.create_if_missing(true);
             opts.create_missing_column_families(true);
@@ -193,17 +113,16 @@ mod rocks {
             let cfs = ["entries"]
                 .into_iter()
                 .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));
-            let db = DB::open_cf_descriptors(&opts, dir.path(), cfs).expect("open rocksdb");
+            let db = DB::open_cf_descriptors(&opts, dir, cfs).expect("open rocksdb");
             RocksRaw {
                 db,
                 next: AtomicU64::new(1),
-                _dir: dir,
             }
         }
     }
 
     impl Target for RocksRaw {
-        fn append(&self, data: &[u8]) {
+        fn append(&self, data: &[u8]) -> Result<(), LoadError> {
             let index = self.next.fetch_add(1, Ordering::Relaxed);
             let cf = self.db.cf_handle("entries").expect("cf");
             let mut wb = WriteBatch::default();
@@ -215,43 +134,24 @@ mod rocks {
             let mut wo = WriteOptions::default();
             wo.set_sync(true);
             self.db.write_opt(wb, &wo).expect("rocksdb write");
+            Ok(())
         }
+
+        fn syncs(&self) -> Option<u64> {
+            None
+        }
+    }
+
+    pub fn raw() -> Arc<dyn Target> {
+        in_temp(RocksRaw::open)
     }
 
     /// keel's RocksDB `LogStore`.
-    pub struct RocksLog {
-        log: wal::RocksLogStore,
-        next: Mutex<u64>,
-        _dir: TempDir,
-    }
-
-    impl RocksLog {
-        pub fn new() -> RocksLog {
-            let dir = tempdir();
-            let log = wal::RocksLogStore::open(dir.path()).expect("open rocks log");
-            RocksLog {
-                log,
-                next: Mutex::new(1),
-                _dir: dir,
-            }
-        }
-    }
-
-    impl Target for RocksLog {
-        fn append(&self, data: &[u8]) {
-            let data = data.to_vec();
-            {
-                let mut next = self.next.lock().unwrap();
-                let index = *next;
-                *next += 1;
-                let batch = LogBatch {
-                    entries: vec![Entry::new(1, index, data)],
-                    ..LogBatch::default()
-                };
-                self.log.write(&batch, false).expect("rocks log write");
-            }
-            self.log.sync().expect("rocks log sync");
-        }
+    pub fn log() -> Arc<dyn Target> {
+        in_temp(|d| {
+            let log = wal::RocksLogStore::open(d).expect("open rocks log");
+            StoreTarget::new(log, |l| Some(l.syncs()))
+        })
     }
 }
 
@@ -260,7 +160,7 @@ mod rocks {
 struct Tally {
     entries: u64,
     wall: Duration,
-    latencies_ns: Vec<u64>,
+    latency_ns: Option<Histogram<u64>>,
     batches_syncs: Option<(u64, u64)>,
 }
 
@@ -272,39 +172,24 @@ fn run(
     target: &Arc<dyn Target>,
     writers: usize,
     per_writer: u64,
-    data: &Arc<Vec<u8>>,
-) -> (Duration, Vec<u64>) {
-    let start = Arc::new(Barrier::new(writers + 1));
-    let threads: Vec<_> = (0..writers)
-        .map(|_| {
-            let (target, start, data) = (target.clone(), start.clone(), data.clone());
-            std::thread::spawn(move || {
-                let mut lat = Vec::with_capacity(per_writer as usize);
-                start.wait();
-                for _ in 0..per_writer {
-                    let t = Instant::now();
-                    target.append(&data);
-                    lat.push(t.elapsed().as_nanos() as u64);
-                }
-                lat
-            })
-        })
-        .collect();
-    start.wait();
-    let t0 = Instant::now();
-    let mut lat = Vec::new();
-    for t in threads {
-        lat.extend(t.join().expect("writer thread"));
-    }
-    (t0.elapsed(), lat)
+    data: &[u8],
+) -> (Duration, Histogram<u64>) {
+    let load = load::Load {
+        writers,
+        entries: per_writer * writers as u64,
+        max_duration: None,
+    };
+    let r = load::run(target.as_ref(), load, data, &AtomicU64::new(0)).expect("append");
+    (r.wall, r.latency_ns)
 }
 
-fn pct(sorted: &[u64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[i] as f64 / 1000.0
+/// (batches, syncs) so far, if the target counts both.
+fn counters(t: &dyn Target) -> Option<(u64, u64)> {
+    Some((t.batches()?, t.syncs()?))
+}
+
+fn pct(h: &Histogram<u64>, p: f64) -> f64 {
+    h.value_at_quantile(p) as f64 / 1000.0
 }
 
 fn main() {
@@ -317,14 +202,11 @@ fn main() {
 
     type Make = fn() -> Arc<dyn Target>;
     #[cfg_attr(not(feature = "rocksdb"), allow(unused_mut))]
-    let mut backends: Vec<(&'static str, Make)> = vec![
-        ("raw", || Arc::new(Raw::new())),
-        ("wal", || Arc::new(WalTarget::new())),
-    ];
+    let mut backends: Vec<(&'static str, Make)> = vec![("raw", raw), ("wal", wal)];
     #[cfg(feature = "rocksdb")]
     {
-        backends.push(("rocksdb", || Arc::new(rocks::RocksRaw::new())));
-        backends.push(("rocks_log", || Arc::new(rocks::RocksLog::new())));
+        backends.push(("rocksdb", rocks::raw));
+        backends.push(("rocks_log", rocks::log));
     }
 
     let tallies: Arc<Mutex<BTreeMap<Key, Tally>>> = Arc::default();
@@ -340,7 +222,7 @@ fn main() {
                     continue;
                 }
                 let target = make();
-                let before = target.counters();
+                let before = counters(target.as_ref());
                 let data = Arc::new(payload(size));
                 let key: Key = (order, name, writers, size);
                 let tallies2 = tallies.clone();
@@ -351,11 +233,15 @@ fn main() {
                         let t = t.entry(key).or_default();
                         t.entries += iters * writers as u64;
                         t.wall += wall;
-                        t.latencies_ns.extend(lat);
+                        match &mut t.latency_ns {
+                            // Both auto-resize, so adding cannot fail.
+                            Some(h) => drop(h.add(&lat)),
+                            None => t.latency_ns = Some(lat),
+                        }
                         wall
                     })
                 });
-                if let (Some((b0, s0)), Some((b1, s1))) = (before, target.counters()) {
+                if let (Some((b0, s0)), Some((b1, s1))) = (before, counters(target.as_ref())) {
                     if let Some(t) = tallies.lock().unwrap().get_mut(&key) {
                         t.batches_syncs = Some((b1 - b0, s1 - s0));
                     }
@@ -383,8 +269,8 @@ fn paired_one_writer(rounds: u32) {
     println!("| entry | raw entries/s | WAL entries/s | WAL ÷ raw |");
     println!("|---:|---:|---:|---:|");
     for &size in &SIZES {
-        let raw: Arc<dyn Target> = Arc::new(Raw::new());
-        let wal: Arc<dyn Target> = Arc::new(WalTarget::new());
+        let raw = raw();
+        let wal = wal();
         let data = Arc::new(payload(size));
         // One slice each to warm up (first segment, page cache), not counted.
         run(&raw, 1, SLICE / 4, &data);
@@ -425,8 +311,7 @@ fn print_table(tallies: &BTreeMap<Key, Tally>) {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut rate: BTreeMap<(&str, usize, usize), f64> = BTreeMap::new();
     for ((_, name, writers, size), t) in tallies {
-        let mut lat = t.latencies_ns.clone();
-        lat.sort_unstable();
+        let lat = t.latency_ns.clone().unwrap_or_else(load::new_histogram);
         let secs = t.wall.as_secs_f64().max(1e-9);
         let eps = t.entries as f64 / secs;
         rate.insert((name, *writers, *size), eps);

@@ -60,6 +60,33 @@ pub enum CliError {
     /// The snapshot library failed for a reason other than damage.
     #[error("{0}")]
     Snapshot(#[from] snapshot::SnapshotError),
+    /// The arguments cannot work together (a bench or demo setting out of range).
+    #[error("{0}")]
+    Usage(String),
+    /// A benchmark's load failed while it ran.
+    #[error("{context}: {source}")]
+    Load {
+        /// What was being measured.
+        context: String,
+        /// The underlying error.
+        source: keel_benches::load::LoadError,
+    },
+    /// The engine failed (opening, closing or driving an in-process node).
+    #[error("{context}: {source}")]
+    Engine {
+        /// What was being done.
+        context: String,
+        /// The underlying error.
+        source: keel::Error,
+    },
+    /// Writing a file the user asked for (the sweep's SVG chart) failed.
+    #[error("cannot write {path}: {reason}")]
+    WriteFile {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// Writing the output failed.
     #[error("cannot write output: {0}")]
     Output(io::Error),

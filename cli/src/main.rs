@@ -6,11 +6,14 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | done; for `verify`, nothing is damaged; for `repair`, the log is clean now |
-//! | 1 | damage found (`wal verify`, `snapshot verify`) or `wal repair` refused to cut it |
+//! | 1 | damage found (`wal verify`, `snapshot verify`), `wal repair` refused to cut it, or a `demo` check failed |
 //! | 2 | the command could not run: bad arguments, no WAL or snapshots at PATH, I/O errors |
 
+mod bench;
 mod cluster_cmd;
+mod demo;
 mod error;
+mod inproc;
 mod output;
 mod path;
 mod serve;
@@ -45,6 +48,111 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Run a local cluster of `keel serve` processes on 127.0.0.1 until Ctrl-C.
     Cluster(cluster_cmd::ClusterArgs),
+    /// Measure synced log appends (`wal`) or replicated writes (`cluster`).
+    #[command(subcommand)]
+    Bench(BenchCommand),
+    /// Run a 3-node cluster in this process, crash and restart a follower and then the
+    /// leader under load, and check that every acknowledged write survived.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Synced appends by N writers, each appending one entry at a time and waiting
+    /// until it is durable. `raw` is a pwrite + fdatasync loop on a preallocated file
+    /// with the writers serialized by one mutex (no group commit: one sync per entry);
+    /// `wal` is keel's WAL (group commit); `rocksdb` is keel's RocksDB log (needs the
+    /// `rocksdb` cargo feature).
+    Wal(BenchWalArgs),
+    /// Puts by N clients for S seconds against a cluster of nodes in this process
+    /// (in-process network, real disk, fsync on).
+    Cluster(BenchClusterArgs),
+}
+
+#[derive(Debug, Args)]
+struct BenchWalArgs {
+    /// The log(s) to measure; several (comma-separated) take turns at each writer count.
+    #[arg(long, value_delimiter = ',', default_value = "wal")]
+    backend: Vec<bench::wal::Backend>,
+    /// An empty (or new) directory to write in; the log stays in DIR/wal (DIR/raw,
+    /// DIR/rocksdb), or DIR/<backend>-w<writers>/<backend> for several runs. Default: a
+    /// temporary directory, removed at the end.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Concurrent writers.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    writers: usize,
+    /// Entries in total (per run), split across the writers.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    entries: u64,
+    /// Bytes per entry.
+    #[arg(long, value_name = "B", default_value_t = 256)]
+    size: usize,
+    /// One JSON object a line per run instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// WAL segment size in bytes (default 64 MiB).
+    #[arg(long, value_name = "BYTES")]
+    segment_size: Option<u64>,
+    /// Run every backend at each of these writer counts (comma-separated), e.g.
+    /// 1,4,16,64,256.
+    #[arg(long, value_name = "WRITERS", value_delimiter = ',')]
+    sweep: Vec<usize>,
+    /// With --sweep: draw throughput and p99 latency against writers into this SVG file.
+    #[arg(long, value_name = "FILE")]
+    svg: Option<PathBuf>,
+    /// Stop each run after S seconds even if fewer than --entries were written (the
+    /// output's `entries` says how many were); keeps a sweep's slow points short.
+    #[arg(long, value_name = "S")]
+    duration: Option<f64>,
+}
+
+#[derive(Debug, Args)]
+struct BenchClusterArgs {
+    /// Nodes in the cluster.
+    #[arg(long, value_name = "N", default_value_t = 3)]
+    nodes: u64,
+    /// Concurrent clients, each waiting for its put before the next.
+    #[arg(long, value_name = "N", default_value_t = 16)]
+    clients: usize,
+    /// Seconds of load (fractions allowed).
+    #[arg(long, value_name = "S", default_value_t = 10.0)]
+    duration: f64,
+    /// Bytes per value.
+    #[arg(long, value_name = "B", default_value_t = 256)]
+    size: usize,
+    /// One JSON object a line per run instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// An empty (or new) directory for the nodes' data. Default: a temporary
+    /// directory, removed at the end.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Run a fresh cluster at each of these client counts (comma-separated); implies
+    /// --baseline.
+    #[arg(long, value_name = "CLIENTS", value_delimiter = ',')]
+    sweep: Vec<usize>,
+    /// Also measure keel's WAL alone with as many writers for as long, and report the
+    /// ratio cluster ÷ WAL.
+    #[arg(long)]
+    baseline: bool,
+}
+
+#[derive(Debug, Args)]
+struct DemoArgs {
+    /// An empty (or new) directory for the nodes' data. Default: a temporary
+    /// directory, removed at the end.
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Seconds of workload, in five phases (elections and catch-up add a little).
+    #[arg(long, value_name = "S", default_value_t = 15.0)]
+    duration: f64,
+    /// Concurrent clients.
+    #[arg(long, value_name = "N", default_value_t = 8)]
+    clients: usize,
+    /// Bytes per value (at least 24).
+    #[arg(long, value_name = "B", default_value_t = 100)]
+    size: usize,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,6 +220,36 @@ fn run(cli: Cli) -> Result<Status, CliError> {
         Command::Snapshot(SnapshotCommand::Verify(a)) => snapshot_cmd::verify(&a.path),
         Command::Serve(a) => serve::run(a),
         Command::Cluster(a) => cluster_cmd::run(a),
+        Command::Bench(BenchCommand::Wal(a)) => bench::wal::run(&bench::wal::WalBenchOptions {
+            backends: a.backend,
+            dir: a.dir,
+            writers: a.writers,
+            entries: a.entries,
+            size: a.size,
+            json: a.json,
+            segment_size: a.segment_size,
+            sweep: a.sweep,
+            svg: a.svg,
+            duration_secs: a.duration,
+        }),
+        Command::Bench(BenchCommand::Cluster(a)) => {
+            bench::cluster::run(&bench::cluster::ClusterBenchOptions {
+                nodes: a.nodes,
+                clients: a.clients,
+                duration_secs: a.duration,
+                size: a.size,
+                json: a.json,
+                dir: a.dir,
+                sweep: a.sweep,
+                baseline: a.baseline,
+            })
+        }
+        Command::Demo(a) => demo::run(&demo::DemoOptions {
+            dir: a.dir,
+            duration_secs: a.duration,
+            clients: a.clients,
+            size: a.size,
+        }),
     }
 }
 

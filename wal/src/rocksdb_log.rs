@@ -53,6 +53,8 @@ struct SyncPoint {
     synced_seq: u64,
     syncing: bool,
     failed: bool,
+    // `flush_wal(true)` calls made by writers since open (for benchmarks).
+    syncs: u64,
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -126,6 +128,12 @@ impl RocksLogStore {
         })
     }
 
+    /// WAL syncs (`flush_wal(true)`, an fdatasync) made for writers since open; with
+    /// group commit, fewer than the synced writes.
+    pub fn syncs(&self) -> u64 {
+        self.sync.lock().syncs
+    }
+
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, LogError> {
         self.db
             .cf_handle(name)
@@ -187,6 +195,7 @@ impl RocksLogStore {
             }
             sp = self.sync.lock();
             sp.syncing = false;
+            sp.syncs += 1;
             match result {
                 Ok(()) => sp.synced_seq = sp.synced_seq.max(target_seq),
                 Err(_) => sp.failed = true,

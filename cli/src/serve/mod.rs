@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use clap::Args;
 use keel::transport::{TcpConfig, TcpTransport};
-use keel::{Config, Db, LogBackend};
+use keel::{Config, Db, LogBackend, StateMachineKind};
 
 use self::http::{HttpConfig, HttpServer};
 use self::peers::PeerBook;
@@ -61,8 +61,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub join: bool,
     /// Take a snapshot every N applied entries (0: never). The default is etcd's
-    /// `--snapshot-count`: a memory state machine writes all of itself each time, and
-    /// applying waits meanwhile, so frequent snapshots of a large map cost latency.
+    /// `--snapshot-count`: each snapshot writes the whole state.
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     pub snapshot_every: u64,
     /// Bytes of a WAL segment file.
@@ -170,20 +169,26 @@ fn log_backend(name: &str) -> Result<LogBackend, CliError> {
     }
 }
 
+fn state_machine(name: &str) -> Result<StateMachineKind, CliError> {
+    match name {
+        "memory" => Ok(StateMachineKind::Memory),
+        #[cfg(feature = "rocksdb")]
+        "rocksdb" => Ok(StateMachineKind::RocksDb),
+        #[cfg(not(feature = "rocksdb"))]
+        "rocksdb" => Err(fail(
+            "--state rocksdb: this keel was built without RocksDB; rebuild with \
+             `cargo build --release --features rocksdb`",
+        )),
+        other => Err(fail(format!("--state {other}: use memory or rocksdb"))),
+    }
+}
+
 fn start(args: &ServeArgs) -> Result<Running, CliError> {
     if args.id == 0 {
         return Err(fail("--id must be a positive number"));
     }
     let log_backend = log_backend(&args.log)?;
-    match args.state.as_str() {
-        "memory" => {}
-        "rocksdb" => {
-            return Err(fail(
-                "--state rocksdb: this keel has no RocksDB state machine; use --state memory",
-            ))
-        }
-        other => return Err(fail(format!("--state {other}: use memory or rocksdb"))),
-    }
+    let state_machine = state_machine(&args.state)?;
     let peers = peers::parse_peers(&args.peers).map_err(fail)?;
     let listen_peer = args
         .listen_peer
@@ -249,6 +254,7 @@ fn start(args: &ServeArgs) -> Result<Running, CliError> {
         .as_ref()
         .map(|b| Arc::clone(b) as Arc<dyn keel::MembershipObserver>);
     config.log_backend = log_backend;
+    config.state_machine = state_machine;
     config.fsync = args.fsync;
     config.request_timeout_ms = args.request_timeout_ms;
     config.max_entry_bytes = args.max_value_bytes + MAX_KEY_BYTES as u64;
