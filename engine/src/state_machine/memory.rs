@@ -1,16 +1,18 @@
-//! The default state machine: an ordered map in memory, snapshotted with
-//! `snapshot::memory`'s streaming map format and rebuilt from the newest snapshot plus
-//! the log at start.
+//! The default state machine: a map in memory, snapshotted with `snapshot::memory`'s
+//! streaming map format and rebuilt from the newest snapshot plus the log at start.
 //!
-//! The map is `imbl::OrdMap`, a persistent B-tree: cloning it shares every node, and
-//! the live map copies only the nodes it changes afterwards. That makes
+//! The map is `imbl::HashMap`, a persistent hash trie: cloning it shares every node,
+//! and the live map copies only the nodes it changes afterwards. That makes
 //! [`StateMachine::freeze`] a pointer copy, so a snapshot of any size is written on
 //! its own thread while applying goes on (a `BTreeMap` would have to be copied whole,
-//! or held still for the whole write).
+//! or held still for the whole write). It is a hash map rather than an ordered one
+//! because applying is on every write's path and ordering only matters to snapshots:
+//! with an ordered map, key comparisons were a fifth of a 3-node cluster's CPU time;
+//! the snapshot thread sorts the keys instead, once per snapshot.
 
 use std::io::{self, Write};
 
-use imbl::OrdMap;
+use imbl::HashMap;
 use raft_core::SnapshotMetadata;
 use snapshot::memory::{write_records, MapConsumer};
 use snapshot::{SavedSnapshot, SnapshotId, SnapshotProducer, SnapshotStore};
@@ -19,7 +21,7 @@ use super::{FrozenState, StateMachine};
 use crate::command::Op;
 use crate::error::Result;
 
-type Map = OrdMap<Vec<u8>, Vec<u8>>;
+type Map = HashMap<Vec<u8>, Vec<u8>>;
 
 /// An in-memory map.
 #[derive(Debug, Default)]
@@ -37,7 +39,11 @@ struct FrozenMap {
 
 impl SnapshotProducer for FrozenMap {
     fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
-        write_records(self.map.len() as u64, self.map.iter(), out)
+        // The layout wants keys in increasing order (so the RocksDB state machine
+        // writes the same bytes for the same state, and either restores the other's).
+        let mut records: Vec<(&Vec<u8>, &Vec<u8>)> = self.map.iter().collect();
+        records.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        write_records(records.len() as u64, records, out)
     }
 }
 
@@ -119,8 +125,6 @@ impl StateMachine for MemoryStateMachine {
         id: SnapshotId,
     ) -> Result<SnapshotMetadata> {
         let (metadata, map) = store.load(id, &MapConsumer::default())?;
-        // The consumer builds a `BTreeMap`; its keys come sorted, so the persistent
-        // map is built from them in one pass.
         self.map = map.into_iter().collect();
         self.applied_index = metadata.index;
         Ok(metadata)

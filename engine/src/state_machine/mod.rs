@@ -5,7 +5,7 @@
 //! [`StateMachine::applied_index`] is skipped, so replaying the log after a restart
 //! (or a duplicated hand-out) never applies anything twice.
 //!
-//! Two implementations: [`MemoryStateMachine`] (a `BTreeMap`, rebuilt from the newest
+//! Two implementations: [`MemoryStateMachine`] (in memory, rebuilt from the newest
 //! snapshot plus the log on every start) and, behind the `rocksdb` feature,
 //! `RocksStateMachine` (persistent; a restart replays only the log above its applied
 //! index). Both write snapshots in `snapshot::memory`'s layout, so either restores the
@@ -14,7 +14,7 @@
 //! Taking a snapshot must not stop applying for as long as the image takes to write:
 //! a state machine that can freeze its state cheaply hands out a [`FrozenState`]
 //! ([`StateMachine::freeze`]), which the apply stage writes on a thread of its own while
-//! it goes on applying. The memory map is persistent (`imbl::OrdMap`, structurally
+//! it goes on applying. The memory map is persistent (`imbl::HashMap`, structurally
 //! shared), so freezing it is a pointer copy; one that cannot freeze is written in
 //! place, holding applies back meanwhile.
 //!
