@@ -356,28 +356,9 @@ impl SnapshotStore {
         id: SnapshotId,
         consumer: &C,
     ) -> Result<(SnapshotMetadata, C::Image)> {
-        let path = self.path_of(id);
-        let damaged = |reason: SnapshotError| {
-            if reason.is_corruption() {
-                SnapshotError::Damaged {
-                    path: path.clone(),
-                    reason: Box::new(reason),
-                }
-            } else {
-                file_error(reason, &path)
-            }
-        };
-        let mut reader = self.open_reader(&path).map_err(damaged)?;
+        let (path, mut reader) = self.open_checked(id)?;
         let metadata = reader.header().metadata.clone();
-        if SnapshotId::of(&metadata) != id {
-            return Err(damaged(SnapshotError::Malformed {
-                seq: 0,
-                reason: format!(
-                    "header says term {} index {} but the name says term {} index {}",
-                    metadata.term, metadata.index, id.term, id.index
-                ),
-            }));
-        }
+        let damaged = |reason| damage_in(reason, &path);
         let image = match consumer.read_snapshot(&mut reader) {
             Ok(image) => image,
             Err(e) => {
@@ -396,29 +377,31 @@ impl SnapshotStore {
     /// restart) and needs only its membership and term. Damage to the header is
     /// reported as [`SnapshotError::Damaged`]; the rest of the file is not read.
     pub fn metadata(&self, id: SnapshotId) -> Result<SnapshotMetadata> {
-        let path = self.path_of(id);
-        let damaged = |reason: SnapshotError| {
-            if reason.is_corruption() {
-                SnapshotError::Damaged {
-                    path: path.clone(),
-                    reason: Box::new(reason),
-                }
-            } else {
-                file_error(reason, &path)
-            }
-        };
-        let reader = self.open_reader(&path).map_err(damaged)?;
+        let (_, reader) = self.open_checked(id)?;
         let metadata = reader.header().metadata.clone();
-        if SnapshotId::of(&metadata) != id {
-            return Err(damaged(SnapshotError::Malformed {
+        Ok(metadata)
+    }
+
+    // Opens snapshot `id` and checks its header, and that the header names the same
+    // term and index as the file name; damage is reported as `Damaged`.
+    fn open_checked(
+        &self,
+        id: SnapshotId,
+    ) -> Result<(PathBuf, SnapshotReader<BufReader<FileReader>>)> {
+        let path = self.path_of(id);
+        let reader = self.open_reader(&path).map_err(|e| damage_in(e, &path))?;
+        let metadata = &reader.header().metadata;
+        if SnapshotId::of(metadata) != id {
+            let reason = SnapshotError::Malformed {
                 seq: 0,
                 reason: format!(
                     "header says term {} index {} but the name says term {} index {}",
                     metadata.term, metadata.index, id.term, id.index
                 ),
-            }));
+            };
+            return Err(damage_in(reason, &path));
         }
-        Ok(metadata)
+        Ok((path, reader))
     }
 
     /// Reads snapshot `id` through, checking every chunk and the final checksum
@@ -613,6 +596,19 @@ fn chunks_failed(chunks: &ChunkWriter<FileWriter>) -> bool {
 }
 
 // Gives a stream I/O error the path of the file it happened on.
+// Damage found while reading the snapshot at `path` names the file; other errors are
+// the file system's.
+fn damage_in(reason: SnapshotError, path: &Path) -> SnapshotError {
+    if reason.is_corruption() {
+        SnapshotError::Damaged {
+            path: path.to_path_buf(),
+            reason: Box::new(reason),
+        }
+    } else {
+        file_error(reason, path)
+    }
+}
+
 fn file_error(e: SnapshotError, path: &Path) -> SnapshotError {
     match e {
         SnapshotError::Stream(source) => SnapshotError::io(path, source),
@@ -645,16 +641,7 @@ pub fn list_snapshots(fs: &dyn FileSystem, dir: &Path) -> Result<Vec<SnapshotId>
 /// checksum, nothing after the trailer) without keeping its data. Damage comes back as
 /// [`SnapshotError::Damaged`] naming the file.
 pub fn verify_file(fs: &dyn FileSystem, path: &Path) -> Result<(StreamHeader, StreamTrailer)> {
-    let damaged = |reason: SnapshotError| {
-        if reason.is_corruption() {
-            SnapshotError::Damaged {
-                path: path.to_path_buf(),
-                reason: Box::new(reason),
-            }
-        } else {
-            file_error(reason, path)
-        }
-    };
+    let damaged = |reason| damage_in(reason, path);
     let reader = open_reader(fs, path).map_err(damaged)?;
     let header = reader.header().clone();
     let trailer = reader.finish().map_err(damaged)?;
