@@ -37,6 +37,38 @@ fn ticks_125(lo: f64, hi: f64) -> Vec<f64> {
     out
 }
 
+// One line with a dot at each measured point per backend, then the legend.
+fn draw_lines<'a, DB, X, Y>(
+    chart: &mut ChartContext<'a, DB, Cartesian2d<X, Y>>,
+    backends: &[&'static str],
+    series: impl Fn(&str) -> Vec<(f64, f64)>,
+) -> std::result::Result<(), String>
+where
+    DB: DrawingBackend + 'a,
+    X: Ranged<ValueType = f64>,
+    Y: Ranged<ValueType = f64>,
+{
+    for &b in backends {
+        let c = color(b);
+        let pts = series(b);
+        chart
+            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
+            .map_err(|e| e.to_string())?
+            .label(b)
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
+        chart
+            .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, c.filled())))
+            .map_err(|e| e.to_string())?;
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
+}
+
 /// Draws `rows` (any order) into an SVG file at `path`.
 pub fn draw_sweep(path: &Path, rows: &[WalRow], size: usize) -> Result<()> {
     draw(path, rows, size).map_err(|reason| CliError::WriteFile {
@@ -98,25 +130,7 @@ fn draw(path: &Path, rows: &[WalRow], size: usize) -> std::result::Result<(), St
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(|e| e.to_string())?;
-    for &b in &backends {
-        let c = color(b);
-        let pts = series(b, |r| r.ops_per_sec);
-        chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
-            .map_err(|e| e.to_string())?
-            .label(b)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart
-            .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, c.filled())))
-            .map_err(|e| e.to_string())?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| e.to_string())?;
+    draw_lines(&mut chart, &backends, |b| series(b, |r| r.ops_per_sec))?;
 
     let mut chart = ChartBuilder::on(&bottom)
         .caption("p99 append latency", ("sans-serif", 20))
@@ -139,25 +153,7 @@ fn draw(path: &Path, rows: &[WalRow], size: usize) -> std::result::Result<(), St
         .y_label_formatter(&|y| format!("{y:.0}"))
         .draw()
         .map_err(|e| e.to_string())?;
-    for &b in &backends {
-        let c = color(b);
-        let pts = series(b, |r| r.p99_us.max(1.0));
-        chart
-            .draw_series(LineSeries::new(pts.clone(), c.stroke_width(2)))
-            .map_err(|e| e.to_string())?
-            .label(b)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], c.stroke_width(2)));
-        chart
-            .draw_series(pts.into_iter().map(|p| Circle::new(p, 4, c.filled())))
-            .map_err(|e| e.to_string())?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|e| e.to_string())?;
+    draw_lines(&mut chart, &backends, |b| series(b, |r| r.p99_us.max(1.0)))?;
     root.present().map_err(|e| e.to_string())?;
     Ok(())
 }
