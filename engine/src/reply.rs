@@ -4,8 +4,9 @@
 //! A bounded(1) crossbeam channel would do the job, but a blocked `recv` first spins
 //! and calls `sched_yield` before it parks. With one waiting caller per in-flight
 //! request (an HTTP worker each, dozens under load) that spinning took a sixth of a
-//! 2-core machine's CPU in the 3-node HTTP benchmark (`peer-bench.sh`). Here the caller parks on a condition
-//! variable at once, and the answering stage pays one lock and one wake-up.
+//! 2-core machine's CPU in the 3-node HTTP benchmark (`peer-bench.sh`). Here the
+//! caller parks on a condition variable at once, and the answering stage pays one lock
+//! and one wake-up.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
