@@ -22,6 +22,7 @@ use wal::LogStore;
 use crate::command::Command;
 use crate::error::Error;
 use crate::node::Shared;
+use crate::proposals::Applied;
 use crate::state_machine::StateMachine;
 
 /// Work for the apply stage, in log order.
@@ -66,6 +67,12 @@ pub(crate) struct ApplyStage {
     /// hands out the entries in between again, so their membership changes reach raft.
     pub(crate) applied_through: u64,
     pub(crate) snapshot_every: u64,
+    pub(crate) snapshot_log_percent: u64,
+    /// Bytes of entry payloads applied since the newest snapshot was started or
+    /// installed.
+    pub(crate) logged_bytes_since_snapshot: u64,
+    /// File size of the newest snapshot taken or installed (0: none).
+    pub(crate) last_snapshot_bytes: u64,
     pub(crate) catch_up_entries: u64,
     /// Index of the newest snapshot taken or installed.
     pub(crate) last_snapshot_index: u64,
@@ -170,6 +177,7 @@ impl ApplyStage {
             }
             self.applied_through = e.index;
             self.applied_term = e.term;
+            self.logged_bytes_since_snapshot += e.data.len() as u64;
             let mut request = None;
             if e.entry_type == EntryType::Normal && !e.data.is_empty() {
                 match Command::decode(&e.data) {
@@ -187,22 +195,22 @@ impl ApplyStage {
                     }
                 }
             }
-            answers.push((e.index, e.term, request));
+            answers.push(Applied {
+                index: e.index,
+                term: e.term,
+                request,
+            });
         }
         if let (Some((first, _)), Some((last, _))) = (ops.first(), ops.last()) {
             let (first, last) = (*first, *last);
             // Local storage failed: skipping would leave this replica different from the
             // others, so the node stops instead.
-            sm.apply_batch(&ops)
+            sm.apply_batch(ops)
                 .map_err(|err| format!("applying entries {first}..={last} failed: {err}"))?;
         }
         sm.skip_to(self.applied_through);
         drop(sm);
-        for (index, term, request) in answers {
-            self.shared
-                .proposals
-                .on_applied(my_id, index, term, request);
-        }
+        self.shared.proposals.on_applied(my_id, &answers);
         Ok(())
     }
 
@@ -221,11 +229,13 @@ impl ApplyStage {
                 .map_err(|e| format!("installing snapshot {id:?} failed: {e}"))?
         };
         drop(sm);
+        self.last_snapshot_bytes = snapshot_file_bytes(&self.store, &loaded);
         self.conf_state = loaded.conf_state;
         self.conf_index = loaded.index;
         self.applied_through = loaded.index;
         self.applied_term = loaded.term;
         self.last_snapshot_index = self.last_snapshot_index.max(loaded.index);
+        self.logged_bytes_since_snapshot = 0;
         self.shared.proposals.on_snapshot(loaded.index);
         self.commit_index.fetch_max(loaded.index, Ordering::Relaxed);
         log::info!(
@@ -245,6 +255,10 @@ impl ApplyStage {
         if applied < self.last_snapshot_index.saturating_add(self.snapshot_every) {
             return;
         }
+        let wanted_bytes = self.last_snapshot_bytes.saturating_mul(self.snapshot_log_percent) / 100;
+        if self.logged_bytes_since_snapshot < wanted_bytes {
+            return;
+        }
         if applied != self.applied_through {
             // A persistent state machine ahead of the entries raft handed out again after
             // a restart: the term at `applied` is not known yet. Soon it is.
@@ -256,6 +270,7 @@ impl ApplyStage {
             term: self.applied_term,
         };
         let started = Instant::now();
+        self.logged_bytes_since_snapshot = 0;
         let Some(frozen) = sm.freeze() else {
             // Readers keep reading while the image is written; only applying waits.
             let saved = sm.save_snapshot(&self.store, &meta);
@@ -307,17 +322,23 @@ impl ApplyStage {
         saved: crate::Result<SavedSnapshot>,
     ) {
         let applied = meta.index;
-        if let Err(e) = saved {
-            log::error!("node {}: snapshot at {applied} failed: {e}", self.shared.id);
-            // Try again after another interval rather than on every batch.
-            self.last_snapshot_index = self.last_snapshot_index.max(applied);
-            return;
-        }
+        let saved = match saved {
+            Ok(saved) => saved,
+            Err(e) => {
+                log::error!("node {}: snapshot at {applied} failed: {e}", self.shared.id);
+                // Try again after another interval rather than on every batch.
+                self.last_snapshot_index = self.last_snapshot_index.max(applied);
+                return;
+            }
+        };
         self.shared
             .metrics
             .snapshot_save_seconds
             .observe(started.elapsed().as_secs_f64());
         // An installed snapshot from the leader may be newer already.
+        if applied >= self.last_snapshot_index {
+            self.last_snapshot_bytes = saved.file_bytes;
+        }
         self.last_snapshot_index = self.last_snapshot_index.max(applied);
         let purge_through = match self.store.retain() {
             Ok(r) => r.wal_purge_through,
@@ -359,4 +380,10 @@ impl ApplyStage {
             );
         }
     }
+}
+
+/// The file size of the snapshot `meta` names, or 0 if it cannot be read (the next
+/// snapshot is then taken on the entry count alone).
+pub(crate) fn snapshot_file_bytes(store: &SnapshotStore, meta: &SnapshotMetadata) -> u64 {
+    store.file_bytes(SnapshotId::of(meta)).unwrap_or(0)
 }

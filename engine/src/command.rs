@@ -37,6 +37,33 @@ impl Op {
     }
 }
 
+/// An operation by reference, for encoding a caller's write without copying its key
+/// and value first.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum OpRef<'a> {
+    Put { key: &'a [u8], value: &'a [u8] },
+    Delete { key: &'a [u8] },
+}
+
+impl OpRef<'_> {
+    /// Bytes of key and value, checked against `max_entry_bytes`.
+    pub(crate) fn size_bytes(self) -> u64 {
+        match self {
+            OpRef::Put { key, value } => (key.len() + value.len()) as u64,
+            OpRef::Delete { key } => key.len() as u64,
+        }
+    }
+}
+
+impl<'a> From<&'a Op> for OpRef<'a> {
+    fn from(op: &'a Op) -> OpRef<'a> {
+        match op {
+            Op::Put { key, value } => OpRef::Put { key, value },
+            Op::Delete { key } => OpRef::Delete { key },
+        }
+    }
+}
+
 /// An operation tagged with the node and request that proposed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Command {
@@ -51,22 +78,7 @@ pub struct Command {
 impl Command {
     /// The entry payload.
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(24 + self.op.size_bytes() as usize);
-        out.push(VERSION);
-        put_varint(&mut out, self.origin);
-        put_varint(&mut out, self.request_id);
-        match &self.op {
-            Op::Put { key, value } => {
-                out.push(OP_PUT);
-                put_bytes(&mut out, key);
-                put_bytes(&mut out, value);
-            }
-            Op::Delete { key } => {
-                out.push(OP_DELETE);
-                put_bytes(&mut out, key);
-            }
-        }
-        out
+        encode(self.origin, self.request_id, OpRef::from(&self.op))
     }
 
     /// Parses an entry payload; damaged or unknown payloads are an error, never a panic.
@@ -100,6 +112,26 @@ impl Command {
             op,
         })
     }
+}
+
+/// The entry payload of `op` proposed by node `origin` under `request_id`.
+pub(crate) fn encode(origin: u64, request_id: u64, op: OpRef<'_>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24 + op.size_bytes() as usize);
+    out.push(VERSION);
+    put_varint(&mut out, origin);
+    put_varint(&mut out, request_id);
+    match op {
+        OpRef::Put { key, value } => {
+            out.push(OP_PUT);
+            put_bytes(&mut out, key);
+            put_bytes(&mut out, value);
+        }
+        OpRef::Delete { key } => {
+            out.push(OP_DELETE);
+            put_bytes(&mut out, key);
+        }
+    }
+    out
 }
 
 #[cfg(test)]

@@ -73,6 +73,14 @@ pub struct Config {
     /// every snapshot writes the whole state, so taking them often costs a large map
     /// more CPU and disk than replaying that many entries at a restart would.
     pub snapshot_every: u64,
+    /// A snapshot also waits until the log entries applied since the previous one add
+    /// up to at least this percentage of that snapshot's file size (0: count only).
+    /// Each snapshot rewrites the whole state, so with a large state and a fixed entry
+    /// count the bytes snapshots write would grow with the state, not with the writes;
+    /// this bounds them to about 100 ÷ percent times the bytes logged (the rule of
+    /// Redis's `auto-aof-rewrite-percentage`). The log kept on disk grows to about the
+    /// same fraction of the state. Default 100.
+    pub snapshot_log_percent: u64,
     /// Entries kept in the log behind a snapshot so slightly slow followers catch up
     /// from the log instead of needing the snapshot.
     pub catch_up_entries: u64,
@@ -135,6 +143,7 @@ impl std::fmt::Debug for Config {
             .field("election_ticks", &self.election_ticks)
             .field("heartbeat_ticks", &self.heartbeat_ticks)
             .field("snapshot_every", &self.snapshot_every)
+            .field("snapshot_log_percent", &self.snapshot_log_percent)
             .field("catch_up_entries", &self.catch_up_entries)
             .field("join", &self.join)
             .finish_non_exhaustive()
@@ -158,6 +167,7 @@ impl Config {
             election_ticks: 10,
             heartbeat_ticks: 1,
             snapshot_every: 100_000,
+            snapshot_log_percent: 100,
             catch_up_entries: 5_000,
             snapshots_retained: 3,
             max_entry_bytes: 1 << 20,

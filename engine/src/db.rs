@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::SendTimeoutError;
 use raft_core::{ConfChangeV2, ConfState, StateRole};
 
-use crate::command::Op;
+use crate::command::{self, OpRef};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::node::Node;
@@ -94,11 +94,7 @@ impl Db {
 
     /// [`put`](Self::put) with an explicit timeout.
     pub fn put_timeout(&self, key: &[u8], value: &[u8], timeout: Duration) -> Result<()> {
-        let op = Op::Put {
-            key: key.to_vec(),
-            value: value.to_vec(),
-        };
-        self.write(op, timeout).map(|_| ())
+        self.write(OpRef::Put { key, value }, timeout).map(|_| ())
     }
 
     /// Removes `key`; returns once the delete is committed and applied here.
@@ -108,8 +104,7 @@ impl Db {
 
     /// [`delete`](Self::delete) with an explicit timeout.
     pub fn delete_timeout(&self, key: &[u8], timeout: Duration) -> Result<()> {
-        self.write(Op::Delete { key: key.to_vec() }, timeout)
-            .map(|_| ())
+        self.write(OpRef::Delete { key }, timeout).map(|_| ())
     }
 
     fn check_running(&self) -> Result<()> {
@@ -120,7 +115,7 @@ impl Db {
     }
 
     // Proposes `op` and waits until it is applied; returns its index.
-    fn write(&self, op: Op, timeout: Duration) -> Result<u64> {
+    fn write(&self, op: OpRef<'_>, timeout: Duration) -> Result<u64> {
         self.check_running()?;
         let max_bytes = self.node.config.max_entry_bytes;
         if op.size_bytes() > max_bytes {
@@ -132,10 +127,13 @@ impl Db {
         let deadline = Instant::now() + timeout;
         let shared = &self.node.shared;
         let (id, answer) = shared.proposals.register()?;
+        // Encoded here, on the caller's thread, rather than on the raft stage's, which
+        // every write goes through.
+        let data = command::encode(shared.id, id, op);
         let outcome = match self
             .node
             .requests
-            .send_timeout(Request::Propose { id, op }, timeout)
+            .send_timeout(Request::Propose { id, data }, timeout)
         {
             Ok(()) => match answer.recv_timeout(deadline.saturating_duration_since(Instant::now()))
             {

@@ -21,7 +21,7 @@ use raft_core::{
 use snapshot::{LogCache, LogCacheOptions, SnapshotStore, StoreOptions};
 use wal::{LogBatch, LogStore, SyncPolicy, Wal, WalOptions};
 
-use crate::apply_stage::ApplyStage;
+use crate::apply_stage::{snapshot_file_bytes, ApplyStage};
 use crate::config::{Config, LogBackend, StateMachineKind};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
@@ -285,6 +285,11 @@ impl Node {
             conf_index: applied,
             applied_through: applied,
             snapshot_every: config.snapshot_every,
+            snapshot_log_percent: config.snapshot_log_percent,
+            logged_bytes_since_snapshot: 0,
+            last_snapshot_bytes: loaded
+                .as_ref()
+                .map_or(0, |m| snapshot_file_bytes(&store, m)),
             catch_up_entries: config.catch_up_entries,
             last_snapshot_index: loaded.as_ref().map_or(0, |m| m.index),
             applied_term: loaded.as_ref().map_or(0, |m| m.term),

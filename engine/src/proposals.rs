@@ -75,12 +75,13 @@ impl Proposals {
 
     /// Registers a write; the receiver yields its applied index or why it failed.
     pub(crate) fn register(&self) -> Result<(u64, Receiver<Result<u64>>)> {
+        // Allocated before the lock: every caller comes through here.
+        let (reply, rx) = reply::channel();
         let mut inner = self.inner.lock();
         if inner.waiters.len() >= self.max_pending {
             return Err(Error::Busy(inner.waiters.len()));
         }
         let id = NEXT_REQUEST_ID.fetch_add(1, Ordering::SeqCst);
-        let (reply, rx) = reply::channel();
         inner.waiters.insert(
             id,
             Waiter {
@@ -101,64 +102,68 @@ impl Proposals {
         }
     }
 
-    /// The leader appended write `id` at (`index`, `term`).
-    pub(crate) fn place(&self, id: u64, index: u64, term: u64) {
+    /// The leader appended the writes `ids`, in order, at indexes from `first_index`
+    /// on, in `term`.
+    pub(crate) fn place(&self, ids: &[u64], first_index: u64, term: u64) {
+        let mut answers = Answers::new();
         let mut inner = self.inner.lock();
-        if let Some(w) = inner.waiters.get_mut(&id) {
+        for (index, &id) in (first_index..).zip(ids) {
+            let Some(w) = inner.waiters.get_mut(&id) else {
+                continue;
+            };
             w.position = Some((index, term));
             // A stale registration at this index belongs to an entry that can no
             // longer be applied there: this one replaced it in our own log.
             if let Some((_, old)) = inner.by_index.insert(index, (term, id)) {
                 if old != id {
-                    finish(
-                        &mut inner,
-                        old,
-                        Err(Error::ProposalLost(format!(
-                            "replaced at index {index} by a newer entry"
-                        ))),
-                    );
+                    let lost = Error::ProposalLost(format!(
+                        "replaced at index {index} by a newer entry"
+                    ));
+                    finish(&mut inner, old, Err(lost), &mut answers);
                 }
             }
         }
+        drop(inner);
+        deliver(answers);
     }
 
     /// Fails write `id`.
     pub(crate) fn fail(&self, id: u64, err: Error) {
-        finish(&mut self.inner.lock(), id, Err(err));
+        let mut answers = Answers::new();
+        finish(&mut self.inner.lock(), id, Err(err), &mut answers);
+        deliver(answers);
     }
 
-    /// Entry (`index`, `term`) was applied; `request` is (origin, request id) if it
-    /// carried a write.
-    pub(crate) fn on_applied(
-        &self,
-        my_id: u64,
-        index: u64,
-        term: u64,
-        request: Option<(u64, u64)>,
-    ) {
+    /// A run of entries was applied, in log order.
+    pub(crate) fn on_applied(&self, my_id: u64, applied: &[Applied]) {
+        let mut answers = Answers::with_capacity(applied.len());
         let mut inner = self.inner.lock();
-        let mine = request
-            .filter(|(origin, _)| *origin == my_id)
-            .map(|(_, id)| id);
-        if let Some((placed_term, id)) = inner.by_index.remove(&index) {
-            if placed_term != term || mine != Some(id) {
-                finish(
-                    &mut inner,
-                    id,
-                    Err(Error::ProposalLost(format!(
-                        "index {index} was taken by another leader's entry (term {term})"
-                    ))),
-                );
+        for a in applied {
+            let mine = a
+                .request
+                .filter(|(origin, _)| *origin == my_id)
+                .map(|(_, id)| id);
+            if let Some((placed_term, id)) = inner.by_index.remove(&a.index) {
+                if placed_term != a.term || mine != Some(id) {
+                    let lost = Error::ProposalLost(format!(
+                        "index {} was taken by another leader's entry (term {})",
+                        a.index, a.term
+                    ));
+                    finish(&mut inner, id, Err(lost), &mut answers);
+                }
+            }
+            if let Some(id) = mine {
+                finish(&mut inner, id, Ok(a.index), &mut answers);
             }
         }
-        if let Some(id) = mine {
-            finish(&mut inner, id, Ok(index));
-        }
+        drop(inner);
+        deliver(answers);
     }
 
     /// A snapshot installed the state up to `index`: writes placed at or below it may
     /// or may not be in it.
     pub(crate) fn on_snapshot(&self, index: u64) {
+        let mut answers = Answers::new();
         let mut inner = self.inner.lock();
         let covered: Vec<u64> = inner
             .by_index
@@ -166,23 +171,25 @@ impl Proposals {
             .map(|(_, (_, id))| *id)
             .collect();
         for id in covered {
-            finish(
-                &mut inner,
-                id,
-                Err(Error::Indeterminate(format!(
-                    "a snapshot up to index {index} replaced the log"
-                ))),
-            );
+            let unknown = Error::Indeterminate(format!(
+                "a snapshot up to index {index} replaced the log"
+            ));
+            finish(&mut inner, id, Err(unknown), &mut answers);
         }
+        drop(inner);
+        deliver(answers);
     }
 
     /// Fails every waiting write (shutdown).
     pub(crate) fn fail_all(&self, why: &str) {
+        let mut answers = Answers::new();
         let mut inner = self.inner.lock();
         let ids: Vec<u64> = inner.waiters.keys().copied().collect();
         for id in ids {
-            finish(&mut inner, id, Err(Error::Stopped(why.to_string())));
+            finish(&mut inner, id, Err(Error::Stopped(why.to_string())), &mut answers);
         }
+        drop(inner);
+        deliver(answers);
     }
 
     /// Writes waiting.
@@ -191,15 +198,36 @@ impl Proposals {
     }
 }
 
-fn finish(inner: &mut Inner, id: u64, result: Result<u64>) {
+/// One applied entry, as the registry needs to know it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Applied {
+    pub(crate) index: u64,
+    pub(crate) term: u64,
+    /// (origin node, request id) if the entry carried a write.
+    pub(crate) request: Option<(u64, u64)>,
+}
+
+// Outcomes decided under the registry's lock and delivered after it is released:
+// waking a caller is a system call, and with hundreds of callers registering writes,
+// holding the lock through every wake-up made them queue on it (a tenth of a 3-node
+// benchmark's CPU time went to spinning there).
+type Answers = Vec<(Sender<Result<u64>>, Result<u64>)>;
+
+fn deliver(answers: Answers) {
+    for (reply, result) in answers {
+        // The caller may have timed out and dropped its receiver; nothing to do then.
+        let _ = reply.try_send(result);
+    }
+}
+
+fn finish(inner: &mut Inner, id: u64, result: Result<u64>, answers: &mut Answers) {
     if let Some(w) = inner.waiters.remove(&id) {
         if let Some((index, _)) = w.position {
             if inner.by_index.get(&index).is_some_and(|(_, i)| *i == id) {
                 inner.by_index.remove(&index);
             }
         }
-        // The caller may have timed out and dropped its receiver; nothing to do then.
-        let _ = w.reply.try_send(result);
+        answers.push((w.reply, result));
     }
 }
 
@@ -256,18 +284,25 @@ impl AppliedWatch {
 mod tests {
     use super::*;
 
+    fn applied(index: u64, term: u64, request: Option<(u64, u64)>) -> Applied {
+        Applied {
+            index,
+            term,
+            request,
+        }
+    }
+
     #[test]
     fn an_overwritten_proposal_fails_and_a_matching_one_succeeds() {
         let p = Proposals::new(10);
         let (a, rx_a) = p.register().unwrap();
         let (b, rx_b) = p.register().unwrap();
-        p.place(a, 5, 2);
-        p.place(b, 6, 2);
+        p.place(&[a, b], 5, 2);
         // Another leader's entry (term 3) landed at index 5.
-        p.on_applied(1, 5, 3, Some((2, 99)));
+        p.on_applied(1, &[applied(5, 3, Some((2, 99)))]);
         assert!(matches!(rx_a.try_recv(), Ok(Err(Error::ProposalLost(_)))));
         // Ours at index 6 was kept.
-        p.on_applied(1, 6, 2, Some((1, b)));
+        p.on_applied(1, &[applied(6, 2, Some((1, b)))]);
         assert!(matches!(rx_b.try_recv(), Ok(Ok(6))));
         assert_eq!(p.pending(), 0);
     }
@@ -277,7 +312,7 @@ mod tests {
         let p = Proposals::new(10);
         let (a, rx) = p.register().unwrap();
         // Never placed (a follower forwarded it); applied at whatever index.
-        p.on_applied(3, 42, 7, Some((3, a)));
+        p.on_applied(3, &[applied(42, 7, Some((3, a)))]);
         assert!(matches!(rx.try_recv(), Ok(Ok(42))));
     }
 
@@ -287,7 +322,7 @@ mod tests {
         let p = Proposals::new(10);
         let (a, rx) = p.register().unwrap();
         assert!(a > 1 << 24, "{a}");
-        p.on_applied(1, 7, 1, Some((1, 1)));
+        p.on_applied(1, &[applied(7, 1, Some((1, 1)))]);
         assert!(rx.try_recv().is_err(), "answered by another run's entry");
     }
 
@@ -296,7 +331,7 @@ mod tests {
         let p = Proposals::new(1);
         let (a, rx) = p.register().unwrap();
         assert!(matches!(p.register(), Err(Error::Busy(1))));
-        p.place(a, 3, 1);
+        p.place(&[a], 3, 1);
         p.on_snapshot(10);
         assert!(matches!(rx.try_recv(), Ok(Err(Error::Indeterminate(_)))));
     }
@@ -313,13 +348,13 @@ mod tests {
         let (new, rx) = after.register().unwrap();
         assert_ne!(old, new);
         // The old run's entry (origin this node, its old id) is applied now.
-        after.on_applied(1, 7, 2, Some((1, old)));
+        after.on_applied(1, &[applied(7, 2, Some((1, old)))]);
         assert!(
             rx.try_recv().is_err(),
             "a new write completed by an old entry"
         );
         assert_eq!(after.pending(), 1);
-        after.on_applied(1, 8, 2, Some((1, new)));
+        after.on_applied(1, &[applied(8, 2, Some((1, new)))]);
         assert!(matches!(rx.try_recv(), Ok(Ok(8))));
     }
 }

@@ -34,7 +34,6 @@ use snapshot::LogCache;
 use wal::LogStore;
 
 use crate::apply_stage::ApplyTask;
-use crate::command::{Command, Op};
 use crate::config::MembershipObserver;
 use crate::error::{Error, Result};
 use crate::node::Shared;
@@ -44,8 +43,9 @@ use crate::reply;
 
 /// What callers ask of the raft stage.
 pub(crate) enum Request {
-    /// Propose a write registered in `Proposals` under `id`.
-    Propose { id: u64, op: Op },
+    /// Propose a write registered in `Proposals` under `id`; `data` is its encoded
+    /// [`Command`](crate::command::Command).
+    Propose { id: u64, data: Vec<u8> },
     /// A linearizable read: answered with the index the read may be served at.
     Read { reply: reply::Sender<Result<u64>> },
     /// A membership change: answered with the membership once it is applied to raft.
@@ -293,13 +293,17 @@ impl RaftStage {
     }
 
     fn on_requests(&mut self, st: &mut Loop, first: Request) {
-        let mut proposals: Vec<(u64, Op)> = Vec::new();
+        let mut ids: Vec<u64> = Vec::new();
+        let mut datas: Vec<Vec<u8>> = Vec::new();
         let mut reads: Vec<reply::Sender<Result<u64>>> = Vec::new();
         let mut next = Some(first);
         let mut handled = 0;
         while let Some(r) = next.take() {
             match r {
-                Request::Propose { id, op } => proposals.push((id, op)),
+                Request::Propose { id, data } => {
+                    ids.push(id);
+                    datas.push(data);
+                }
                 Request::Read { reply } => reads.push(reply),
                 Request::ConfChange { cc, reply } => self.propose_conf_change(st, cc, reply),
                 Request::TransferLeader { target, reply } => {
@@ -311,7 +315,7 @@ impl RaftStage {
                 next = self.requests.try_recv().ok();
             }
         }
-        self.propose_writes(proposals);
+        self.propose_writes(&ids, datas);
         self.start_read(st, reads);
     }
 
@@ -319,39 +323,23 @@ impl RaftStage {
         Some(self.raw.raft.leader_id).filter(|&l| l != 0)
     }
 
-    fn propose_writes(&mut self, proposals: Vec<(u64, Op)>) {
-        if proposals.is_empty() {
+    fn propose_writes(&mut self, ids: &[u64], datas: Vec<Vec<u8>>) {
+        if ids.is_empty() {
             return;
         }
-        let id = self.shared.id;
-        let datas: Vec<Vec<u8>> = proposals
-            .iter()
-            .map(|(request_id, op)| {
-                Command {
-                    origin: id,
-                    request_id: *request_id,
-                    op: op.clone(),
-                }
-                .encode()
-            })
-            .collect();
         let is_leader = self.raw.role() == StateRole::Leader;
         let last_before = self.raw.raft.raft_log.last_index();
         let term = self.raw.raft.term;
         match self.raw.propose_batch(datas) {
             Ok(()) => {
                 let appended = self.raw.raft.raft_log.last_index() - last_before;
-                if is_leader && appended == proposals.len() as u64 {
-                    for (i, (request_id, _)) in proposals.iter().enumerate() {
-                        self.shared
-                            .proposals
-                            .place(*request_id, last_before + 1 + i as u64, term);
-                    }
+                if is_leader && appended == ids.len() as u64 {
+                    self.shared.proposals.place(ids, last_before + 1, term);
                 }
             }
             Err(e) => {
                 let leader = self.leader_hint();
-                for (request_id, _) in proposals {
+                for &request_id in ids {
                     let err = match leader {
                         None => Error::NotLeader { leader: None },
                         Some(_) => Error::ProposalLost(e.to_string()),

@@ -74,7 +74,7 @@ fn apply_get_delete_round_trip() {
     let mut sm = RocksStateMachine::open(dir.path()).unwrap();
     assert_eq!((sm.applied_index(), sm.len()), (0, 0));
     sm.apply(1, &put(b"a", b"1")).unwrap();
-    sm.apply_batch(&[(2, put(b"b", b"2")), (3, put(b"c", b"3")), (4, del(b"a"))])
+    sm.apply_batch(vec![(2, put(b"b", b"2")), (3, put(b"c", b"3")), (4, del(b"a"))])
         .unwrap();
     assert_eq!(sm.get(b"a").unwrap(), None);
     assert_eq!(sm.get(b"b").unwrap(), Some(b"2".to_vec()));
@@ -91,7 +91,7 @@ fn a_restart_never_applies_anything_twice() {
     let dir = tempfile::tempdir().unwrap();
     {
         let mut sm = RocksStateMachine::open(dir.path()).unwrap();
-        sm.apply_batch(&[
+        sm.apply_batch(vec![
             (1, put(b"k", b"old")),
             (2, put(b"k", b"new")),
             (3, del(b"gone")),
@@ -104,7 +104,7 @@ fn a_restart_never_applies_anything_twice() {
     let mut sm = RocksStateMachine::open(dir.path()).unwrap();
     assert_eq!(sm.applied_index(), 5);
     // The log replays everything again after a restart; nothing at or below 5 may act.
-    sm.apply_batch(&[
+    sm.apply_batch(vec![
         (1, put(b"k", b"old")),
         (4, put(b"gone", b"back")),
         (6, put(b"fresh", b"6")),
@@ -216,7 +216,7 @@ fn a_damaged_snapshot_leaves_the_live_state_whole() {
 
     let path = dir.path().join("sm");
     let mut sm = RocksStateMachine::open(&path).unwrap();
-    sm.apply_batch(&[(1, put(b"live", b"1")), (2, put(b"state", b"2"))])
+    sm.apply_batch(vec![(1, put(b"live", b"1")), (2, put(b"state", b"2"))])
         .unwrap();
     let err = sm.restore_snapshot(&store, saved.id).unwrap_err();
     assert!(

@@ -170,3 +170,44 @@ fn fsync_off_still_serves_reads_and_writes() {
     assert_eq!(db.get(&key(19)).unwrap(), Some(value(19)));
     db.close().unwrap();
 }
+
+// Snapshots rewrite the whole state; with `snapshot_log_percent` they wait until the
+// log since the previous one is a large enough share of its size, however many small
+// entries were applied. With the guard off, the entry count alone decides.
+#[test]
+fn a_large_state_is_not_rewritten_for_a_little_log() {
+    for (percent, expect_second) in [(100, false), (0, true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = single(dir.path());
+        c.snapshot_every = 50;
+        c.catch_up_entries = 0;
+        c.snapshot_log_percent = percent;
+        let db = Db::open(c).unwrap();
+        // About 50 KiB of state: the first snapshot (nothing before it to compare).
+        for i in 0..60 {
+            db.put(&key(i), &[7u8; 1024]).unwrap();
+        }
+        let first = common::wait_until(Duration::from_secs(10), || {
+            let st = db.status();
+            (st.snapshot_index >= 50).then_some(st.snapshot_index)
+        })
+        .expect("a first snapshot after 50 entries");
+        // Over 100 more entries, but only a few KiB of log.
+        for i in 0..120 {
+            db.put(b"counter", &i.to_string().into_bytes()).unwrap();
+        }
+        let second = common::wait_until(Duration::from_secs(3), || {
+            let st = db.status();
+            (st.snapshot_index > first).then_some(st.snapshot_index)
+        });
+        assert_eq!(
+            second.is_some(),
+            expect_second,
+            "percent {percent}: first snapshot at {first}, then {second:?}"
+        );
+        // The state is whole either way.
+        assert_eq!(db.get(&key(59)).unwrap(), Some(vec![7u8; 1024]));
+        assert_eq!(db.get(b"counter").unwrap(), Some(b"119".to_vec()));
+        db.close().unwrap();
+    }
+}

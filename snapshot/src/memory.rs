@@ -52,13 +52,14 @@ pub fn write_map(map: &Map, out: &mut dyn Write) -> io::Result<()> {
 /// Writes `count` records from `records` (which must yield exactly `count` pairs in
 /// strictly increasing key order), for state machines that keep their map behind
 /// something other than a plain `BTreeMap`.
-pub fn write_records<'a, I>(count: u64, records: I, out: &mut dyn Write) -> io::Result<()>
+pub fn write_records<I, B>(count: u64, records: I, out: &mut dyn Write) -> io::Result<()>
 where
-    I: IntoIterator<Item = (&'a Vec<u8>, &'a Vec<u8>)>,
+    I: IntoIterator<Item = (B, B)>,
+    B: AsRef<[u8]>,
 {
     let mut writer = RecordWriter::new(out, count)?;
     for (k, v) in records {
-        writer.push(k, v)?;
+        writer.push(k.as_ref(), v.as_ref())?;
     }
     writer.finish()
 }

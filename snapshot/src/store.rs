@@ -382,6 +382,16 @@ impl SnapshotStore {
         Ok(metadata)
     }
 
+    /// The size of snapshot `id`'s file.
+    pub fn file_bytes(&self, id: SnapshotId) -> Result<u64> {
+        let path = self.path_of(id);
+        let file = self
+            .fs
+            .open_readonly(&path)
+            .map_err(|e| SnapshotError::io(&path, e))?;
+        file.len().map_err(|e| SnapshotError::io(&path, e))
+    }
+
     // Opens snapshot `id` and checks its header, and that the header names the same
     // term and index as the file name; damage is reported as `Damaged`.
     fn open_checked(

@@ -64,6 +64,11 @@ pub struct ServeArgs {
     /// `--snapshot-count`: each snapshot writes the whole state.
     #[arg(long, value_name = "N", default_value_t = 100_000)]
     pub snapshot_every: u64,
+    /// A snapshot also waits until the entries logged since the previous one add up
+    /// to this percentage of its size (0: count only), so a large state is not
+    /// rewritten whole every N entries.
+    #[arg(long, value_name = "PERCENT", default_value_t = 100)]
+    pub snapshot_log_percent: u64,
     /// Bytes of a WAL segment file.
     #[arg(long, value_name = "BYTES")]
     pub segment_size: Option<u64>,
@@ -259,6 +264,7 @@ fn start(args: &ServeArgs) -> Result<Running, CliError> {
     config.request_timeout_ms = args.request_timeout_ms;
     config.max_entry_bytes = args.max_value_bytes + MAX_KEY_BYTES as u64;
     config.snapshot_every = args.snapshot_every;
+    config.snapshot_log_percent = args.snapshot_log_percent;
     if let Some(b) = args.segment_size {
         config.wal_segment_size_bytes = b;
     }

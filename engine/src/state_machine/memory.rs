@@ -11,6 +11,7 @@
 //! the snapshot thread sorts the keys instead, once per snapshot.
 
 use std::io::{self, Write};
+use std::sync::Arc;
 
 use imbl::HashMap;
 use raft_core::SnapshotMetadata;
@@ -21,7 +22,12 @@ use super::{FrozenState, StateMachine};
 use crate::command::Op;
 use crate::error::Result;
 
-type Map = HashMap<Vec<u8>, Vec<u8>>;
+// Keys and values are shared, not owned: after a freeze, the first write into each
+// node of the trie copies that node, and copying a node copies its entries. With
+// owned bytes that meant copying every key and value of the state once per snapshot,
+// on the apply thread; with shared ones it is a reference count per entry.
+type Bytes = Arc<[u8]>;
+type Map = HashMap<Bytes, Bytes>;
 
 /// An in-memory map.
 #[derive(Debug, Default)]
@@ -41,7 +47,7 @@ impl SnapshotProducer for FrozenMap {
     fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
         // The layout wants keys in increasing order (so the RocksDB state machine
         // writes the same bytes for the same state, and either restores the other's).
-        let mut records: Vec<(&Vec<u8>, &Vec<u8>)> = self.map.iter().collect();
+        let mut records: Vec<(&Bytes, &Bytes)> = self.map.iter().collect();
         records.sort_unstable_by(|a, b| a.0.cmp(b.0));
         write_records(records.len() as u64, records, out)
     }
@@ -72,6 +78,22 @@ impl MemoryStateMachine {
 }
 
 impl MemoryStateMachine {
+    // The operation's key and value move into the map.
+    fn apply_owned(&mut self, index: u64, op: Op) {
+        if index <= self.applied_index {
+            return;
+        }
+        match op {
+            Op::Put { key, value } => {
+                self.map.insert(Bytes::from(key), Bytes::from(value));
+            }
+            Op::Delete { key } => {
+                self.map.remove(key.as_slice());
+            }
+        }
+        self.applied_index = index;
+    }
+
     /// An empty map at index 0.
     pub fn new() -> MemoryStateMachine {
         MemoryStateMachine::default()
@@ -84,18 +106,14 @@ impl StateMachine for MemoryStateMachine {
     }
 
     fn apply(&mut self, index: u64, op: &Op) -> Result<()> {
-        if index <= self.applied_index {
-            return Ok(());
+        self.apply_owned(index, op.clone());
+        Ok(())
+    }
+
+    fn apply_batch(&mut self, ops: Vec<(u64, Op)>) -> Result<()> {
+        for (index, op) in ops {
+            self.apply_owned(index, op);
         }
-        match op {
-            Op::Put { key, value } => {
-                self.map.insert(key.clone(), value.clone());
-            }
-            Op::Delete { key } => {
-                self.map.remove(key);
-            }
-        }
-        self.applied_index = index;
         Ok(())
     }
 
@@ -104,7 +122,7 @@ impl StateMachine for MemoryStateMachine {
     }
 
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.map.get(key).cloned())
+        Ok(self.map.get(key).map(|v| v.to_vec()))
     }
 
     fn len(&self) -> u64 {
@@ -125,7 +143,10 @@ impl StateMachine for MemoryStateMachine {
         id: SnapshotId,
     ) -> Result<SnapshotMetadata> {
         let (metadata, map) = store.load(id, &MapConsumer::default())?;
-        self.map = map.into_iter().collect();
+        self.map = map
+            .into_iter()
+            .map(|(k, v)| (Bytes::from(k), Bytes::from(v)))
+            .collect();
         self.applied_index = metadata.index;
         Ok(metadata)
     }

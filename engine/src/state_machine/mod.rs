@@ -44,10 +44,11 @@ pub trait StateMachine: Send + Sync + 'static {
     fn apply(&mut self, index: u64, op: &Op) -> Result<()>;
     /// Applies a run of operations committed at increasing indexes, skipping those at
     /// or below `applied_index()`; all or nothing where the state machine can do that
-    /// (one RocksDB `WriteBatch`).
-    fn apply_batch(&mut self, ops: &[(u64, Op)]) -> Result<()> {
+    /// (one RocksDB `WriteBatch`). Takes the operations by value, so a state machine
+    /// that keeps them (the memory map) does not copy every key and value again.
+    fn apply_batch(&mut self, ops: Vec<(u64, Op)>) -> Result<()> {
         for (index, op) in ops {
-            self.apply(*index, op)?;
+            self.apply(index, &op)?;
         }
         Ok(())
     }

@@ -284,7 +284,7 @@ impl StateMachine for RocksStateMachine {
         self.write_ops([(index, op)])
     }
 
-    fn apply_batch(&mut self, ops: &[(u64, Op)]) -> Result<()> {
+    fn apply_batch(&mut self, ops: Vec<(u64, Op)>) -> Result<()> {
         self.write_ops(ops.iter().map(|(i, op)| (*i, op)))
     }
 
