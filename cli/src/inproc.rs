@@ -83,7 +83,6 @@ impl InProcCluster {
         c.election_ticks = 25;
         c.heartbeat_ticks = 3;
         c.fsync = true;
-        if let Ok(v) = std::env::var("XSNAP") { c.snapshot_every = v.parse().unwrap(); }
         c
     }
 
