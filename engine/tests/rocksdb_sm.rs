@@ -138,7 +138,7 @@ fn snapshot_restores_into_a_fresh_state_machine() {
     let mut a = RocksStateMachine::open(dir.path().join("a")).unwrap();
     let ops = workload(n);
     for run in ops.chunks(500) {
-        a.apply_batch(run).unwrap();
+        a.apply_batch(run.to_vec()).unwrap();
     }
     let applied = a.applied_index();
     let store = store(&dir.path().join("snap"));
@@ -173,8 +173,8 @@ fn memory_and_rocksdb_snapshots_are_interchangeable() {
     let ops = workload(n);
     let mut mem = MemoryStateMachine::new();
     let mut rocks = RocksStateMachine::open(dir.path().join("rocks")).unwrap();
-    mem.apply_batch(&ops).unwrap();
-    rocks.apply_batch(&ops).unwrap();
+    mem.apply_batch(ops.clone()).unwrap();
+    rocks.apply_batch(ops).unwrap();
     let applied = rocks.applied_index();
     assert_same(&mem, &rocks, n);
 
@@ -203,7 +203,7 @@ fn a_damaged_snapshot_leaves_the_live_state_whole() {
     let dir = tempfile::tempdir().unwrap();
     let n = 2_000;
     let mut src = MemoryStateMachine::new();
-    src.apply_batch(&workload(n)).unwrap();
+    src.apply_batch(workload(n)).unwrap();
     let store = store(&dir.path().join("snap"));
     let saved = src
         .save_snapshot(&store, &meta(src.applied_index()))
