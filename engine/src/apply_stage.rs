@@ -14,7 +14,7 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, select, Receiver, Sender};
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockWriteGuard};
 use raft_core::{ConfState, Entry, EntryType, SnapshotMetadata};
 use snapshot::{LogCache, SavedSnapshot, SnapshotId, SnapshotStore};
 use wal::LogStore;
@@ -250,12 +250,16 @@ impl ApplyStage {
         if self.snapshot_every == 0 || self.saving.is_some() {
             return;
         }
-        let sm = self.sm.read();
-        let applied = sm.applied_index();
+        // Only this thread writes the state machine, so what is read here holds until
+        // the freeze below.
+        let applied = self.sm.read().applied_index();
         if applied < self.last_snapshot_index.saturating_add(self.snapshot_every) {
             return;
         }
-        let wanted_bytes = self.last_snapshot_bytes.saturating_mul(self.snapshot_log_percent) / 100;
+        let wanted_bytes = self
+            .last_snapshot_bytes
+            .saturating_mul(self.snapshot_log_percent)
+            / 100;
         if self.logged_bytes_since_snapshot < wanted_bytes {
             return;
         }
@@ -271,8 +275,10 @@ impl ApplyStage {
         };
         let started = Instant::now();
         self.logged_bytes_since_snapshot = 0;
+        let mut sm = self.sm.write();
         let Some(frozen) = sm.freeze() else {
             // Readers keep reading while the image is written; only applying waits.
+            let sm = RwLockWriteGuard::downgrade(sm);
             let saved = sm.save_snapshot(&self.store, &meta);
             drop(sm);
             self.finish_snapshot(meta, started, saved);

@@ -116,9 +116,8 @@ impl Proposals {
             // longer be applied there: this one replaced it in our own log.
             if let Some((_, old)) = inner.by_index.insert(index, (term, id)) {
                 if old != id {
-                    let lost = Error::ProposalLost(format!(
-                        "replaced at index {index} by a newer entry"
-                    ));
+                    let lost =
+                        Error::ProposalLost(format!("replaced at index {index} by a newer entry"));
                     finish(&mut inner, old, Err(lost), &mut answers);
                 }
             }
@@ -171,9 +170,8 @@ impl Proposals {
             .map(|(_, (_, id))| *id)
             .collect();
         for id in covered {
-            let unknown = Error::Indeterminate(format!(
-                "a snapshot up to index {index} replaced the log"
-            ));
+            let unknown =
+                Error::Indeterminate(format!("a snapshot up to index {index} replaced the log"));
             finish(&mut inner, id, Err(unknown), &mut answers);
         }
         drop(inner);
@@ -186,7 +184,12 @@ impl Proposals {
         let mut inner = self.inner.lock();
         let ids: Vec<u64> = inner.waiters.keys().copied().collect();
         for id in ids {
-            finish(&mut inner, id, Err(Error::Stopped(why.to_string())), &mut answers);
+            finish(
+                &mut inner,
+                id,
+                Err(Error::Stopped(why.to_string())),
+                &mut answers,
+            );
         }
         drop(inner);
         deliver(answers);

@@ -74,8 +74,12 @@ fn apply_get_delete_round_trip() {
     let mut sm = RocksStateMachine::open(dir.path()).unwrap();
     assert_eq!((sm.applied_index(), sm.len()), (0, 0));
     sm.apply(1, &put(b"a", b"1")).unwrap();
-    sm.apply_batch(vec![(2, put(b"b", b"2")), (3, put(b"c", b"3")), (4, del(b"a"))])
-        .unwrap();
+    sm.apply_batch(vec![
+        (2, put(b"b", b"2")),
+        (3, put(b"c", b"3")),
+        (4, del(b"a")),
+    ])
+    .unwrap();
     assert_eq!(sm.get(b"a").unwrap(), None);
     assert_eq!(sm.get(b"b").unwrap(), Some(b"2".to_vec()));
     assert_eq!(sm.get(b"c").unwrap(), Some(b"3".to_vec()));

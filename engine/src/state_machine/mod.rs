@@ -14,9 +14,9 @@
 //! Taking a snapshot must not stop applying for as long as the image takes to write:
 //! a state machine that can freeze its state cheaply hands out a [`FrozenState`]
 //! ([`StateMachine::freeze`]), which the apply stage writes on a thread of its own while
-//! it goes on applying. The memory map is persistent (`imbl::HashMap`, structurally
-//! shared), so freezing it is a pointer copy; one that cannot freeze is written in
-//! place, holding applies back meanwhile.
+//! it goes on applying. The memory map hands out its main layer and collects later
+//! writes in an overlay meanwhile, so freezing it is a pointer copy; one that cannot
+//! freeze is written in place, holding applies back meanwhile.
 //!
 //! An error from [`StateMachine::apply`] or [`StateMachine::apply_batch`] means local
 //! storage failed (the operations themselves cannot fail): the apply stage stops the
@@ -81,7 +81,7 @@ pub trait StateMachine: Send + Sync + 'static {
     /// on another thread while this state machine goes on applying, if this state
     /// machine can make one cheaply; `None` means snapshots are written in place with
     /// [`save_snapshot`](Self::save_snapshot).
-    fn freeze(&self) -> Option<Box<dyn FrozenState>> {
+    fn freeze(&mut self) -> Option<Box<dyn FrozenState>> {
         None
     }
 }
