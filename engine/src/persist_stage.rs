@@ -64,7 +64,7 @@ impl PersistStage {
                     Err(_) => break,
                 }
             }
-            if let Err(why) = self.persist(&tasks) {
+            if let Err(why) = self.persist(&mut tasks) {
                 self.shared.fail(&why);
                 return;
             }
@@ -88,7 +88,8 @@ impl PersistStage {
         }
     }
 
-    fn persist(&self, tasks: &[PersistTask]) -> Result<(), String> {
+    // Takes the tasks' entries (they move into the log cache); the rest stays.
+    fn persist(&self, tasks: &mut [PersistTask]) -> Result<(), String> {
         let batches = merge(tasks);
         let must_sync = tasks.iter().any(|t| t.must_sync) && self.fsync;
         let log = self.cache.log();
@@ -114,16 +115,17 @@ impl PersistStage {
                 .observe(started.elapsed().as_secs_f64());
         }
         fail::fail_point!("raftAfterSave");
-        // Now durable: show the same to raft through the cache, in Ready order.
-        for t in tasks {
-            if let Some(meta) = &t.snapshot {
-                match self.cache.apply_snapshot(meta.clone()) {
+        // Now durable: show the same to raft through the cache, in Ready order (the
+        // batches keep it: a snapshot starts a batch, before that batch's entries).
+        for batch in batches {
+            if let Some(meta) = batch.snapshot {
+                let index = meta.index;
+                match self.cache.apply_snapshot(meta) {
                     Ok(()) => {}
                     Err(raft_core::Error::Store(StorageError::SnapshotOutOfDate)) => {
                         log::warn!(
-                            "node {}: snapshot at {} is older than the cache's",
+                            "node {}: snapshot at {index} is older than the cache's",
                             self.shared.id,
-                            meta.index
                         );
                     }
                     Err(e) => return Err(format!("log cache refused a snapshot: {e}")),
@@ -131,7 +133,7 @@ impl PersistStage {
                 fail::fail_point!("raftAfterApplySnap");
             }
             self.cache
-                .append(&t.entries)
+                .append_owned(batch.entries)
                 .map_err(|e| format!("log cache refused entries: {e}"))?;
         }
         Ok(())
@@ -142,7 +144,7 @@ impl PersistStage {
 /// a new batch starts only where a snapshot marker follows entries (a batch writes its
 /// marker before its entries). Later entries replace an overlapping suffix, as they
 /// would in the log.
-fn merge(tasks: &[PersistTask]) -> Vec<LogBatch> {
+fn merge(tasks: &mut [PersistTask]) -> Vec<LogBatch> {
     let mut batches = vec![LogBatch::default()];
     for t in tasks {
         if let Some(meta) = &t.snapshot {
@@ -157,7 +159,8 @@ fn merge(tasks: &[PersistTask]) -> Vec<LogBatch> {
         let Some(cur) = batches.last_mut() else {
             continue;
         };
-        if let Some(first) = t.entries.first().map(|e| e.index) {
+        let mut entries = std::mem::take(&mut t.entries);
+        if let Some(first) = entries.first().map(|e| e.index) {
             let contiguous = cur
                 .entries
                 .first()
@@ -165,11 +168,11 @@ fn merge(tasks: &[PersistTask]) -> Vec<LogBatch> {
             if contiguous {
                 let keep = cur.entries.iter().take_while(|e| e.index < first).count();
                 cur.entries.truncate(keep);
-                cur.entries.extend_from_slice(&t.entries);
+                cur.entries.append(&mut entries);
             } else {
                 // Replacing entries before this batch's first: let the log do it.
                 batches.push(LogBatch {
-                    entries: t.entries.clone(),
+                    entries,
                     ..LogBatch::default()
                 });
             }
@@ -201,7 +204,7 @@ mod tests {
 
     #[test]
     fn merge_replaces_overlapping_suffix() {
-        let batches = merge(&[task(1, 1, 5, 1), task(2, 4, 6, 2)]);
+        let batches = merge(&mut [task(1, 1, 5, 1), task(2, 4, 6, 2)]);
         assert_eq!(batches.len(), 1);
         let got: Vec<(u64, u64)> = batches[0]
             .entries
@@ -219,7 +222,7 @@ mod tests {
             term: 2,
             ..SnapshotMetadata::default()
         });
-        let batches = merge(&[task(1, 1, 3, 1), snap]);
+        let batches = merge(&mut [task(1, 1, 3, 1), snap]);
         assert_eq!(batches.len(), 2);
         assert_eq!(batches[1].snapshot.as_ref().map(|s| s.index), Some(10));
         assert_eq!(batches[1].entries.len(), 2);

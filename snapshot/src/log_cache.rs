@@ -251,6 +251,12 @@ impl<L: LogStore + ?Sized> LogCache<L> {
     /// any suffix from their first index on. Entries at or below the compaction point
     /// are ignored; a first index past `last_index + 1` is a gap and is refused.
     pub fn append(&self, entries: &[Entry]) -> Result<()> {
+        self.append_owned(entries.to_vec())
+    }
+
+    /// [`append`](Self::append), taking the entries instead of copying them (the
+    /// persist stage's path: every entry would otherwise be copied once more).
+    pub fn append_owned(&self, mut entries: Vec<Entry>) -> Result<()> {
         let Some(first_new) = entries.first().map(|e| e.index) else {
             return Ok(());
         };
@@ -277,7 +283,7 @@ impl<L: LogStore + ?Sized> LogCache<L> {
         }
         // Skip what is already compacted.
         let skip = inner.compacted_index.saturating_sub(first_new - 1);
-        let entries = &entries[skip as usize..];
+        entries.drain(..skip as usize);
         let first_new = first_new + skip;
 
         // Drop the replaced suffix; the window then ends at first_new - 1 or is empty.
@@ -311,9 +317,10 @@ impl<L: LogStore + ?Sized> LogCache<L> {
         if fit < entries.len() {
             inner.clear_window();
         }
-        for e in &entries[entries.len() - fit..] {
+        let unfit = entries.len() - fit;
+        for e in entries.into_iter().skip(unfit) {
             inner.window_bytes += e.size_bytes();
-            inner.window.push_back(e.clone());
+            inner.window.push_back(e);
         }
         inner.evict_to(max_bytes);
         Ok(())
