@@ -13,14 +13,24 @@ pub(crate) struct FileWriter {
     file: Arc<dyn FsFile>,
     offset: u64,
     failed: bool,
+    // 0: never synced here (the caller syncs at the end).
+    sync_every_bytes: u64,
+    unsynced_bytes: u64,
 }
 
 impl FileWriter {
     pub(crate) fn new(file: Arc<dyn FsFile>) -> FileWriter {
+        FileWriter::syncing_every(file, 0)
+    }
+
+    /// A writer that syncs the file each time `sync_every_bytes` more were written.
+    pub(crate) fn syncing_every(file: Arc<dyn FsFile>, sync_every_bytes: u64) -> FileWriter {
         FileWriter {
             file,
             offset: 0,
             failed: false,
+            sync_every_bytes,
+            unsynced_bytes: 0,
         }
     }
 
@@ -46,6 +56,14 @@ impl Write for FileWriter {
             return Err(e);
         }
         self.offset += buf.len() as u64;
+        self.unsynced_bytes += buf.len() as u64;
+        if self.sync_every_bytes > 0 && self.unsynced_bytes >= self.sync_every_bytes {
+            if let Err(e) = self.file.sync_data() {
+                self.failed = true;
+                return Err(e);
+            }
+            self.unsynced_bytes = 0;
+        }
         Ok(buf.len())
     }
 

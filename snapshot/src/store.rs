@@ -51,6 +51,12 @@ pub struct StoreOptions {
     /// each time this many more bytes have arrived, bounding what a crash can make it
     /// fetch again.
     pub receive_sync_every_bytes: u64,
+    /// [`SnapshotStore::save`] syncs the file each time this many more bytes were
+    /// written (0: only at the end). A snapshot is written while the log goes on
+    /// syncing on the same disk; flushed in one piece at the end, a large one makes
+    /// the log's syncs wait behind all of it (RocksDB's `bytes_per_sync` answers the
+    /// same problem).
+    pub save_sync_every_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -61,6 +67,7 @@ impl Default for StoreOptions {
             max_receive_bytes: 1 << 40,
             max_broken_files: 3,
             receive_sync_every_bytes: 64 << 20,
+            save_sync_every_bytes: 1 << 20,
         }
     }
 }
@@ -267,7 +274,8 @@ impl SnapshotStore {
             .fs
             .create(&tmp)
             .map_err(|e| SnapshotError::io(&tmp, e))?;
-        let result = self.write_stream(FileWriter::new(file), metadata, producer, &tmp);
+        let writer = FileWriter::syncing_every(file, self.options.save_sync_every_bytes);
+        let result = self.write_stream(writer, metadata, producer, &tmp);
         let (file_bytes, trailer) = match result {
             Ok(done) => done,
             Err(e) => {

@@ -88,6 +88,33 @@ fn save_load_round_trip_and_listing() {
     assert_eq!(t, s1.trailer);
 }
 
+// A large snapshot is flushed as it is written, not all at the end, so the log's
+// syncs on the same disk never wait behind the whole of it.
+#[test]
+fn a_save_syncs_as_it_goes() {
+    let map = sample_map(3, 400);
+    let mut syncs = Vec::new();
+    for every in [0, 2048] {
+        let sim = SimFs::new(4);
+        let store = open(
+            sim.shared(),
+            StoreOptions {
+                save_sync_every_bytes: every,
+                ..small_chunks()
+            },
+        );
+        let before = sim.sync_count();
+        let saved = store.save(&meta(1, 10), &map).unwrap();
+        assert!(saved.file_bytes > 10 * 2048, "{}", saved.file_bytes);
+        syncs.push(sim.sync_count() - before);
+        let loaded = store.load_newest(&MapConsumer::default()).unwrap().unwrap();
+        assert_eq!(loaded.image, map);
+    }
+    // The file and its directory at the end; then one more per 2 KiB written.
+    assert!(syncs[0] <= 2, "{syncs:?}");
+    assert!(syncs[1] >= syncs[0] + 10, "{syncs:?}");
+}
+
 #[test]
 fn empty_state_machine_snapshot() {
     let sim = SimFs::new(1);
