@@ -24,6 +24,7 @@ use crate::error::Error;
 use crate::node::Shared;
 use crate::proposals::Applied;
 use crate::state_machine::StateMachine;
+use crate::thread_policy::{self, ThreadPolicy};
 
 /// Work for the apply stage, in log order.
 pub(crate) enum ApplyTask {
@@ -68,6 +69,8 @@ pub(crate) struct ApplyStage {
     pub(crate) applied_through: u64,
     pub(crate) snapshot_every: u64,
     pub(crate) snapshot_log_percent: u64,
+    /// Whether the snapshot thread asks for a lower priority (`Config::scheduler_hints`).
+    pub(crate) scheduler_hints: bool,
     /// Bytes of entry payloads applied since the newest snapshot was started or
     /// installed.
     pub(crate) logged_bytes_since_snapshot: u64,
@@ -290,9 +293,13 @@ impl ApplyStage {
         // taken.
         let (answer, done) = bounded(1);
         let (store, job_meta) = (Arc::clone(&self.store), meta.clone());
+        let hints = self.scheduler_hints;
         let spawned = std::thread::Builder::new()
             .name(format!("keel-snapsave-{}", self.shared.id))
             .spawn(move || {
+                if hints {
+                    thread_policy::apply_to_current_thread(ThreadPolicy::Background);
+                }
                 let _ = answer.send(frozen.save_snapshot(&store, &job_meta));
             });
         match spawned {

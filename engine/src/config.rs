@@ -112,6 +112,10 @@ pub struct Config {
     pub request_timeout_ms: u64,
     /// Seed of raft-core's randomness (election timeouts).
     pub seed: u64,
+    /// Ask the OS to run the stage threads as `SCHED_BATCH` (a woken stage does not
+    /// preempt the stage that woke it) and snapshot writing at a lower priority
+    /// (Linux only; see `thread_policy`). Default on.
+    pub scheduler_hints: bool,
     /// Join an existing cluster: the node starts with no membership at all (`peers`
     /// must be empty), never campaigns on its own, and waits for the leader to send it
     /// the log or a snapshot after it was added as a member. Ignored once the node has
@@ -146,6 +150,7 @@ impl std::fmt::Debug for Config {
             .field("snapshot_log_percent", &self.snapshot_log_percent)
             .field("catch_up_entries", &self.catch_up_entries)
             .field("join", &self.join)
+            .field("scheduler_hints", &self.scheduler_hints)
             .finish_non_exhaustive()
     }
 }
@@ -182,6 +187,7 @@ impl Config {
             inbox_queue_len: 4096,
             max_inflight_readies: 64,
             request_timeout_ms: 5_000,
+            scheduler_hints: true,
             seed: 0,
             join: false,
             membership_observer: None,

@@ -59,6 +59,7 @@ mod raft_stage;
 mod reply;
 mod snapshot_transfer;
 pub mod state_machine;
+mod thread_policy;
 pub mod transport;
 
 pub use command::{Command, Op};

@@ -31,6 +31,7 @@ use crate::proposals::{AppliedWatch, Proposals};
 use crate::raft_stage::{RaftStage, Request};
 use crate::snapshot_transfer::{self, NodeSink};
 use crate::state_machine::{MemoryStateMachine, StateMachine};
+use crate::thread_policy::{self, ThreadPolicy};
 use crate::transport::MessageSink;
 
 /// What the raft stage publishes for `status()`.
@@ -175,14 +176,21 @@ fn load_snapshot(
     Ok(None)
 }
 
-fn spawn(name: String, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
-    Ok(std::thread::Builder::new().name(name).spawn(f)?)
+// Starts a stage thread, with the scheduler hint of a stage if `hints`.
+fn spawn(name: String, hints: bool, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
+    Ok(std::thread::Builder::new().name(name).spawn(move || {
+        if hints {
+            thread_policy::apply_to_current_thread(ThreadPolicy::Stage);
+        }
+        f()
+    })?)
 }
 
 impl Node {
     pub(crate) fn open(config: Config) -> Result<Node> {
         config.validate()?;
         let id = config.id;
+        let hints = config.scheduler_hints;
         config.fs.create_dir_all(&config.data_dir)?;
         let log = open_log(&config)?;
         let store = Arc::new(SnapshotStore::open(
@@ -273,7 +281,9 @@ impl Node {
             fsync: config.fsync,
             max_batch: inflight,
         };
-        threads.push(spawn(format!("keel-persist-{id}"), move || persist.run())?);
+        threads.push(spawn(format!("keel-persist-{id}"), hints, move || {
+            persist.run()
+        })?);
         let apply = ApplyStage {
             shared: Arc::clone(&shared),
             tasks: apply_rx,
@@ -286,6 +296,7 @@ impl Node {
             applied_through: applied,
             snapshot_every: config.snapshot_every,
             snapshot_log_percent: config.snapshot_log_percent,
+            scheduler_hints: config.scheduler_hints,
             logged_bytes_since_snapshot: 0,
             last_snapshot_bytes: loaded
                 .as_ref()
@@ -297,11 +308,13 @@ impl Node {
             commit_index: Arc::new(AtomicU64::new(0)),
             saving: None,
         };
-        threads.push(spawn(format!("keel-apply-{id}"), move || apply.run())?);
+        threads.push(spawn(format!("keel-apply-{id}"), hints, move || {
+            apply.run()
+        })?);
         let snap_status_rx = match &config.transport {
             Some(transport) => {
                 let (transport, store) = (Arc::clone(transport), Arc::clone(&store));
-                threads.push(spawn(format!("keel-snapsend-{id}"), move || {
+                threads.push(spawn(format!("keel-snapsend-{id}"), hints, move || {
                     snapshot_transfer::run_sender(id, transport, store, snap_rx, snap_status_tx)
                 })?);
                 snap_status_rx
@@ -333,7 +346,7 @@ impl Node {
             last_number: 0,
             observer: config.membership_observer.clone(),
         };
-        threads.push(spawn(format!("keel-raft-{id}"), move || raft.run())?);
+        threads.push(spawn(format!("keel-raft-{id}"), hints, move || raft.run())?);
         let sink: Arc<dyn MessageSink> = Arc::new(NodeSink {
             id,
             inbox: inbox_tx,
