@@ -139,7 +139,12 @@ impl Db {
             {
                 Ok(result) => result,
                 Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(timeout)),
-                Err(RecvTimeoutError::Disconnected) => Err(shared.stopped_error()),
+                // Handed to the raft stage, so possibly proposed: not known to have
+                // failed.
+                Err(RecvTimeoutError::Disconnected) => Err(Error::Indeterminate(format!(
+                    "the node stopped before the write's outcome was known: {}",
+                    shared.stopped_error()
+                ))),
             },
             Err(SendTimeoutError::Timeout(_)) => Err(Error::Timeout(timeout)),
             Err(SendTimeoutError::Disconnected(_)) => Err(shared.stopped_error()),

@@ -16,7 +16,9 @@ pub enum Error {
     /// commit later.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
-    /// The node is closed or stopped (after `close`, or after a fatal error).
+    /// The node is closed or stopped (after `close`, or after a fatal error). A write
+    /// that fails with this was never proposed, so it was not applied; one that was
+    /// proposed before the node stopped fails with [`Error::Indeterminate`] instead.
     #[error("node stopped: {0}")]
     Stopped(String),
     /// The request is larger than the configured bound.

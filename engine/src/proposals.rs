@@ -178,18 +178,17 @@ impl Proposals {
         deliver(answers);
     }
 
-    /// Fails every waiting write (shutdown).
+    /// Answers every waiting write at shutdown: each may have been proposed, and so
+    /// may still commit, so its outcome is unknown.
     pub(crate) fn fail_all(&self, why: &str) {
         let mut answers = Answers::new();
         let mut inner = self.inner.lock();
         let ids: Vec<u64> = inner.waiters.keys().copied().collect();
         for id in ids {
-            finish(
-                &mut inner,
-                id,
-                Err(Error::Stopped(why.to_string())),
-                &mut answers,
-            );
+            let unknown = Error::Indeterminate(format!(
+                "the node stopped ({why}) before the write's outcome was known"
+            ));
+            finish(&mut inner, id, Err(unknown), &mut answers);
         }
         drop(inner);
         deliver(answers);

@@ -234,15 +234,18 @@ impl RaftStage {
         for cc in st.conf_changes.drain(..) {
             let _ = cc.reply.try_send(Err(Error::Stopped(why.to_string())));
         }
-        self.shared.proposals.fail_all(why);
-        // Answer requests still queued so no caller waits for its full timeout (callers
-        // check the stopped flag first, so few arrive after this).
+        // Requests still queued were never proposed: they are answered `Stopped` (not
+        // applied, safe to retry) first, so no caller waits for its full timeout
+        // (callers check the stopped flag first, so few arrive after this). Writes
+        // proposed already may still commit, on this node's restart or through
+        // another leader: their callers are told the outcome is unknown.
         for _ in 0..self.requests.len() {
             match self.requests.try_recv() {
                 Ok(r) => self.reject(r, || Error::Stopped(why.to_string())),
                 Err(_) => break,
             }
         }
+        self.shared.proposals.fail_all(why);
     }
 
     fn reject(&self, r: Request, err: impl Fn() -> Error) {

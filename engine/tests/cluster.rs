@@ -361,3 +361,28 @@ fn a_cut_off_follower_never_serves_a_stale_linearizable_read() {
     c.wait_leader();
     assert_eq!(c.db(cut).get(b"k").unwrap(), Some(b"new".to_vec()));
 }
+
+// A write the leader proposed but could not commit when the node stopped may still
+// commit later (after a restart, or through another leader): its caller is told the
+// outcome is unknown, never `Stopped`, which promises the write was not applied.
+#[test]
+fn a_write_in_flight_at_close_is_indeterminate_not_stopped() {
+    let mut c = Cluster::new(3);
+    let leader = c.wait_leader();
+    c.db(leader).put(b"before", b"1").unwrap();
+    for f in c.followers(leader) {
+        c.stop(f);
+    }
+    let db = c.db(leader).clone();
+    let writer =
+        std::thread::spawn(move || db.put_timeout(b"stuck", b"2", Duration::from_secs(30)));
+    // Long enough for the write to reach the raft stage, shorter than the election
+    // timeout after which the leader would step down for want of a quorum.
+    std::thread::sleep(Duration::from_millis(50));
+    c.stop(leader);
+    let err = writer.join().unwrap().unwrap_err();
+    assert!(
+        matches!(err, Error::Indeterminate(_) | Error::NotLeader { .. }),
+        "{err}"
+    );
+}
