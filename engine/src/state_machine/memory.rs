@@ -282,6 +282,26 @@ impl StateMachine for MemoryStateMachine {
 mod tests {
     use super::*;
 
+    // Writes `image` as a snapshot and restores it into a new state machine.
+    fn written_and_restored(image: &dyn FrozenState) -> MemoryStateMachine {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(
+            wal::fs::StdFs::shared(),
+            dir.path(),
+            snapshot::StoreOptions::default(),
+        )
+        .unwrap();
+        let meta = SnapshotMetadata {
+            index: image.applied_index(),
+            term: 1,
+            ..SnapshotMetadata::default()
+        };
+        let saved = image.save_snapshot(&store, &meta).unwrap();
+        let mut restored = MemoryStateMachine::new();
+        restored.restore_snapshot(&store, saved.id).unwrap();
+        restored
+    }
+
     #[test]
     fn applying_is_idempotent_by_index() {
         let mut sm = MemoryStateMachine::new();
@@ -314,21 +334,7 @@ mod tests {
         sm.apply(4, &Op::Delete { key: b"b".to_vec() }).unwrap();
         sm.apply(5, &put("c", "3")).unwrap();
 
-        let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(
-            wal::fs::StdFs::shared(),
-            dir.path(),
-            snapshot::StoreOptions::default(),
-        )
-        .unwrap();
-        let meta = SnapshotMetadata {
-            index: 2,
-            term: 1,
-            ..SnapshotMetadata::default()
-        };
-        let saved = frozen.save_snapshot(&store, &meta).unwrap();
-        let mut restored = MemoryStateMachine::new();
-        restored.restore_snapshot(&store, saved.id).unwrap();
+        let restored = written_and_restored(frozen.as_ref());
         assert_eq!(restored.get(b"a").unwrap(), Some(b"1".to_vec()));
         assert_eq!(restored.get(b"b").unwrap(), Some(b"2".to_vec()));
         assert_eq!(restored.get(b"c").unwrap(), None);
@@ -383,21 +389,7 @@ mod tests {
             }
             // A frozen image still writes the state as of its freeze.
             if let Some((image, at_freeze)) = frozen {
-                let dir = tempfile::tempdir().unwrap();
-                let store = SnapshotStore::open(
-                    wal::fs::StdFs::shared(),
-                    dir.path(),
-                    snapshot::StoreOptions::default(),
-                )
-                .unwrap();
-                let meta = SnapshotMetadata {
-                    index: image.applied_index(),
-                    term: 1,
-                    ..SnapshotMetadata::default()
-                };
-                let saved = image.save_snapshot(&store, &meta).unwrap();
-                let mut restored = MemoryStateMachine::new();
-                restored.restore_snapshot(&store, saved.id).unwrap();
+                let restored = written_and_restored(image.as_ref());
                 assert_eq!(restored.len(), at_freeze.len() as u64, "seed {seed}");
                 for (k, v) in &at_freeze {
                     assert_eq!(restored.get(k).unwrap().as_ref(), Some(v), "seed {seed}");
