@@ -300,8 +300,8 @@ impl Cluster {
     }
 }
 
-/// A TCP proxy from a local port to `target`; `cut` drops every connection and
-/// refuses new ones until `heal`.
+/// A TCP proxy from a local port (`port`, chosen by the system) to `target`; `cut`
+/// drops every connection and refuses new ones until `heal`.
 pub struct Proxy {
     pub port: u16,
     cut: Arc<AtomicBool>,
@@ -310,8 +310,11 @@ pub struct Proxy {
 }
 
 impl Proxy {
-    pub fn start(port: u16, target: SocketAddr) -> Proxy {
-        let listener = TcpListener::bind(("127.0.0.1", port)).expect("bind proxy");
+    pub fn start(target: SocketAddr) -> Proxy {
+        // Bound to port 0 and kept: a port picked free and bound again later can be
+        // taken in between (outgoing connections draw from the same range).
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("proxy address").port();
         listener.set_nonblocking(true).expect("nonblocking");
         let cut = Arc::new(AtomicBool::new(false));
         let stop = Arc::new(AtomicBool::new(false));
