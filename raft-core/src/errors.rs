@@ -51,6 +51,30 @@ pub enum Error {
     /// A stored or received value failed to decode.
     #[error("decode error: {0}")]
     Decode(#[from] DecodeError),
+    /// The leader says `commit` is committed, but this node's log ends at
+    /// `last_index` even though it acknowledged those entries: its log was lost or
+    /// truncated behind raft's back. etcd panics here ("was the log lost?"); raft-core
+    /// refuses the message and the node must stop (see [`Error::is_fatal`]).
+    #[error("commit index {commit} is past the end of the log at {last_index}: was the log lost?")]
+    CommitBeyondLog {
+        /// The commit index the message claimed.
+        commit: u64,
+        /// This node's last log index.
+        last_index: u64,
+    },
+}
+
+impl Error {
+    /// Whether this error means the node itself cannot go on (its own log or storage is
+    /// broken), as opposed to a message or request that was refused and changed
+    /// nothing. A caller of [`RawNode::step`](crate::RawNode::step) that gets a fatal
+    /// error must stop the node: its state no longer matches what it promised peers.
+    pub fn is_fatal(&self) -> bool {
+        matches!(
+            self,
+            Error::CommitBeyondLog { .. } | Error::Store(StorageError::Other(_))
+        )
+    }
 }
 
 /// Result alias for raft-core.
