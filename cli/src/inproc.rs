@@ -1,9 +1,10 @@
 //! A cluster of keel nodes inside this process (the engine's `InProcessNetwork`, each
 //! node on the real file system with fsync on), for `keel bench cluster` and
-//! `keel demo`: start, kill (drop without close: a crash, minus the page cache) and
-//! restart nodes, find the leader, and read metrics.
+//! `keel demo`: start, stop without warning (drop the `Db`: its threads end, nothing
+//! is handed over; not a crash, see `stop_node`) and restart nodes, find the leader, and
+//! read metrics.
 //!
-//! Callers borrow a node as an `Arc<Db>` for one request at a time; [`InProcCluster::kill`]
+//! Callers borrow a node as an `Arc<Db>` for one request at a time; [`InProcCluster::stop_node`]
 //! waits until no request holds the node any more, so a node is never opened twice on
 //! one data directory.
 
@@ -47,8 +48,8 @@ fn engine(context: String) -> impl FnOnce(keel::Error) -> CliError {
     move |source| CliError::Engine { context, source }
 }
 
-/// Longest a kill waits for requests in flight on the node to finish.
-const KILL_WAIT: Duration = Duration::from_secs(30);
+/// Longest a stop waits for requests in flight on the node to finish.
+const STOP_WAIT: Duration = Duration::from_secs(30);
 
 impl InProcCluster {
     /// Starts nodes `1..=n` with data directories `dir/node-<id>`.
@@ -130,14 +131,16 @@ impl InProcCluster {
         })
     }
 
-    /// Drops node `id` without a clean close, as after a crash (its threads are joined;
-    /// everything it acknowledged was already synced). Waits for requests in flight on
-    /// it to finish first.
-    pub fn kill(&self, id: u64) -> Result<()> {
+    /// Stops node `id` without warning by dropping its `Db`: its threads end (the
+    /// persist stage finishing the writes already queued) and it leaves the network,
+    /// with no leadership hand-over. Not a crash: nothing unsynced is lost, but
+    /// everything it acknowledged was synced anyway. Waits for requests in flight on it
+    /// to finish first.
+    pub fn stop_node(&self, id: u64) -> Result<()> {
         let Some(mut db) = self.nodes.write().remove(&id) else {
             return Err(CliError::Usage(format!("node {id} is not running")));
         };
-        let deadline = Instant::now() + KILL_WAIT;
+        let deadline = Instant::now() + STOP_WAIT;
         // Bounded by the deadline; every request on the node has a shorter timeout.
         loop {
             match Arc::try_unwrap(db) {
@@ -153,8 +156,8 @@ impl InProcCluster {
                     // Put it back: reopening its directory now would run it twice.
                     self.nodes.write().insert(id, shared);
                     return Err(CliError::Usage(format!(
-                        "node {id} is still busy after {} s; not killing it",
-                        KILL_WAIT.as_secs()
+                        "node {id} is still busy after {} s; not stopping it",
+                        STOP_WAIT.as_secs()
                     )));
                 }
             }

@@ -309,12 +309,12 @@ fn bench_cluster_refuses_bad_arguments() {
 }
 
 #[test]
-fn demo_survives_a_follower_and_a_leader_crash() {
+fn demo_survives_a_follower_and_a_leader_stopping() {
     let run = keel(&["demo", "--duration", "3", "--clients", "3"]);
     assert_eq!(run.code, 0, "{}", run.all());
     for says in [
         "is the leader",
-        "killing node",
+        "stopping node",
         "(a follower)",
         "(the leader",
         "elected leader",

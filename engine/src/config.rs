@@ -23,7 +23,8 @@ pub enum LogBackend {
 /// Which state machine a node applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StateMachineKind {
-    /// An in-memory `BTreeMap`, rebuilt from the newest snapshot plus the log at start.
+    /// An in-memory hash map (with an overlay while a snapshot is written from it),
+    /// rebuilt from the newest snapshot plus the log at start.
     #[default]
     Memory,
     /// A RocksDB database in `DIR/rocksdb/sm/`, kept across restarts: a restart replays
