@@ -9,6 +9,8 @@ use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 use raft_core::{codec, Message, MessageType, SnapshotStatus};
 use snapshot::{ReceiveStatus, SnapshotId, SnapshotSender, SnapshotStore};
 
+use crate::error::StopReason;
+use crate::supervisor::Stage;
 use crate::transport::{ChunkSource, MessageSink, Transport, TransportError};
 
 // How long an installed snapshot's message may wait for room in the raft stage's
@@ -27,27 +29,36 @@ impl ChunkSource for StoredChunks {
     }
 }
 
-/// The snapshot sender thread's loop: one transfer at a time, each reported back to
-/// the raft stage. Ends when every sender of `requests` is gone.
-pub(crate) fn run_sender(
-    id: u64,
-    transport: Arc<dyn Transport>,
-    store: Arc<SnapshotStore>,
-    requests: Receiver<Message>,
-    reports: Sender<(u64, SnapshotStatus)>,
-) {
-    while let Ok(m) = requests.recv() {
-        let to = m.to;
-        let status = match send_one(id, transport.as_ref(), &store, &m) {
-            Ok(()) => SnapshotStatus::Finish,
-            Err(e) => {
-                log::warn!("node {id}: sending a snapshot to {to} failed: {e}");
-                SnapshotStatus::Failure
+/// The snapshot sender thread: one transfer at a time, each reported back to the raft
+/// stage. Ends when every sender of `requests` is gone (the raft and persist stages
+/// ended) or the raft stage stopped taking reports.
+pub(crate) struct SnapshotSenderStage {
+    pub(crate) id: u64,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) store: Arc<SnapshotStore>,
+    pub(crate) requests: Receiver<Message>,
+    pub(crate) reports: Sender<(u64, SnapshotStatus)>,
+}
+
+impl Stage for SnapshotSenderStage {
+    fn run(&mut self) -> StopReason {
+        let id = self.id;
+        while let Ok(m) = self.requests.recv() {
+            let to = m.to;
+            fail::fail_point!("snapshotBeforeSend");
+            let status = match send_one(id, self.transport.as_ref(), &self.store, &m) {
+                Ok(()) => SnapshotStatus::Finish,
+                Err(e) => {
+                    log::warn!("node {id}: sending a snapshot to {to} failed: {e}");
+                    SnapshotStatus::Failure
+                }
+            };
+            if self.reports.send((to, status)).is_err() {
+                break;
             }
-        };
-        if reports.send((to, status)).is_err() {
-            return;
         }
+        // Both ends close only once the raft stage ended, which recorded why.
+        StopReason::Closed
     }
 }
 
