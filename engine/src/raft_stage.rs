@@ -347,7 +347,6 @@ impl RaftStage {
             );
             return Ok(());
         }
-        fail::fail_point!("raftBeforeStep");
         if let Err(e) = self.raw.step(m) {
             if let Some(fatal) = fatal_raft(&e) {
                 return Err(fatal.into());
@@ -392,6 +391,8 @@ impl RaftStage {
         if ids.is_empty() {
             return Ok(());
         }
+        // Only client writes pass here (tests of a node's fatal stop).
+        fail::fail_point!("raftBeforePropose");
         let is_leader = self.raw.role() == StateRole::Leader;
         let last_before = self.raw.raft.raft_log.last_index();
         let term = self.raw.raft.term;
@@ -687,7 +688,6 @@ impl RaftStage {
     }
 
     fn handle_ready(&mut self, st: &mut Loop, mut rd: Ready) -> Turn {
-        fail::fail_point!("raftBeforeHandleReady");
         // 1. Soft state.
         if let Some(ss) = rd.ss() {
             let m = &self.shared.metrics;
