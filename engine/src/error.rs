@@ -122,7 +122,10 @@ impl Fatal {
     pub(crate) fn here(kind: FatalKind, detail: impl Into<String>) -> Fatal {
         Fatal {
             kind,
-            thread: std::thread::current().name().unwrap_or("unnamed").to_string(),
+            thread: std::thread::current()
+                .name()
+                .unwrap_or("unnamed")
+                .to_string(),
             detail: detail.into(),
         }
     }

@@ -104,18 +104,16 @@ impl PersistStage {
             if batch.snapshot.is_some() {
                 fail::fail_point!("raftBeforeSaveSnap");
             }
-            log.write(batch, false).map_err(|e| {
-                Fatal::here(FatalKind::LogWrite, format!("log write failed: {e}"))
-            })?;
+            log.write(batch, false)
+                .map_err(|e| Fatal::here(FatalKind::LogWrite, format!("log write failed: {e}")))?;
             if batch.snapshot.is_some() {
                 fail::fail_point!("raftAfterSaveSnap");
             }
         }
         if must_sync {
             fail::fail_point!("walBeforeSync");
-            log.sync().map_err(|e| {
-                Fatal::here(FatalKind::LogWrite, format!("log sync failed: {e}"))
-            })?;
+            log.sync()
+                .map_err(|e| Fatal::here(FatalKind::LogWrite, format!("log sync failed: {e}")))?;
             fail::fail_point!("walAfterSync");
             self.shared
                 .metrics

@@ -132,12 +132,7 @@ fn threads_of(id: u64) -> Vec<String> {
 
 /// Everything that must hold once node `db` stopped because `thread` panicked at
 /// `point`; `waiting` is the outcome of a call that waited at that moment.
-fn assert_failed_as_a_whole(
-    db: &Db,
-    point: &str,
-    thread: &str,
-    waiting: keel::Result<()>,
-) {
+fn assert_failed_as_a_whole(db: &Db, point: &str, thread: &str, waiting: keel::Result<()>) {
     let fatal = wait_until(WAIT, || db.status().fatal).expect("status shows the cause");
     assert_eq!(fatal.kind, FatalKind::Panic, "{fatal}");
     assert_eq!(fatal.thread, thread, "{fatal}");
