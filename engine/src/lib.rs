@@ -30,9 +30,10 @@
 //! state machine (for readers) and the `LogCache` (its own lock). Every channel is
 //! bounded; see each stage's module for why none of them can deadlock.
 //!
-//! A node fails as a whole: every stage thread runs under [`supervisor`], which turns a
-//! panic or a fatal error of any of them into one [`StopReason::Fatal`] for the whole
-//! node; the other stages then end too, and every waiting and later call reports it.
+//! A node fails as a whole: every stage thread runs under a supervisor
+//! (`supervisor.rs`), which turns a panic or a fatal error of any of them into one
+//! [`StopReason::Fatal`] for the whole node; the other stages then end too, and every
+//! waiting and later call reports it.
 //!
 //! Nodes reach each other through a [`transport::Transport`]: the in-process network
 //! for tests, or [`transport::tcp::TcpTransport`] (one accept thread, a reader thread
