@@ -380,6 +380,7 @@ impl Node {
         let snap_status_rx = match &config.transport {
             Some(transport) => {
                 let sender = SnapshotSenderStage {
+                    shared: Arc::clone(&shared),
                     id,
                     transport: Arc::clone(transport),
                     store: Arc::clone(&store),

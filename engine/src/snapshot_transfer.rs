@@ -10,6 +10,7 @@ use raft_core::{codec, Message, MessageType, SnapshotStatus};
 use snapshot::{ReceiveStatus, SnapshotId, SnapshotSender, SnapshotStore};
 
 use crate::error::StopReason;
+use crate::node::Shared;
 use crate::supervisor::Stage;
 use crate::transport::{ChunkSource, MessageSink, Transport, TransportError};
 
@@ -17,11 +18,19 @@ use crate::transport::{ChunkSource, MessageSink, Transport, TransportError};
 // inbox before the transfer is reported failed (the leader then retries).
 const INBOX_WAIT: Duration = Duration::from_secs(5);
 
-struct StoredChunks(SnapshotSender);
+struct StoredChunks<'a> {
+    chunks: SnapshotSender,
+    shared: &'a Shared,
+}
 
-impl ChunkSource for StoredChunks {
+impl ChunkSource for StoredChunks<'_> {
     fn next_frame(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
-        match self.0.next_chunk() {
+        // A node that stopped sends nothing more: the transfer ends at the next chunk
+        // rather than running on after the rest of the node is gone.
+        if self.shared.is_stopped() {
+            return Err(TransportError::Snapshot("the node stopped".into()));
+        }
+        match self.chunks.next_chunk() {
             Ok(Some(chunk)) => Ok(Some(chunk.encode())),
             Ok(None) => Ok(None),
             Err(e) => Err(TransportError::Snapshot(e.to_string())),
@@ -33,6 +42,7 @@ impl ChunkSource for StoredChunks {
 /// stage. Ends when every sender of `requests` is gone (the raft and persist stages
 /// ended) or the raft stage stopped taking reports.
 pub(crate) struct SnapshotSenderStage {
+    pub(crate) shared: Arc<Shared>,
     pub(crate) id: u64,
     pub(crate) transport: Arc<dyn Transport>,
     pub(crate) store: Arc<SnapshotStore>,
@@ -46,7 +56,7 @@ impl Stage for SnapshotSenderStage {
         while let Ok(m) = self.requests.recv() {
             let to = m.to;
             fail::fail_point!("snapshotBeforeSend");
-            let status = match send_one(id, self.transport.as_ref(), &self.store, &m) {
+            let status = match self.send_one(&m) {
                 Ok(()) => SnapshotStatus::Finish,
                 Err(e) => {
                     log::warn!("node {id}: sending a snapshot to {to} failed: {e}");
@@ -62,22 +72,24 @@ impl Stage for SnapshotSenderStage {
     }
 }
 
-fn send_one(
-    id: u64,
-    transport: &dyn Transport,
-    store: &SnapshotStore,
-    m: &Message,
-) -> Result<(), TransportError> {
-    let Some(snap) = &m.snapshot else {
-        return Err(TransportError::Snapshot(
-            "message without a snapshot".into(),
-        ));
-    };
-    let sender = store
-        .sender(SnapshotId::of(&snap.metadata), 0)
-        .map_err(|e| TransportError::Snapshot(e.to_string()))?;
-    let mut chunks = StoredChunks(sender);
-    transport.send_snapshot(id, m.to, codec::encode(m), &mut chunks)
+impl SnapshotSenderStage {
+    fn send_one(&self, m: &Message) -> Result<(), TransportError> {
+        let Some(snap) = &m.snapshot else {
+            return Err(TransportError::Snapshot(
+                "message without a snapshot".into(),
+            ));
+        };
+        let sender = self
+            .store
+            .sender(SnapshotId::of(&snap.metadata), 0)
+            .map_err(|e| TransportError::Snapshot(e.to_string()))?;
+        let mut chunks = StoredChunks {
+            chunks: sender,
+            shared: &self.shared,
+        };
+        self.transport
+            .send_snapshot(self.id, m.to, codec::encode(m), &mut chunks)
+    }
 }
 
 /// What a transport delivers a node's inbound traffic to.
