@@ -97,6 +97,10 @@ pub enum CliError {
     /// message says what to change.
     #[error("{0}")]
     Node(String),
+    /// A running `keel serve` node stopped on a fatal error (a thread died, the disk
+    /// failed); the message names the cause. Exit code 3: restarting it may help.
+    #[error("{0}")]
+    NodeFailed(String),
 }
 
 impl CliError {
@@ -108,9 +112,13 @@ impl CliError {
         }
     }
 
-    /// The process exit code: 2 for every error.
+    /// The process exit code: 3 for a node that stopped on a fatal error while it
+    /// ran, 2 for every other error.
     pub fn exit_code(&self) -> ExitCode {
-        ExitCode::from(2)
+        match self {
+            CliError::NodeFailed(_) => ExitCode::from(3),
+            _ => ExitCode::from(2),
+        }
     }
 }
 

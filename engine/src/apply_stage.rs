@@ -20,10 +20,11 @@ use snapshot::{LogCache, SavedSnapshot, SnapshotId, SnapshotStore};
 use wal::LogStore;
 
 use crate::command::Command;
-use crate::error::Error;
+use crate::error::{Error, Fatal, FatalKind, StopReason};
 use crate::node::Shared;
 use crate::proposals::Applied;
 use crate::state_machine::StateMachine;
+use crate::supervisor::{self, Stage};
 use crate::thread_policy::{self, ThreadPolicy};
 
 /// Work for the apply stage, in log order.
@@ -45,10 +46,6 @@ pub(crate) struct SavingSnapshot {
     started: Instant,
     done: Receiver<crate::Result<SavedSnapshot>>,
     thread: JoinHandle<()>,
-}
-
-fn saver_vanished() -> Error {
-    Error::Stopped("the snapshot thread ended without an answer".to_string())
 }
 
 pub(crate) struct ApplyStage {
@@ -87,10 +84,18 @@ pub(crate) struct ApplyStage {
     pub(crate) saving: Option<SavingSnapshot>,
 }
 
-impl ApplyStage {
-    /// Runs until the raft stage drops its sender, or a snapshot cannot be installed.
-    pub(crate) fn run(mut self) {
+impl Stage for ApplyStage {
+    /// Runs until the raft stage drops its sender, until entries cannot be applied or
+    /// a snapshot cannot be installed, or until another thread of the node failed.
+    fn run(&mut self) -> StopReason {
         while let Some(first) = self.next_task() {
+            // Nothing more is applied on a node that failed (a clean close still
+            // applies what was handed out, to answer its callers).
+            if self.shared.is_stopped() {
+                if let Some(fatal) = self.shared.fatal() {
+                    return StopReason::Fatal(fatal);
+                }
+            }
             let mut tasks = vec![first];
             while tasks.len() < self.max_batch {
                 match self.tasks.try_recv() {
@@ -110,9 +115,8 @@ impl ApplyStage {
                     }
                     ApplyTask::Snapshot(meta) => self.install(&meta),
                 };
-                if let Err(why) = outcome {
-                    self.shared.fail(&why);
-                    return;
+                if let Err(fatal) = outcome {
+                    return StopReason::Fatal(fatal);
                 }
             }
             let applied = self.applied_through;
@@ -130,9 +134,22 @@ impl ApplyStage {
         // Shutting down: a snapshot being written is finished, and the log compacted
         // behind it, rather than abandoned; its thread ends with it.
         if let Some(saving) = self.saving.take() {
-            let saved = saving.done.recv().unwrap_or_else(|_| Err(saver_vanished()));
+            let saved = saving
+                .done
+                .recv()
+                .unwrap_or_else(|_| Err(self.saver_vanished()));
             self.finish_saving(saving, saved);
         }
+        // The raft stage drops its sender only once it ended, which recorded why.
+        StopReason::Closed
+    }
+}
+
+impl ApplyStage {
+    // What a snapshot thread that ended without an answer left: it panicked, and its
+    // supervisor recorded that before the answer's channel closed.
+    fn saver_vanished(&self) -> Error {
+        Error::Stopped(self.shared.await_stop_reason())
     }
 
     // The next task. Meanwhile it finishes a snapshot whose thread is done; bounded:
@@ -145,7 +162,7 @@ impl ApplyStage {
             select! {
                 recv(self.tasks) -> task => return task.ok(),
                 recv(done) -> saved => {
-                    let saved = saved.unwrap_or_else(|_| Err(saver_vanished()));
+                    let saved = saved.unwrap_or_else(|_| Err(self.saver_vanished()));
                     if let Some(saving) = self.saving.take() {
                         self.finish_saving(saving, saved);
                     }
@@ -158,7 +175,8 @@ impl ApplyStage {
         &mut self,
         entries: &[Entry],
         conf_states: Vec<(u64, ConfState)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Fatal> {
+        fail::fail_point!("applyBeforeEntries");
         let my_id = self.shared.id;
         let mut conf_states = conf_states.into_iter().peekable();
         let mut sm = self.sm.write();
@@ -208,8 +226,12 @@ impl ApplyStage {
             let (first, last) = (*first, *last);
             // Local storage failed: skipping would leave this replica different from the
             // others, so the node stops instead.
-            sm.apply_batch(ops)
-                .map_err(|err| format!("applying entries {first}..={last} failed: {err}"))?;
+            sm.apply_batch(ops).map_err(|err| {
+                Fatal::here(
+                    FatalKind::StateMachine,
+                    format!("applying entries {first}..={last} failed: {err}"),
+                )
+            })?;
         }
         sm.skip_to(self.applied_through);
         drop(sm);
@@ -217,7 +239,7 @@ impl ApplyStage {
         Ok(())
     }
 
-    fn install(&mut self, meta: &SnapshotMetadata) -> Result<(), String> {
+    fn install(&mut self, meta: &SnapshotMetadata) -> Result<(), Fatal> {
         if meta.index <= self.applied_through {
             return Ok(());
         }
@@ -228,8 +250,12 @@ impl ApplyStage {
             meta.clone()
         } else {
             let id = SnapshotId::of(meta);
-            sm.restore_snapshot(&self.store, id)
-                .map_err(|e| format!("installing snapshot {id:?} failed: {e}"))?
+            sm.restore_snapshot(&self.store, id).map_err(|e| {
+                Fatal::here(
+                    FatalKind::Snapshot,
+                    format!("installing snapshot {id:?} failed: {e}"),
+                )
+            })?
         };
         drop(sm);
         self.last_snapshot_bytes = snapshot_file_bytes(&self.store, &loaded);
@@ -294,13 +320,21 @@ impl ApplyStage {
         let (answer, done) = bounded(1);
         let (store, job_meta) = (Arc::clone(&self.store), meta.clone());
         let hints = self.scheduler_hints;
+        let shared = Arc::clone(&self.shared);
         let spawned = std::thread::Builder::new()
             .name(format!("keel-snapsave-{}", self.shared.id))
             .spawn(move || {
                 if hints {
                     thread_policy::apply_to_current_thread(ThreadPolicy::Background);
                 }
-                let _ = answer.send(frozen.save_snapshot(&store, &job_meta));
+                // A panic stops the node; `answer` closes only after that is recorded.
+                let saved = supervisor::guarded(&shared, || {
+                    fail::fail_point!("snapshotBeforeSave");
+                    frozen.save_snapshot(&store, &job_meta)
+                });
+                if let Some(saved) = saved {
+                    let _ = answer.send(saved);
+                }
             });
         match spawned {
             Ok(thread) => {
@@ -321,7 +355,11 @@ impl ApplyStage {
     fn finish_saving(&mut self, saving: SavingSnapshot, saved: crate::Result<SavedSnapshot>) {
         // It has sent its answer (or died), so joining does not wait.
         if saving.thread.join().is_err() {
-            log::error!("node {}: the snapshot thread panicked", self.shared.id);
+            // `guarded` catches its panics; this is a bug's net.
+            self.shared.fail(Fatal::here(
+                FatalKind::Panic,
+                "the snapshot thread panicked outside its guard",
+            ));
         }
         self.finish_snapshot(saving.meta, saving.started, saved);
     }

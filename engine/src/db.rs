@@ -8,8 +8,9 @@ use raft_core::{ConfChangeV2, ConfState, StateRole};
 
 use crate::command::{self, OpRef};
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, Fatal, Result, StopReason, UnknownOutcome};
 use crate::node::Node;
+use crate::proposals::Waited;
 use crate::raft_stage::{Request, QUORUM_REFUSAL};
 use crate::reply::{self, RecvTimeoutError};
 
@@ -41,8 +42,9 @@ pub struct Status {
     pub voters: Vec<u64>,
     /// Learners of the current configuration.
     pub learners: Vec<u64>,
-    /// Why the node stopped, if it stopped on its own.
-    pub fatal: Option<String>,
+    /// Why the node stopped, if it stopped on its own: it then serves nothing and
+    /// every call fails with this cause (see [`Error::fatal`]).
+    pub fatal: Option<Fatal>,
 }
 
 /// A handle on one running node. Cheap to clone; every clone drives the same node.
@@ -141,10 +143,9 @@ impl Db {
                 Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(timeout)),
                 // Handed to the raft stage, so possibly proposed: not known to have
                 // failed.
-                Err(RecvTimeoutError::Disconnected) => Err(Error::Indeterminate(format!(
-                    "the node stopped before the write's outcome was known: {}",
-                    shared.stopped_error()
-                ))),
+                Err(RecvTimeoutError::Disconnected) => Err(Error::Indeterminate(
+                    UnknownOutcome::Stopped(shared.await_stop_reason()),
+                )),
             },
             Err(SendTimeoutError::Timeout(_)) => Err(Error::Timeout(timeout)),
             Err(SendTimeoutError::Disconnected(_)) => Err(shared.stopped_error()),
@@ -193,10 +194,10 @@ impl Db {
             let remaining = deadline.saturating_duration_since(Instant::now());
             match answer.recv_timeout(remaining) {
                 Ok(Ok(index)) => {
-                    return if shared.applied.wait_for(index, deadline)? {
-                        Ok(index)
-                    } else {
-                        Err(Error::Timeout(timeout))
+                    return match shared.applied.wait_for(index, deadline) {
+                        Waited::Reached => Ok(index),
+                        Waited::TimedOut => Err(Error::Timeout(timeout)),
+                        Waited::Stopped => Err(shared.stopped_error()),
                     };
                 }
                 // The round was lost to a leader change or a lost message: try again.
@@ -352,7 +353,7 @@ impl Db {
             snapshot_index: cache.snapshot_index,
             voters: view.conf_state.voters.clone(),
             learners: view.conf_state.learners.clone(),
-            fatal: shared.fatal_reason(),
+            fatal: shared.fatal(),
         }
     }
 
@@ -375,12 +376,13 @@ impl Db {
 
     /// Stops the node cleanly: every stage finishes and its thread is joined, and the
     /// log is synced. Every acknowledged write is durable. Returns the error that
-    /// stopped the node earlier, if one did. Other handles get `Stopped` afterwards.
+    /// stopped the node earlier, if one did (`Stopped` with [`StopReason::Fatal`]).
+    /// Other handles get `Stopped` afterwards.
     pub fn close(&self) -> Result<()> {
         self.node.shutdown();
         let synced = self.node.cache.log().sync();
-        if let Some(why) = self.node.shared.fatal_reason() {
-            return Err(Error::Stopped(why));
+        if let Some(fatal) = self.node.shared.fatal() {
+            return Err(Error::Stopped(StopReason::Fatal(fatal)));
         }
         synced?;
         Ok(())

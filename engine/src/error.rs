@@ -16,11 +16,12 @@ pub enum Error {
     /// commit later.
     #[error("timed out after {0:?}")]
     Timeout(Duration),
-    /// The node is closed or stopped (after `close`, or after a fatal error). A write
-    /// that fails with this was never proposed, so it was not applied; one that was
-    /// proposed before the node stopped fails with [`Error::Indeterminate`] instead.
+    /// The node is closed or stopped (after `close`, or after a fatal error, which the
+    /// [`StopReason`] names). A write that fails with this was never proposed, so it was
+    /// not applied; one that was proposed before the node stopped fails with
+    /// [`Error::Indeterminate`] instead.
     #[error("node stopped: {0}")]
-    Stopped(String),
+    Stopped(StopReason),
     /// The request is larger than the configured bound.
     #[error("request of {size_bytes} bytes exceeds the limit of {max_bytes} bytes")]
     TooLarge {
@@ -36,10 +37,10 @@ pub enum Error {
     /// replaced it at its index. It was not applied.
     #[error("proposal lost: {0}")]
     ProposalLost(String),
-    /// The proposal's outcome cannot be known (e.g. a snapshot from the leader jumped
-    /// over its index): it may or may not have been applied.
+    /// The proposal's outcome cannot be known (a snapshot from the leader jumped over its
+    /// index, or the node stopped while it waited): it may or may not have been applied.
     #[error("proposal outcome unknown: {0}")]
-    Indeterminate(String),
+    Indeterminate(UnknownOutcome),
     /// A membership change or leadership transfer was refused before anything was
     /// proposed: another change is still pending, the node is already in the wanted
     /// role, or the change would leave the cluster without a quorum.
@@ -67,6 +68,127 @@ pub enum Error {
     /// raft-core refused something (e.g. an invalid membership change).
     #[error("raft error: {0}")]
     Raft(#[from] raft_core::Error),
+}
+
+impl Error {
+    /// Why the node stopped, if this error says it did ([`Error::Stopped`], or
+    /// [`Error::Indeterminate`] because the node stopped while the call waited).
+    pub fn stop_reason(&self) -> Option<&StopReason> {
+        match self {
+            Error::Stopped(reason) | Error::Indeterminate(UnknownOutcome::Stopped(reason)) => {
+                Some(reason)
+            }
+            _ => None,
+        }
+    }
+
+    /// The fatal error that stopped the node, if this error reports one.
+    pub fn fatal(&self) -> Option<&Fatal> {
+        match self.stop_reason() {
+            Some(StopReason::Fatal(fatal)) => Some(fatal),
+            _ => None,
+        }
+    }
+}
+
+/// Why a node stopped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StopReason {
+    /// [`Db::close`](crate::Db::close) was called or the last handle dropped.
+    #[error("closed")]
+    Closed,
+    /// The node could not go on and stopped as a whole.
+    #[error(transparent)]
+    Fatal(#[from] Fatal),
+}
+
+/// What made a node stop on its own: a thread died or hit an error after which the
+/// node's state can no longer be trusted. The first such cause is kept; every call
+/// after it reports it, and [`Db::status`](crate::Db::status) shows it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} in thread {thread}: {detail}")]
+pub struct Fatal {
+    /// What kind of failure.
+    pub kind: FatalKind,
+    /// The name of the thread it happened on (`keel-raft-ID`, `keel-persist-ID`,
+    /// `keel-apply-ID`, `keel-snapsave-ID`, `keel-snapsend-ID`).
+    pub thread: String,
+    /// What happened, for people (the panic message, the I/O error).
+    pub detail: String,
+}
+
+impl Fatal {
+    /// A fatal error of `kind` on the calling thread.
+    pub(crate) fn here(kind: FatalKind, detail: impl Into<String>) -> Fatal {
+        Fatal {
+            kind,
+            thread: std::thread::current()
+                .name()
+                .unwrap_or("unnamed")
+                .to_string(),
+            detail: detail.into(),
+        }
+    }
+}
+
+/// The kinds of [`Fatal`] errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FatalKind {
+    /// A thread of the node panicked: a bug, or a broken invariant (`assert!`).
+    Panic,
+    /// Writing or syncing the Raft log failed (a failed fsync among them): what is on
+    /// disk is unknown, so nothing may be acknowledged on it.
+    LogWrite,
+    /// raft-core returned an error after which the node cannot go on
+    /// ([`raft_core::Error::is_fatal`]): its log was lost behind raft's back (a commit
+    /// index past the log), or raft's storage failed to read.
+    Raft,
+    /// Applying committed entries to the state machine failed; skipping them would
+    /// leave this replica different from the others.
+    StateMachine,
+    /// Installing a snapshot received from the leader failed.
+    Snapshot,
+    /// An invariant of the pipeline broke: a stage ended while the node was running,
+    /// or the log cache refused what the log accepted.
+    Invariant,
+}
+
+impl FatalKind {
+    /// A stable name: `panic`, `log_write`, `raft`, `state_machine`, `snapshot`,
+    /// `invariant` (the `kind` field of `/status` and `/health` in `keel serve`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FatalKind::Panic => "panic",
+            FatalKind::LogWrite => "log_write",
+            FatalKind::Raft => "raft",
+            FatalKind::StateMachine => "state_machine",
+            FatalKind::Snapshot => "snapshot",
+            FatalKind::Invariant => "invariant",
+        }
+    }
+}
+
+impl std::fmt::Display for FatalKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a proposal's outcome is unknown ([`Error::Indeterminate`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UnknownOutcome {
+    /// A snapshot from the leader replaced the log up to `index`, over the write's
+    /// entry: the write may or may not be in it.
+    #[error("a snapshot up to index {index} replaced the log")]
+    SnapshotReplaced {
+        /// The snapshot's index.
+        index: u64,
+    },
+    /// The node stopped after the write was handed to raft, before its outcome was
+    /// known; it may still commit (on this node's restart, or through another leader).
+    #[error("the node stopped ({0}) before the write's outcome was known")]
+    Stopped(StopReason),
 }
 
 /// Result alias for the engine.

@@ -30,6 +30,11 @@
 //! state machine (for readers) and the `LogCache` (its own lock). Every channel is
 //! bounded; see each stage's module for why none of them can deadlock.
 //!
+//! A node fails as a whole: every stage thread runs under a supervisor
+//! (`supervisor.rs`), which turns a panic or a fatal error of any of them into one
+//! [`StopReason::Fatal`] for the whole node; the other stages then end too, and every
+//! waiting and later call reports it.
+//!
 //! Nodes reach each other through a [`transport::Transport`]: the in-process network
 //! for tests, or [`transport::tcp::TcpTransport`] (one accept thread, a reader thread
 //! per inbound connection, a writer thread and bounded queue per peer, snapshots on
@@ -59,13 +64,14 @@ mod raft_stage;
 mod reply;
 mod snapshot_transfer;
 pub mod state_machine;
+mod supervisor;
 mod thread_policy;
 pub mod transport;
 
 pub use command::{Command, Op};
 pub use config::{Config, LogBackend, MembershipObserver, StateMachineKind};
 pub use db::{Db, Role, Status};
-pub use error::{Error, Result};
+pub use error::{Error, Fatal, FatalKind, Result, StopReason, UnknownOutcome};
 /// Membership types used by [`Db::change_membership`], from raft-core.
 pub use raft_core::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,

@@ -11,9 +11,10 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Condvar, Mutex, RwLock};
 use raft_core::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
     EntryType, HardState, RawNode, StateRole, Storage,
@@ -23,15 +24,16 @@ use wal::{LogBatch, LogStore, SyncPolicy, Wal, WalOptions};
 
 use crate::apply_stage::{snapshot_file_bytes, ApplyStage};
 use crate::config::{Config, LogBackend, StateMachineKind};
-use crate::error::{Error, Result};
+use crate::error::{Error, Fatal, FatalKind, Result, StopReason};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::persist_stage::PersistStage;
 use crate::proposals::{AppliedWatch, Proposals};
 use crate::raft_stage::{RaftStage, Request};
-use crate::snapshot_transfer::{self, NodeSink};
+use crate::snapshot_transfer::{NodeSink, SnapshotSenderStage};
 use crate::state_machine::{MemoryStateMachine, StateMachine};
-use crate::thread_policy::{self, ThreadPolicy};
+use crate::supervisor::spawn_stage;
+use crate::thread_policy::ThreadPolicy;
 use crate::transport::MessageSink;
 
 /// What the raft stage publishes for `status()`.
@@ -52,38 +54,98 @@ pub(crate) struct Shared {
     pub(crate) applied: AppliedWatch,
     view: RwLock<RaftView>,
     stopped: AtomicBool,
-    fatal: Mutex<Option<String>>,
+    // Why the node stopped; set once (a fatal cause may still replace `Closed`).
+    stop: Mutex<Option<StopReason>>,
+    stop_known: Condvar,
+    // Wakes the raft stage (its stop channel) so a fatal error elsewhere ends it now
+    // rather than at its next tick.
+    wake_raft: Sender<()>,
 }
 
+// Longest a caller whose request channel closed waits for the reason to be recorded:
+// the supervisor records it right after the stage's unwinding, so this is only a
+// bound against a bug.
+const STOP_REASON_WAIT: Duration = Duration::from_secs(1);
+
 impl Shared {
-    /// Stops the node because of `why`: logged at error level, kept for every later
-    /// call to report, and every waiter woken.
-    pub(crate) fn fail(&self, why: &str) {
-        log::error!("node {} stopping: {why}", self.id);
-        let mut fatal = self.fatal.lock();
-        if fatal.is_none() {
-            *fatal = Some(why.to_string());
+    /// Stops the node because of `fatal`: logged at error level, kept for every later
+    /// call to report (the first fatal cause wins; it replaces a clean close in
+    /// progress), every waiter woken, and the raft stage told to end.
+    pub(crate) fn fail(&self, fatal: Fatal) {
+        let mut stop = self.stop.lock();
+        match &*stop {
+            // Passed on by the stage it woke: already said.
+            Some(StopReason::Fatal(first)) if *first == fatal => {}
+            Some(StopReason::Fatal(first)) => {
+                log::error!("node {}: also, after {first}: {fatal}", self.id);
+            }
+            _ => {
+                log::error!("node {} stopping: {fatal}", self.id);
+                *stop = Some(StopReason::Fatal(fatal));
+            }
         }
-        drop(fatal);
-        self.mark_stopped();
+        self.set_stopped(stop);
+        let _ = self.wake_raft.try_send(());
     }
 
-    pub(crate) fn fatal_reason(&self) -> Option<String> {
-        self.fatal.lock().clone()
+    /// Marks the node closed (by `Db::close` or the last handle), unless it stopped
+    /// already.
+    pub(crate) fn close(&self) {
+        let mut stop = self.stop.lock();
+        if stop.is_none() {
+            *stop = Some(StopReason::Closed);
+        }
+        self.set_stopped(stop);
     }
 
-    pub(crate) fn mark_stopped(&self) {
+    fn set_stopped(&self, stop: parking_lot::MutexGuard<'_, Option<StopReason>>) {
         self.stopped.store(true, Ordering::Release);
+        drop(stop);
+        self.stop_known.notify_all();
         self.applied.stop();
+    }
+
+    /// Why the node stopped; `None` while it runs.
+    pub(crate) fn stop_reason(&self) -> Option<StopReason> {
+        self.stop.lock().clone()
+    }
+
+    /// The fatal error that stopped the node, if one did.
+    pub(crate) fn fatal(&self) -> Option<Fatal> {
+        match &*self.stop.lock() {
+            Some(StopReason::Fatal(fatal)) => Some(fatal.clone()),
+            _ => None,
+        }
     }
 
     pub(crate) fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
     }
 
-    /// The error a call on a stopped node returns.
+    /// Why the node stopped, for a caller that saw a stage's channel close: that
+    /// happens only after the reason is recorded, so the wait is a bound, not a delay.
+    pub(crate) fn await_stop_reason(&self) -> StopReason {
+        let deadline = Instant::now() + STOP_REASON_WAIT;
+        let mut stop = self.stop.lock();
+        // Bounded by the deadline.
+        loop {
+            if let Some(reason) = &*stop {
+                return reason.clone();
+            }
+            if self.stop_known.wait_until(&mut stop, deadline).timed_out() {
+                return stop.clone().unwrap_or_else(|| {
+                    StopReason::Fatal(Fatal::here(
+                        FatalKind::Invariant,
+                        "a stage's channel closed but the node recorded no reason",
+                    ))
+                });
+            }
+        }
+    }
+
+    /// The error a call on a stopped node returns (the call was never proposed).
     pub(crate) fn stopped_error(&self) -> Error {
-        Error::Stopped(self.fatal_reason().unwrap_or_else(|| "closed".into()))
+        Error::Stopped(self.await_stop_reason())
     }
 
     pub(crate) fn publish<S: Storage>(&self, raw: &RawNode<S>) {
@@ -176,14 +238,9 @@ fn load_snapshot(
     Ok(None)
 }
 
-// Starts a stage thread, with the scheduler hint of a stage if `hints`.
-fn spawn(name: String, hints: bool, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>> {
-    Ok(std::thread::Builder::new().name(name).spawn(move || {
-        if hints {
-            thread_policy::apply_to_current_thread(ThreadPolicy::Stage);
-        }
-        f()
-    })?)
+// The scheduler hint of a stage thread, if hints are on.
+fn stage_policy(hints: bool) -> Option<ThreadPolicy> {
+    hints.then_some(ThreadPolicy::Stage)
 }
 
 impl Node {
@@ -244,6 +301,7 @@ impl Node {
             raw.campaign()?;
         }
 
+        let (stop_tx, stop_rx) = bounded(1);
         let shared = Arc::new(Shared {
             id,
             metrics: Metrics::new(id)?,
@@ -254,14 +312,15 @@ impl Node {
                 ..RaftView::default()
             }),
             stopped: AtomicBool::new(false),
-            fatal: Mutex::new(None),
+            stop: Mutex::new(None),
+            stop_known: Condvar::new(),
+            wake_raft: stop_tx.clone(),
         });
         shared.publish(&raw);
 
         let inflight = config.max_inflight_readies;
         let (request_tx, request_rx) = bounded(config.request_queue_len);
         let (inbox_tx, inbox_rx) = bounded(config.inbox_queue_len);
-        let (stop_tx, stop_rx) = bounded(1);
         let (persist_tx, persist_rx) = bounded(inflight);
         let (persisted_tx, persisted_rx) = bounded(inflight);
         // Each task holds at most max_committed_size_per_ready_bytes of entries.
@@ -281,9 +340,13 @@ impl Node {
             fsync: config.fsync,
             max_batch: inflight,
         };
-        threads.push(spawn(format!("keel-persist-{id}"), hints, move || {
-            persist.run()
-        })?);
+        let policy = stage_policy(hints);
+        threads.push(spawn_stage(
+            Arc::clone(&shared),
+            format!("keel-persist-{id}"),
+            policy,
+            persist,
+        )?);
         let apply = ApplyStage {
             shared: Arc::clone(&shared),
             tasks: apply_rx,
@@ -308,15 +371,28 @@ impl Node {
             commit_index: Arc::new(AtomicU64::new(0)),
             saving: None,
         };
-        threads.push(spawn(format!("keel-apply-{id}"), hints, move || {
-            apply.run()
-        })?);
+        threads.push(spawn_stage(
+            Arc::clone(&shared),
+            format!("keel-apply-{id}"),
+            policy,
+            apply,
+        )?);
         let snap_status_rx = match &config.transport {
             Some(transport) => {
-                let (transport, store) = (Arc::clone(transport), Arc::clone(&store));
-                threads.push(spawn(format!("keel-snapsend-{id}"), hints, move || {
-                    snapshot_transfer::run_sender(id, transport, store, snap_rx, snap_status_tx)
-                })?);
+                let sender = SnapshotSenderStage {
+                    shared: Arc::clone(&shared),
+                    id,
+                    transport: Arc::clone(transport),
+                    store: Arc::clone(&store),
+                    requests: snap_rx,
+                    reports: snap_status_tx,
+                };
+                threads.push(spawn_stage(
+                    Arc::clone(&shared),
+                    format!("keel-snapsend-{id}"),
+                    policy,
+                    sender,
+                )?);
                 snap_status_rx
             }
             // No peers, no snapshots to send.
@@ -346,7 +422,12 @@ impl Node {
             last_number: 0,
             observer: config.membership_observer.clone(),
         };
-        threads.push(spawn(format!("keel-raft-{id}"), hints, move || raft.run())?);
+        threads.push(spawn_stage(
+            Arc::clone(&shared),
+            format!("keel-raft-{id}"),
+            policy,
+            raft,
+        )?);
         let sink: Arc<dyn MessageSink> = Arc::new(NodeSink {
             id,
             inbox: inbox_tx,
@@ -372,14 +453,21 @@ impl Node {
     /// already durable (the persist stage syncs before anything is acknowledged); the
     /// persist stage finishes the writes that queued before it exits.
     pub(crate) fn shutdown(&self) {
+        // New calls fail from now on; the raft stage ends on the stop message.
+        self.shared.close();
         let _ = self.stop.try_send(());
         let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *self.threads.lock());
         // The raft stage is last in the list; joining it first lets the others see
         // their inputs close. Joining in reverse does exactly that.
         for t in threads.into_iter().rev() {
             let name = t.thread().name().unwrap_or("keel").to_string();
+            // The supervisor catches every panic of a stage; this is a bug's net.
             if t.join().is_err() {
-                self.shared.fail(&format!("thread {name} panicked"));
+                self.shared.fail(Fatal {
+                    kind: FatalKind::Panic,
+                    thread: name,
+                    detail: "the thread panicked outside its supervisor".into(),
+                });
             }
         }
         // Only now: unregistering drops the inbox's sender, which the raft stage would
@@ -387,7 +475,6 @@ impl Node {
         if let Some(transport) = &self.config.transport {
             transport.unregister(self.shared.id, &self.sink);
         }
-        self.shared.mark_stopped();
     }
 }
 

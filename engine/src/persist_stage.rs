@@ -7,7 +7,7 @@
 //! and votes), and reports the highest durable Ready number to the raft stage.
 //!
 //! A failed write or sync is fatal: the log is poisoned, nothing acknowledged may depend
-//! on it, and the node stops loudly (see [`crate::node::Shared::fail`]).
+//! on it, and the node stops loudly (a [`FatalKind::LogWrite`] stop).
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -17,8 +17,10 @@ use raft_core::{Entry, HardState, Message, SnapshotMetadata, StorageError};
 use snapshot::LogCache;
 use wal::{LogBatch, LogStore};
 
+use crate::error::{Fatal, FatalKind, StopReason};
 use crate::node::Shared;
 use crate::outbox::Outbox;
+use crate::supervisor::Stage;
 
 /// One Ready's share of durable work.
 pub(crate) struct PersistTask {
@@ -52,10 +54,10 @@ pub(crate) struct PersistStage {
     pub(crate) max_batch: usize,
 }
 
-impl PersistStage {
+impl Stage for PersistStage {
     /// Runs until the raft stage drops its sender (after finishing what queued) or a
     /// write fails.
-    pub(crate) fn run(self) {
+    fn run(&mut self) -> StopReason {
         while let Ok(first) = self.tasks.recv() {
             let mut tasks = vec![first];
             while tasks.len() < self.max_batch {
@@ -64,9 +66,8 @@ impl PersistStage {
                     Err(_) => break,
                 }
             }
-            if let Err(why) = self.persist(&mut tasks) {
-                self.shared.fail(&why);
-                return;
+            if let Err(fatal) = self.persist(&mut tasks) {
+                return StopReason::Fatal(fatal);
             }
             let number = tasks.last().map_or(0, |t| t.number);
             if tasks.iter().any(|t| !t.messages.is_empty()) {
@@ -83,13 +84,17 @@ impl PersistStage {
                 }
             }
             if self.done.send(Persisted { number, held }).is_err() {
-                return;
+                break;
             }
         }
+        // Both channels close only once the raft stage ended, which recorded why.
+        StopReason::Closed
     }
+}
 
+impl PersistStage {
     // Takes the tasks' entries (they move into the log cache); the rest stays.
-    fn persist(&self, tasks: &mut [PersistTask]) -> Result<(), String> {
+    fn persist(&self, tasks: &mut [PersistTask]) -> Result<(), Fatal> {
         let batches = merge(tasks);
         let must_sync = tasks.iter().any(|t| t.must_sync) && self.fsync;
         let log = self.cache.log();
@@ -100,14 +105,15 @@ impl PersistStage {
                 fail::fail_point!("raftBeforeSaveSnap");
             }
             log.write(batch, false)
-                .map_err(|e| format!("log write failed: {e}"))?;
+                .map_err(|e| Fatal::here(FatalKind::LogWrite, format!("log write failed: {e}")))?;
             if batch.snapshot.is_some() {
                 fail::fail_point!("raftAfterSaveSnap");
             }
         }
         if must_sync {
             fail::fail_point!("walBeforeSync");
-            log.sync().map_err(|e| format!("log sync failed: {e}"))?;
+            log.sync()
+                .map_err(|e| Fatal::here(FatalKind::LogWrite, format!("log sync failed: {e}")))?;
             fail::fail_point!("walAfterSync");
             self.shared
                 .metrics
@@ -128,13 +134,21 @@ impl PersistStage {
                             self.shared.id,
                         );
                     }
-                    Err(e) => return Err(format!("log cache refused a snapshot: {e}")),
+                    Err(e) => {
+                        return Err(Fatal::here(
+                            FatalKind::Invariant,
+                            format!("log cache refused a snapshot: {e}"),
+                        ))
+                    }
                 }
                 fail::fail_point!("raftAfterApplySnap");
             }
-            self.cache
-                .append_owned(batch.entries)
-                .map_err(|e| format!("log cache refused entries: {e}"))?;
+            self.cache.append_owned(batch.entries).map_err(|e| {
+                Fatal::here(
+                    FatalKind::Invariant,
+                    format!("log cache refused entries: {e}"),
+                )
+            })?;
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use crate::reply::{self, Receiver, Sender};
 use parking_lot::{Condvar, Mutex};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, StopReason, UnknownOutcome};
 
 struct Waiter {
     reply: Sender<Result<u64>>,
@@ -170,8 +170,7 @@ impl Proposals {
             .map(|(_, (_, id))| *id)
             .collect();
         for id in covered {
-            let unknown =
-                Error::Indeterminate(format!("a snapshot up to index {index} replaced the log"));
+            let unknown = Error::Indeterminate(UnknownOutcome::SnapshotReplaced { index });
             finish(&mut inner, id, Err(unknown), &mut answers);
         }
         drop(inner);
@@ -180,14 +179,12 @@ impl Proposals {
 
     /// Answers every waiting write at shutdown: each may have been proposed, and so
     /// may still commit, so its outcome is unknown.
-    pub(crate) fn fail_all(&self, why: &str) {
+    pub(crate) fn fail_all(&self, why: &StopReason) {
         let mut answers = Answers::new();
         let mut inner = self.inner.lock();
         let ids: Vec<u64> = inner.waiters.keys().copied().collect();
         for id in ids {
-            let unknown = Error::Indeterminate(format!(
-                "the node stopped ({why}) before the write's outcome was known"
-            ));
+            let unknown = Error::Indeterminate(UnknownOutcome::Stopped(why.clone()));
             finish(&mut inner, id, Err(unknown), &mut answers);
         }
         drop(inner);
@@ -265,21 +262,35 @@ impl AppliedWatch {
         self.changed.notify_all();
     }
 
-    /// Waits until the applied index reaches `index`. `Ok(false)` on timeout.
-    pub(crate) fn wait_for(&self, index: u64, deadline: Instant) -> Result<bool> {
+    /// Waits until the applied index reaches `index`, the deadline passes or the node
+    /// stops.
+    pub(crate) fn wait_for(&self, index: u64, deadline: Instant) -> Waited {
         let mut st = self.state.lock();
         loop {
             if st.0 >= index {
-                return Ok(true);
+                return Waited::Reached;
             }
             if st.1 {
-                return Err(Error::Stopped("node stopped".into()));
+                return Waited::Stopped;
             }
             if self.changed.wait_until(&mut st, deadline).timed_out() {
-                return Ok(st.0 >= index);
+                return if st.0 >= index {
+                    Waited::Reached
+                } else {
+                    Waited::TimedOut
+                };
             }
         }
     }
+}
+
+/// How [`AppliedWatch::wait_for`] ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    Reached,
+    TimedOut,
+    /// The node stopped first (its `Shared` knows why).
+    Stopped,
 }
 
 #[cfg(test)]

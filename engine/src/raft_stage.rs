@@ -35,11 +35,12 @@ use wal::LogStore;
 
 use crate::apply_stage::ApplyTask;
 use crate::config::MembershipObserver;
-use crate::error::{Error, Result};
+use crate::error::{Error, Fatal, FatalKind, Result, StopReason};
 use crate::node::Shared;
 use crate::outbox::{Outbox, SendFailures};
 use crate::persist_stage::{PersistTask, Persisted};
 use crate::reply;
+use crate::supervisor::Stage;
 
 /// What callers ask of the raft stage.
 pub(crate) enum Request {
@@ -122,9 +123,20 @@ struct Loop {
     leader: u64,
 }
 
-impl RaftStage {
-    /// Runs until stopped, or until another stage failed.
-    pub(crate) fn run(mut self) {
+// What a turn of the loop ends in: go on, or stop for the reason given.
+type Turn = std::result::Result<(), StopReason>;
+
+// The fatal stop raft-core's error `e` calls for, if it is one
+// ([`raft_core::Error::is_fatal`]): the node's own log or storage is broken.
+fn fatal_raft(e: &raft_core::Error) -> Option<Fatal> {
+    e.is_fatal()
+        .then(|| Fatal::here(FatalKind::Raft, e.to_string()))
+}
+
+impl Stage for RaftStage {
+    /// Runs until stopped, until raft-core reports a fatal error, or until another
+    /// stage failed.
+    fn run(&mut self) -> StopReason {
         let ticker = crossbeam_channel::tick(Duration::from_millis(self.tick_ms));
         let mut st = Loop {
             inflight_readies: 0,
@@ -139,67 +151,98 @@ impl RaftStage {
             leader: 0,
         };
         let why = loop {
-            let turn: std::result::Result<(), String> = select! {
-                recv(self.stop) -> _ => break "closed".to_string(),
+            let turn: Turn = select! {
+                // Sent by `close` or by `Shared::fail`; either recorded why first.
+                recv(self.stop) -> _ => Err(self.shared.await_stop_reason()),
                 recv(ticker) -> _ => {
                     self.on_tick(&mut st);
                     Ok(())
                 }
                 recv(self.inbox) -> m => match m {
-                    Ok(bytes) => {
-                        self.on_inbound(bytes);
-                        Ok(())
-                    }
-                    Err(_) => Err("inbox closed".to_string()),
+                    Ok(bytes) => self.on_inbound(bytes),
+                    Err(_) => Err(StopReason::Fatal(Fatal::here(
+                        FatalKind::Invariant,
+                        "the transport closed the node's inbox",
+                    ))),
                 },
                 recv(self.requests) -> r => match r {
-                    Ok(r) => {
-                        self.on_requests(&mut st, r);
-                        Ok(())
-                    }
-                    Err(_) => Err("request queue closed".to_string()),
+                    Ok(r) => self.on_requests(&mut st, r),
+                    // `Node` holds a sender until every stage is joined.
+                    Err(_) => Err(StopReason::Fatal(Fatal::here(
+                        FatalKind::Invariant,
+                        "the request queue closed",
+                    ))),
                 },
                 recv(self.persisted_rx) -> p => match p {
                     Ok(p) => self.on_persisted(&mut st, p),
-                    Err(_) => Err("the persist stage stopped".to_string()),
+                    Err(_) => Err(self.lost()),
                 },
                 recv(self.applied_rx) -> r => match r {
                     Ok(()) => {
                         self.on_applied(&mut st);
                         Ok(())
                     }
-                    Err(_) => Err("the apply stage stopped".to_string()),
+                    Err(_) => Err(self.lost()),
                 },
                 recv(self.snap_status_rx) -> s => match s {
                     Ok((to, status)) => {
                         self.raw.report_snapshot(to, status);
                         Ok(())
                     }
-                    Err(_) => Err("the snapshot sender stopped".to_string()),
+                    Err(_) => Err(self.lost()),
                 },
             };
             if let Err(why) = turn.and_then(|()| self.take_queued(&mut st)) {
                 break why;
             }
-            if let Some(why) = self.shared.fatal_reason() {
-                break why;
+            // Another thread failed (it also woke this one through `stop`).
+            if self.shared.is_stopped() {
+                break self.shared.await_stop_reason();
             }
             if !st.deferred_reads.is_empty() && self.leader_commit_is_current() {
-                self.start_read(&mut st, Vec::new());
+                if let Err(why) = self.start_read(&mut st, Vec::new()) {
+                    break why;
+                }
             }
             if let Err(why) = self.drain_readies(&mut st) {
                 break why;
             }
             self.shared.publish(&self.raw);
         };
-        self.shutdown(&mut st, &why);
+        // Recorded before any waiter is answered, so what they are told and what the
+        // node reports agree (the first fatal cause wins).
+        if let StopReason::Fatal(fatal) = &why {
+            self.shared.fail(fatal.clone());
+        }
+        let why = self.shared.stop_reason().unwrap_or(why);
+        self.answer_waiters(&mut st, &why);
+        why
     }
 
+    // Runs after `run`, also after a panic (whose unwinding dropped the loop's waiters:
+    // their callers see the channel close and read the recorded reason).
+    fn stopped(&mut self, why: &StopReason) {
+        // Requests still queued were never proposed: they are answered `Stopped` (not
+        // applied, safe to retry) first, so no caller waits for its full timeout
+        // (callers check the stopped flag first, so few arrive after this). Writes
+        // proposed already may still commit, on this node's restart or through
+        // another leader: their callers are told the outcome is unknown.
+        let requests = std::mem::replace(&mut self.requests, crossbeam_channel::never());
+        while let Ok(r) = requests.try_recv() {
+            self.reject(r, || Error::Stopped(why.clone()));
+        }
+        drop(requests);
+        // Also answers a write whose request slipped in after the queue was emptied.
+        self.shared.proposals.fail_all(why);
+    }
+}
+
+impl RaftStage {
     // Whatever else queued while this turn ran goes into the same Ready, so a busy
     // node hands out one Ready (one persist task, one append per follower) per turn
     // rather than one per event; every stage downstream then wakes that much less.
     // Bounded: each source is drained at most MAX_DRAIN items deep.
-    fn take_queued(&mut self, st: &mut Loop) -> std::result::Result<(), String> {
+    fn take_queued(&mut self, st: &mut Loop) -> Turn {
         for _ in 0..MAX_DRAIN {
             match self.persisted_rx.try_recv() {
                 Ok(p) => self.on_persisted(st, p)?,
@@ -207,10 +250,10 @@ impl RaftStage {
             }
         }
         if let Ok(bytes) = self.inbox.try_recv() {
-            self.on_inbound(bytes);
+            self.on_inbound(bytes)?;
         }
         if let Ok(r) = self.requests.try_recv() {
-            self.on_requests(st, r);
+            self.on_requests(st, r)?;
         }
         if self.applied_rx.try_recv().is_ok() {
             self.on_applied(st);
@@ -218,34 +261,24 @@ impl RaftStage {
         Ok(())
     }
 
-    fn shutdown(&mut self, st: &mut Loop, why: &str) {
-        if why != "closed" {
-            self.shared.fail(why);
-        }
-        self.shared.mark_stopped();
+    // Why the node stopped, once another stage's channel closed: its supervisor
+    // recorded that before the channel's end was dropped.
+    fn lost(&self) -> StopReason {
+        self.shared.await_stop_reason()
+    }
+
+    fn answer_waiters(&mut self, st: &mut Loop, why: &StopReason) {
         for (_, read) in st.reads.drain() {
             for w in read.waiters {
-                let _ = w.try_send(Err(Error::Stopped(why.to_string())));
+                let _ = w.try_send(Err(Error::Stopped(why.clone())));
             }
         }
         for w in st.deferred_reads.drain(..) {
-            let _ = w.try_send(Err(Error::Stopped(why.to_string())));
+            let _ = w.try_send(Err(Error::Stopped(why.clone())));
         }
         for cc in st.conf_changes.drain(..) {
-            let _ = cc.reply.try_send(Err(Error::Stopped(why.to_string())));
+            let _ = cc.reply.try_send(Err(Error::Stopped(why.clone())));
         }
-        // Requests still queued were never proposed: they are answered `Stopped` (not
-        // applied, safe to retry) first, so no caller waits for its full timeout
-        // (callers check the stopped flag first, so few arrive after this). Writes
-        // proposed already may still commit, on this node's restart or through
-        // another leader: their callers are told the outcome is unknown.
-        for _ in 0..self.requests.len() {
-            match self.requests.try_recv() {
-                Ok(r) => self.reject(r, || Error::Stopped(why.to_string())),
-                Err(_) => break,
-            }
-        }
-        self.shared.proposals.fail_all(why);
     }
 
     fn reject(&self, r: Request, err: impl Fn() -> Error) {
@@ -284,17 +317,18 @@ impl RaftStage {
         st.pending_read_count -= expired;
     }
 
-    fn on_inbound(&mut self, first: Vec<u8>) {
-        self.step_bytes(&first);
+    fn on_inbound(&mut self, first: Vec<u8>) -> Turn {
+        self.step_bytes(&first)?;
         for _ in 0..MAX_DRAIN {
             match self.inbox.try_recv() {
-                Ok(bytes) => self.step_bytes(&bytes),
+                Ok(bytes) => self.step_bytes(&bytes)?,
                 Err(_) => break,
             }
         }
+        Ok(())
     }
 
-    fn step_bytes(&mut self, bytes: &[u8]) {
+    fn step_bytes(&mut self, bytes: &[u8]) -> Turn {
         let m: Message = match codec::decode(bytes) {
             Ok(m) => m,
             Err(e) => {
@@ -302,7 +336,7 @@ impl RaftStage {
                     "node {}: dropping an undecodable message: {e}",
                     self.shared.id
                 );
-                return;
+                return Ok(());
             }
         };
         if m.to != self.shared.id {
@@ -311,14 +345,18 @@ impl RaftStage {
                 self.shared.id,
                 m.to
             );
-            return;
+            return Ok(());
         }
         if let Err(e) = self.raw.step(m) {
+            if let Some(fatal) = fatal_raft(&e) {
+                return Err(fatal.into());
+            }
             log::debug!("node {}: step: {e}", self.shared.id);
         }
+        Ok(())
     }
 
-    fn on_requests(&mut self, st: &mut Loop, first: Request) {
+    fn on_requests(&mut self, st: &mut Loop, first: Request) -> Turn {
         let mut ids: Vec<u64> = Vec::new();
         let mut datas: Vec<Vec<u8>> = Vec::new();
         let mut reads: Vec<reply::Sender<Result<u64>>> = Vec::new();
@@ -331,7 +369,7 @@ impl RaftStage {
                     datas.push(data);
                 }
                 Request::Read { reply } => reads.push(reply),
-                Request::ConfChange { cc, reply } => self.propose_conf_change(st, cc, reply),
+                Request::ConfChange { cc, reply } => self.propose_conf_change(st, cc, reply)?,
                 Request::TransferLeader { target, reply } => {
                     let _ = reply.try_send(self.transfer_leader(target));
                 }
@@ -341,18 +379,20 @@ impl RaftStage {
                 next = self.requests.try_recv().ok();
             }
         }
-        self.propose_writes(&ids, datas);
-        self.start_read(st, reads);
+        self.propose_writes(&ids, datas)?;
+        self.start_read(st, reads)
     }
 
     fn leader_hint(&self) -> Option<u64> {
         Some(self.raw.raft.leader_id).filter(|&l| l != 0)
     }
 
-    fn propose_writes(&mut self, ids: &[u64], datas: Vec<Vec<u8>>) {
+    fn propose_writes(&mut self, ids: &[u64], datas: Vec<Vec<u8>>) -> Turn {
         if ids.is_empty() {
-            return;
+            return Ok(());
         }
+        // Only client writes pass here (tests of a node's fatal stop).
+        fail::fail_point!("raftBeforePropose");
         let is_leader = self.raw.role() == StateRole::Leader;
         let last_before = self.raw.raft.raft_log.last_index();
         let term = self.raw.raft.term;
@@ -364,6 +404,10 @@ impl RaftStage {
                 }
             }
             Err(e) => {
+                if let Some(fatal) = fatal_raft(&e) {
+                    // The writes stay registered: `stopped` answers them.
+                    return Err(fatal.into());
+                }
                 let leader = self.leader_hint();
                 for &request_id in ids {
                     let err = match leader {
@@ -374,6 +418,7 @@ impl RaftStage {
                 }
             }
         }
+        Ok(())
     }
 
     // Whether a leader's commit index is known to be current: only once an entry of
@@ -386,12 +431,12 @@ impl RaftStage {
         r.state != StateRole::Leader || r.raft_log.term(r.raft_log.committed).ok() == Some(r.term)
     }
 
-    fn start_read(&mut self, st: &mut Loop, mut reads: Vec<reply::Sender<Result<u64>>>) {
+    fn start_read(&mut self, st: &mut Loop, mut reads: Vec<reply::Sender<Result<u64>>>) -> Turn {
         if !st.deferred_reads.is_empty() && self.leader_commit_is_current() {
             reads.append(&mut st.deferred_reads);
         }
         if reads.is_empty() {
-            return;
+            return Ok(());
         }
         if !self.leader_commit_is_current() {
             if st.deferred_reads.len() + reads.len() > self.max_pending_reads {
@@ -401,13 +446,13 @@ impl RaftStage {
             } else {
                 st.deferred_reads.append(&mut reads);
             }
-            return;
+            return Ok(());
         }
         if st.pending_read_count + reads.len() > self.max_pending_reads {
             for r in reads {
                 let _ = r.try_send(Err(Error::Busy(st.pending_read_count)));
             }
-            return;
+            return Ok(());
         }
         // One ReadIndex round serves every read that queued meanwhile. The context
         // carries the node id so concurrent reads from different nodes never collide
@@ -426,13 +471,21 @@ impl RaftStage {
                     },
                 );
             }
-            Err(_) => {
+            Err(e) => {
+                if let Some(fatal) = fatal_raft(&e) {
+                    let why = StopReason::Fatal(fatal);
+                    for r in reads {
+                        let _ = r.try_send(Err(Error::Stopped(why.clone())));
+                    }
+                    return Err(why);
+                }
                 let leader = self.leader_hint();
                 for r in reads {
                     let _ = r.try_send(Err(Error::NotLeader { leader }));
                 }
             }
         }
+        Ok(())
     }
 
     fn propose_conf_change(
@@ -440,16 +493,16 @@ impl RaftStage {
         st: &mut Loop,
         cc: ConfChangeV2,
         reply: reply::Sender<Result<ConfState>>,
-    ) {
+    ) -> Turn {
         if self.raw.role() != StateRole::Leader {
             let _ = reply.try_send(Err(Error::NotLeader {
                 leader: self.leader_hint(),
             }));
-            return;
+            return Ok(());
         }
         if let Err(e) = self.check_conf_change(&cc) {
             let _ = reply.try_send(Err(e));
-            return;
+            return Ok(());
         }
         let last_before = self.raw.raft.raft_log.last_index();
         let term = self.raw.raft.term;
@@ -460,9 +513,15 @@ impl RaftStage {
                 reply,
             }),
             Err(e) => {
+                if let Some(fatal) = fatal_raft(&e) {
+                    let why = StopReason::Fatal(fatal);
+                    let _ = reply.try_send(Err(Error::Stopped(why.clone())));
+                    return Err(why);
+                }
                 let _ = reply.try_send(Err(e.into()));
             }
         }
+        Ok(())
     }
 
     // Refuses, before anything is proposed, a change raft would drop or one that would
@@ -567,7 +626,7 @@ impl RaftStage {
         Ok(())
     }
 
-    fn on_persisted(&mut self, st: &mut Loop, p: Persisted) -> std::result::Result<(), String> {
+    fn on_persisted(&mut self, st: &mut Loop, p: Persisted) -> Turn {
         // Snapshots first: the apply stage must install one before the entries raft
         // hands out after it (raft-core holds those back until `on_persist_ready`).
         while let Some((number, meta)) = st.pending_snapshots.front() {
@@ -576,9 +635,7 @@ impl RaftStage {
             }
             let task = ApplyTask::Snapshot(meta.clone());
             st.pending_snapshots.pop_front();
-            self.apply_tx
-                .send(task)
-                .map_err(|_| "the apply stage stopped".to_string())?;
+            self.apply_tx.send(task).map_err(|_| self.lost())?;
         }
         self.raw.on_persist_ready(p.number);
         st.inflight_readies = self.readies_after(p.number);
@@ -621,7 +678,7 @@ impl RaftStage {
         }
     }
 
-    fn drain_readies(&mut self, st: &mut Loop) -> std::result::Result<(), String> {
+    fn drain_readies(&mut self, st: &mut Loop) -> Turn {
         // Bounded by the in-flight limit: each turn hands out at most that many.
         while st.inflight_readies < self.max_inflight_readies && self.raw.has_ready() {
             let rd = self.raw.ready();
@@ -630,7 +687,7 @@ impl RaftStage {
         Ok(())
     }
 
-    fn handle_ready(&mut self, st: &mut Loop, mut rd: Ready) -> std::result::Result<(), String> {
+    fn handle_ready(&mut self, st: &mut Loop, mut rd: Ready) -> Turn {
         // 1. Soft state.
         if let Some(ss) = rd.ss() {
             let m = &self.shared.metrics;
@@ -699,9 +756,7 @@ impl RaftStage {
         st.inflight_readies += 1;
         // Never blocks: at most max_inflight_readies tasks are outstanding and the
         // channel holds that many.
-        self.persist_tx
-            .send(task)
-            .map_err(|_| "the persist stage stopped".to_string())?;
+        self.persist_tx.send(task).map_err(|_| self.lost())?;
         Ok(())
     }
 
@@ -712,7 +767,7 @@ impl RaftStage {
         &mut self,
         st: &mut Loop,
         committed: Vec<Entry>,
-    ) -> std::result::Result<Option<u64>, String> {
+    ) -> std::result::Result<Option<u64>, StopReason> {
         if committed.is_empty() {
             return Ok(None);
         }
@@ -728,6 +783,12 @@ impl RaftStage {
                 Ok(cc) => self.raw.apply_conf_change(cc).map_err(Error::from),
                 Err(err) => Err(Error::Raft(err.clone().into())),
             };
+            if let Some(fatal) = outcome.as_ref().err().and_then(|e| match e {
+                Error::Raft(e) => fatal_raft(e),
+                _ => None,
+            }) {
+                return Err(fatal.into());
+            }
             match &outcome {
                 Ok(cs) => {
                     self.raw.mut_store().set_conf_state(cs.clone());
@@ -780,7 +841,33 @@ impl RaftStage {
                 conf_states,
                 commit_index: self.raw.raft.raft_log.committed,
             })
-            .map_err(|_| "the apply stage stopped".to_string())?;
+            .map_err(|_| self.lost())?;
         Ok(hold)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_fatal_raft_errors_stop_the_node() {
+        let lost = raft_core::Error::CommitBeyondLog {
+            commit: 9,
+            last_index: 3,
+        };
+        let fatal = fatal_raft(&lost).expect("a lost log stops the node");
+        assert_eq!(fatal.kind, FatalKind::Raft);
+        assert!(fatal.detail.contains("was the log lost"), "{fatal}");
+        let broken = raft_core::Error::Store(raft_core::StorageError::Other("EIO".into()));
+        assert_eq!(fatal_raft(&broken).map(|f| f.kind), Some(FatalKind::Raft));
+        // Refusals of one message or request change nothing.
+        for refused in [
+            raft_core::Error::ProposalDropped("no leader"),
+            raft_core::Error::MalformedMessage("term 0"),
+            raft_core::Error::StepPeerNotFound,
+        ] {
+            assert!(fatal_raft(&refused).is_none(), "{refused}");
+        }
     }
 }

@@ -9,17 +9,28 @@ use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 use raft_core::{codec, Message, MessageType, SnapshotStatus};
 use snapshot::{ReceiveStatus, SnapshotId, SnapshotSender, SnapshotStore};
 
+use crate::error::StopReason;
+use crate::node::Shared;
+use crate::supervisor::Stage;
 use crate::transport::{ChunkSource, MessageSink, Transport, TransportError};
 
 // How long an installed snapshot's message may wait for room in the raft stage's
 // inbox before the transfer is reported failed (the leader then retries).
 const INBOX_WAIT: Duration = Duration::from_secs(5);
 
-struct StoredChunks(SnapshotSender);
+struct StoredChunks<'a> {
+    chunks: SnapshotSender,
+    shared: &'a Shared,
+}
 
-impl ChunkSource for StoredChunks {
+impl ChunkSource for StoredChunks<'_> {
     fn next_frame(&mut self) -> Result<Option<Vec<u8>>, TransportError> {
-        match self.0.next_chunk() {
+        // A node that stopped sends nothing more: the transfer ends at the next chunk
+        // rather than running on after the rest of the node is gone.
+        if self.shared.is_stopped() {
+            return Err(TransportError::Snapshot("the node stopped".into()));
+        }
+        match self.chunks.next_chunk() {
             Ok(Some(chunk)) => Ok(Some(chunk.encode())),
             Ok(None) => Ok(None),
             Err(e) => Err(TransportError::Snapshot(e.to_string())),
@@ -27,46 +38,58 @@ impl ChunkSource for StoredChunks {
     }
 }
 
-/// The snapshot sender thread's loop: one transfer at a time, each reported back to
-/// the raft stage. Ends when every sender of `requests` is gone.
-pub(crate) fn run_sender(
-    id: u64,
-    transport: Arc<dyn Transport>,
-    store: Arc<SnapshotStore>,
-    requests: Receiver<Message>,
-    reports: Sender<(u64, SnapshotStatus)>,
-) {
-    while let Ok(m) = requests.recv() {
-        let to = m.to;
-        let status = match send_one(id, transport.as_ref(), &store, &m) {
-            Ok(()) => SnapshotStatus::Finish,
-            Err(e) => {
-                log::warn!("node {id}: sending a snapshot to {to} failed: {e}");
-                SnapshotStatus::Failure
+/// The snapshot sender thread: one transfer at a time, each reported back to the raft
+/// stage. Ends when every sender of `requests` is gone (the raft and persist stages
+/// ended) or the raft stage stopped taking reports.
+pub(crate) struct SnapshotSenderStage {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) id: u64,
+    pub(crate) transport: Arc<dyn Transport>,
+    pub(crate) store: Arc<SnapshotStore>,
+    pub(crate) requests: Receiver<Message>,
+    pub(crate) reports: Sender<(u64, SnapshotStatus)>,
+}
+
+impl Stage for SnapshotSenderStage {
+    fn run(&mut self) -> StopReason {
+        let id = self.id;
+        while let Ok(m) = self.requests.recv() {
+            let to = m.to;
+            fail::fail_point!("snapshotBeforeSend");
+            let status = match self.send_one(&m) {
+                Ok(()) => SnapshotStatus::Finish,
+                Err(e) => {
+                    log::warn!("node {id}: sending a snapshot to {to} failed: {e}");
+                    SnapshotStatus::Failure
+                }
+            };
+            if self.reports.send((to, status)).is_err() {
+                break;
             }
-        };
-        if reports.send((to, status)).is_err() {
-            return;
         }
+        // Both ends close only once the raft stage ended, which recorded why.
+        StopReason::Closed
     }
 }
 
-fn send_one(
-    id: u64,
-    transport: &dyn Transport,
-    store: &SnapshotStore,
-    m: &Message,
-) -> Result<(), TransportError> {
-    let Some(snap) = &m.snapshot else {
-        return Err(TransportError::Snapshot(
-            "message without a snapshot".into(),
-        ));
-    };
-    let sender = store
-        .sender(SnapshotId::of(&snap.metadata), 0)
-        .map_err(|e| TransportError::Snapshot(e.to_string()))?;
-    let mut chunks = StoredChunks(sender);
-    transport.send_snapshot(id, m.to, codec::encode(m), &mut chunks)
+impl SnapshotSenderStage {
+    fn send_one(&self, m: &Message) -> Result<(), TransportError> {
+        let Some(snap) = &m.snapshot else {
+            return Err(TransportError::Snapshot(
+                "message without a snapshot".into(),
+            ));
+        };
+        let sender = self
+            .store
+            .sender(SnapshotId::of(&snap.metadata), 0)
+            .map_err(|e| TransportError::Snapshot(e.to_string()))?;
+        let mut chunks = StoredChunks {
+            chunks: sender,
+            shared: &self.shared,
+        };
+        self.transport
+            .send_snapshot(self.id, m.to, codec::encode(m), &mut chunks)
+    }
 }
 
 /// What a transport delivers a node's inbound traffic to.

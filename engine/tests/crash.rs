@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::sim::ProcessFs;
 use common::{key, single, value};
-use keel::{Config, Db, Error};
+use keel::{Config, Db, Error, FatalKind};
 use wal::fs::{CrashMode, SimFault, SimFs};
 
 // A run of the node's process on `fs` (see `ProcessFs`: a crash also ends the run's
@@ -91,8 +91,12 @@ fn a_failed_fsync_stops_the_node_loudly() {
     assert!(matches!(err, Error::Indeterminate(_)), "{err}");
     let fatal = common::wait_until(Duration::from_secs(2), || db.status().fatal)
         .expect("the node reports why it stopped");
-    assert!(fatal.contains("sync"), "{fatal}");
-    assert!(matches!(db.put(b"k", b"v"), Err(Error::Stopped(_))));
+    assert_eq!(fatal.kind, FatalKind::LogWrite, "{fatal}");
+    assert!(fatal.detail.contains("sync"), "{fatal}");
+    assert!(fatal.thread.starts_with("keel-persist-"), "{fatal}");
+    let err = db.put(b"k", b"v").unwrap_err();
+    assert_eq!(err.fatal(), Some(&fatal), "{err}");
+    assert!(matches!(err, Error::Stopped(_)), "{err}");
     assert!(db.close().is_err());
     drop(db);
     // After the crash that a real failed fsync implies, the acknowledged writes are there.

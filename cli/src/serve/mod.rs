@@ -1,5 +1,7 @@
 //! `keel serve`: one node of a cluster — the engine, its TCP peer transport, and the
-//! HTTP API on `--listen-client` — until SIGINT or SIGTERM, which stop it cleanly.
+//! HTTP API on `--listen-client` — until SIGINT or SIGTERM, which stop it cleanly, or
+//! until the node stops on a fatal error: then it logs the cause and exits with
+//! [`CliError::NodeFailed`]'s code (3) within a second, for a supervisor to restart it.
 //!
 //! Owns: turning the command line into an engine [`keel::Config`], starting and
 //! stopping the node's parts in order (transport, engine, HTTP; then the reverse),
@@ -103,6 +105,11 @@ fn resolve(addr: &str, what: &str) -> Result<SocketAddr, CliError> {
 // How often the main thread checks for a signal or a stopped node.
 const SIGNAL_POLL: Duration = Duration::from_millis(50);
 
+// Longest the parts of a node that stopped on a fatal error get to stop before the
+// process exits anyway: a supervisor must see the exit within a second, and what was
+// acknowledged is durable already.
+const FATAL_STOP_WAIT: Duration = Duration::from_millis(500);
+
 /// The parts of a running node, stopped in reverse order of starting.
 struct Running {
     db: Db,
@@ -129,9 +136,12 @@ impl Running {
     }
 }
 
-/// Runs `keel serve` until a signal.
+/// Runs `keel serve` until a signal, or until the node stops on a fatal error.
 pub fn run(args: ServeArgs) -> Result<Status, CliError> {
     logger::init(&args.log_level).map_err(fail)?;
+    // Tests inject faults through the FAILPOINTS variable (`point=action;...`).
+    #[cfg(feature = "failpoints")]
+    let _failpoints = fail::FailScenario::setup();
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, Arc::clone(&stop))
@@ -148,9 +158,17 @@ pub fn run(args: ServeArgs) -> Result<Status, CliError> {
     );
     // Bounded by the signal: every turn sleeps one poll interval.
     while !stop.load(Ordering::Acquire) {
-        if let Some(why) = running.db.status().fatal {
-            let _ = running.stop();
-            return Err(fail(format!("node {} stopped: {why}", args.id)));
+        if let Some(fatal) = running.db.status().fatal {
+            log::error!(
+                "node {} stopped on a fatal error ({}): {fatal}; exiting",
+                args.id,
+                fatal.kind
+            );
+            stop_within(running, FATAL_STOP_WAIT);
+            return Err(CliError::NodeFailed(format!(
+                "node {} stopped on a fatal error: {fatal}",
+                args.id
+            )));
         }
         std::thread::sleep(SIGNAL_POLL);
     }
@@ -158,6 +176,28 @@ pub fn run(args: ServeArgs) -> Result<Status, CliError> {
     running.stop()?;
     log::info!("node {}: stopped cleanly", args.id);
     Ok(Status::Ok)
+}
+
+// Stops the parts of a failed node, waiting at most `limit`: a part that hangs (a
+// thread stuck in I/O) must not keep the process from exiting.
+fn stop_within(running: Running, limit: Duration) {
+    let (done_tx, done) = crossbeam_channel::bounded(1);
+    let spawned = std::thread::Builder::new()
+        .name("keel-serve-stop".into())
+        .spawn(move || {
+            if let Err(e) = running.stop() {
+                log::debug!("{e}");
+            }
+            let _ = done_tx.send(());
+        });
+    match spawned {
+        Ok(_) => {
+            if done.recv_timeout(limit).is_err() {
+                log::warn!("the node's parts did not stop within {limit:?}; exiting anyway");
+            }
+        }
+        Err(e) => log::warn!("cannot start a thread to stop the node's parts: {e}"),
+    }
 }
 
 fn log_backend(name: &str) -> Result<LogBackend, CliError> {

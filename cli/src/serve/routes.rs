@@ -2,14 +2,18 @@
 //! checks, and how engine errors become status codes.
 //!
 //! A write that fails says whether it may still happen: `503` with `"applied": false`
-//! when it certainly did not and will not take effect (no leader, shutting down, busy,
-//! or raft dropped it), `504` with `"applied": "unknown"` when it was proposed and its
-//! outcome is unknown (timeout, leader lost, node stopped while waiting).
+//! when it certainly did not and will not take effect (no leader, shutting down, the
+//! node stopped before it was proposed, busy, or raft dropped it), `504` with
+//! `"applied": "unknown"` when it was proposed and its outcome is unknown (timeout,
+//! leader lost, node stopped while waiting). An error caused by the node's fatal stop
+//! also carries the cause as `"fatal"` (see [`fatal_json`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use keel::{ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Db, Error};
+use keel::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Db, Error, Fatal,
+};
 use serde_json::{json, Value};
 
 use super::http::{Handler, Request, Response};
@@ -40,41 +44,49 @@ fn unknown() -> Option<Value> {
     Some(Value::String("unknown".into()))
 }
 
-/// How an engine error is answered. `write` adds the `applied` field.
+/// The cause of a node's fatal stop as JSON: `{"kind": ..., "thread": ..., "detail":
+/// ...}`, `kind` one of `panic`, `log_write`, `raft`, `state_machine`, `snapshot`,
+/// `invariant`.
+pub fn fatal_json(f: &Fatal) -> Value {
+    json!({ "kind": f.kind.as_str(), "thread": f.thread, "detail": f.detail })
+}
+
+/// How an engine error is answered. `write` adds the `applied` field; an error that
+/// names the node's fatal stop adds it as `fatal`.
 fn error_response(e: &Error, write: bool) -> Response {
-    let applied = |v: Option<Value>| if write { v } else { None };
     let msg = e.to_string();
-    match e {
-        Error::NotLeader { leader: None } => Response::error(
+    let (status, message, applied) = match e {
+        Error::NotLeader { leader: None } => (
             503,
-            "no leader is known; retry shortly",
-            applied(not_applied()),
+            "no leader is known; retry shortly".to_string(),
+            not_applied(),
         ),
-        Error::NotLeader { leader: Some(l) } => {
-            let mut v = json!({
-                "error": format!("this node is not the leader; send this request to node {l}"),
-                "leader": l,
-            });
-            if let Some(a) = applied(not_applied()) {
-                v["applied"] = a;
-            }
-            Response::json(503, &v)
-        }
-        Error::Busy(_) | Error::ProposalLost(_) => {
-            Response::error(503, &msg, applied(not_applied()))
-        }
-        Error::TooLarge { .. } => Response::error(413, &msg, applied(not_applied())),
-        Error::Timeout(_) | Error::Indeterminate(_) | Error::Stopped(_) => {
-            Response::error(504, &msg, applied(unknown()))
-        }
-        Error::Conflict(_) => Response::error(409, &msg, applied(not_applied())),
-        Error::UnknownNode(_) => Response::error(404, &msg, applied(not_applied())),
-        Error::Config(_) => Response::error(400, &msg, applied(not_applied())),
-        Error::Raft(keel_raft) if is_dropped(keel_raft) => {
-            Response::error(503, &msg, applied(not_applied()))
-        }
-        _ => Response::error(500, &msg, applied(unknown())),
+        Error::NotLeader { leader: Some(l) } => (
+            503,
+            format!("this node is not the leader; send this request to node {l}"),
+            not_applied(),
+        ),
+        // A stopped node never proposed the request.
+        Error::Busy(_) | Error::ProposalLost(_) | Error::Stopped(_) => (503, msg, not_applied()),
+        Error::TooLarge { .. } => (413, msg, not_applied()),
+        Error::Timeout(_) | Error::Indeterminate(_) => (504, msg, unknown()),
+        Error::Conflict(_) => (409, msg, not_applied()),
+        Error::UnknownNode(_) => (404, msg, not_applied()),
+        Error::Config(_) => (400, msg, not_applied()),
+        Error::Raft(keel_raft) if is_dropped(keel_raft) => (503, msg, not_applied()),
+        _ => (500, msg, unknown()),
+    };
+    let mut v = json!({ "error": message });
+    if let Error::NotLeader { leader: Some(l) } = e {
+        v["leader"] = json!(l);
     }
+    if let (true, Some(applied)) = (write, applied) {
+        v["applied"] = applied;
+    }
+    if let Some(fatal) = e.fatal() {
+        v["fatal"] = fatal_json(fatal);
+    }
+    Response::json(status, &v)
 }
 
 fn is_dropped(e: &raft_core::Error) -> bool {
@@ -259,6 +271,7 @@ impl Api {
                 "snapshot_index": st.snapshot_index,
                 "voters": st.voters,
                 "learners": st.learners,
+                "fatal": st.fatal.as_ref().map(fatal_json),
             }),
         )
     }
@@ -281,7 +294,13 @@ impl Api {
         };
         match why {
             None => Response::json(200, &json!({ "health": "ok", "leader": st.leader })),
-            Some(why) => Response::json(503, &json!({ "health": "unavailable", "error": why })),
+            Some(why) => {
+                let mut v = json!({ "health": "unavailable", "error": why });
+                if let Some(fatal) = &st.fatal {
+                    v["fatal"] = fatal_json(fatal);
+                }
+                Response::json(503, &v)
+            }
         }
     }
 
@@ -398,6 +417,51 @@ mod tests {
         assert_eq!(percent_decode("plain").unwrap(), b"plain");
         assert!(percent_decode("bad%2").is_none());
         assert!(percent_decode("bad%zz").is_none());
+    }
+
+    fn answer(e: &Error, write: bool) -> (u16, Value) {
+        let r = error_response(e, write);
+        (r.status, serde_json::from_slice(&r.body).unwrap())
+    }
+
+    fn fatal() -> Fatal {
+        Fatal {
+            kind: keel::FatalKind::Panic,
+            thread: "keel-raft-1".into(),
+            detail: "boom".into(),
+        }
+    }
+
+    // Regression: a stopped node's refusal was answered 504 "unknown", though
+    // `Stopped` means the request was never proposed.
+    #[test]
+    fn a_stopped_node_answers_503_not_applied() {
+        for reason in [keel::StopReason::Closed, keel::StopReason::Fatal(fatal())] {
+            let (code, v) = answer(&Error::Stopped(reason.clone()), true);
+            assert_eq!(code, 503, "{reason}: {v}");
+            assert_eq!(v["applied"], false, "{v}");
+            let (code, v) = answer(&Error::Stopped(reason), false);
+            assert_eq!(code, 503, "{v}");
+            assert!(v.get("applied").is_none(), "{v}");
+        }
+    }
+
+    #[test]
+    fn the_fatal_cause_is_part_of_the_answer() {
+        let (code, v) = answer(&Error::Stopped(keel::StopReason::Fatal(fatal())), true);
+        assert_eq!(code, 503);
+        assert_eq!(v["fatal"]["kind"], "panic", "{v}");
+        assert_eq!(v["fatal"]["thread"], "keel-raft-1", "{v}");
+        assert_eq!(v["fatal"]["detail"], "boom", "{v}");
+        // Proposed before the stop: outcome unknown, and why.
+        let stopped = keel::UnknownOutcome::Stopped(keel::StopReason::Fatal(fatal()));
+        let (code, v) = answer(&Error::Indeterminate(stopped), true);
+        assert_eq!(code, 504, "{v}");
+        assert_eq!(v["applied"], "unknown", "{v}");
+        assert_eq!(v["fatal"]["kind"], "panic", "{v}");
+        let (code, v) = answer(&Error::Stopped(keel::StopReason::Closed), true);
+        assert_eq!(code, 503);
+        assert!(v.get("fatal").is_none(), "{v}");
     }
 
     #[test]
