@@ -21,9 +21,8 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use raft_core::SnapshotMetadata;
 use snapshot::memory::{write_records, MapConsumer};
-use snapshot::{SavedSnapshot, SnapshotId, SnapshotProducer, SnapshotStore};
+use snapshot::{SavedSnapshot, SnapshotId, SnapshotInfo, SnapshotProducer, SnapshotStore};
 
 use super::{FrozenState, StateMachine};
 use crate::command::Op;
@@ -64,13 +63,9 @@ impl FrozenState for FrozenMap {
         self.applied_index
     }
 
-    fn save_snapshot(
-        &self,
-        store: &SnapshotStore,
-        metadata: &SnapshotMetadata,
-    ) -> Result<SavedSnapshot> {
-        assert_eq!(metadata.index, self.applied_index, "snapshot metadata");
-        Ok(store.save(metadata, self)?)
+    fn save_snapshot(&self, store: &SnapshotStore, info: &SnapshotInfo) -> Result<SavedSnapshot> {
+        assert_eq!(info.metadata.index, self.applied_index, "snapshot metadata");
+        Ok(store.save_info(info, self)?)
     }
 }
 
@@ -243,11 +238,7 @@ impl StateMachine for MemoryStateMachine {
         self.len
     }
 
-    fn save_snapshot(
-        &self,
-        store: &SnapshotStore,
-        metadata: &SnapshotMetadata,
-    ) -> Result<SavedSnapshot> {
+    fn save_snapshot(&self, store: &SnapshotStore, info: &SnapshotInfo) -> Result<SavedSnapshot> {
         let map = match &self.delta {
             None => Arc::clone(&self.base),
             Some(_) => Arc::new(self.merged()),
@@ -256,21 +247,17 @@ impl StateMachine for MemoryStateMachine {
             map,
             applied_index: self.applied_index,
         };
-        image.save_snapshot(store, metadata)
+        image.save_snapshot(store, info)
     }
 
-    fn restore_snapshot(
-        &mut self,
-        store: &SnapshotStore,
-        id: SnapshotId,
-    ) -> Result<SnapshotMetadata> {
-        let (metadata, map) = store.load(id, &MapConsumer::default())?;
+    fn restore_snapshot(&mut self, store: &SnapshotStore, id: SnapshotId) -> Result<SnapshotInfo> {
+        let (info, map) = store.load_info(id, &MapConsumer::default())?;
         let map: Map = map.into_iter().collect();
         self.len = map.len() as u64;
         self.base = Arc::new(map);
         self.delta = None;
-        self.applied_index = metadata.index;
-        Ok(metadata)
+        self.applied_index = info.metadata.index;
+        Ok(info)
     }
 
     fn freeze(&mut self) -> Option<Box<dyn FrozenState>> {
@@ -291,12 +278,12 @@ mod tests {
             snapshot::StoreOptions::default(),
         )
         .unwrap();
-        let meta = SnapshotMetadata {
+        let meta = raft_core::SnapshotMetadata {
             index: image.applied_index(),
             term: 1,
-            ..SnapshotMetadata::default()
+            ..raft_core::SnapshotMetadata::default()
         };
-        let saved = image.save_snapshot(&store, &meta).unwrap();
+        let saved = image.save_snapshot(&store, &meta.into()).unwrap();
         let mut restored = MemoryStateMachine::new();
         restored.restore_snapshot(&store, saved.id).unwrap();
         restored
