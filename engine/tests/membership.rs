@@ -269,3 +269,37 @@ fn member_addresses_survive_snapshots_compaction_and_restarts() {
     db.close().expect("close");
     n4.close().expect("close");
 }
+
+#[test]
+fn a_node_starts_from_a_snapshot_written_before_member_addresses() {
+    // Written by keel at commit 2841cb9 (snapshot stream version 1): index 10, term
+    // 2, voters 1-3, learner 4, keys a b c; nothing else in the data directory.
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../snapshot/tests/data/v1/0000000000000002-000000000000000a.snap");
+    let c = Cluster::new(0);
+    let snap = c.node_dir(1).join("snap");
+    std::fs::create_dir_all(&snap).expect("snap dir");
+    std::fs::copy(
+        &fixture,
+        snap.join("0000000000000002-000000000000000a.snap"),
+    )
+    .expect("copy the fixture");
+    let seen = Arc::new(BookRecorder::default());
+    let mut cfg = fast(Config::cluster(
+        1,
+        vec![1, 2, 3],
+        c.node_dir(1),
+        c.net.clone(),
+    ));
+    cfg.membership_observer = Some(Arc::clone(&seen) as Arc<dyn MembershipObserver>);
+    let db = Db::open(cfg).expect("open on a version 1 snapshot");
+    let members = db.members();
+    assert_eq!(members.index, 10);
+    assert_eq!(members.conf_state.voters, vec![1, 2, 3]);
+    assert_eq!(members.conf_state.learners, vec![4]);
+    assert!(members.addresses.is_empty());
+    assert_eq!(seen.restored.lock().clone(), vec![members]);
+    assert_eq!(db.get_local(b"b").expect("read"), Some(b"2".to_vec()));
+    assert_eq!(db.status().snapshot_index, 10);
+    db.close().expect("close");
+}

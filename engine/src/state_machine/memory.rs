@@ -290,6 +290,45 @@ mod tests {
     }
 
     #[test]
+    fn a_snapshot_hands_back_the_member_addresses_it_was_written_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(
+            wal::fs::StdFs::shared(),
+            dir.path(),
+            snapshot::StoreOptions::default(),
+        )
+        .unwrap();
+        let mut sm = MemoryStateMachine::new();
+        sm.apply(
+            1,
+            &Op::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            },
+        )
+        .unwrap();
+        let info = SnapshotInfo {
+            metadata: raft_core::SnapshotMetadata {
+                index: 1,
+                term: 1,
+                ..raft_core::SnapshotMetadata::default()
+            },
+            members: [(4, "10.0.0.4:7004".to_string())].into(),
+        };
+        // Written in place and from a frozen image alike.
+        let in_place = sm.save_snapshot(&store, &info).unwrap();
+        let mut restored = MemoryStateMachine::new();
+        assert_eq!(
+            restored.restore_snapshot(&store, in_place.id).unwrap(),
+            info
+        );
+        std::fs::remove_file(&in_place.path).unwrap();
+        let frozen = sm.freeze().unwrap().save_snapshot(&store, &info).unwrap();
+        assert_eq!(restored.restore_snapshot(&store, frozen.id).unwrap(), info);
+        assert_eq!(restored.get(b"k").unwrap(), Some(b"v".to_vec()));
+    }
+
+    #[test]
     fn applying_is_idempotent_by_index() {
         let mut sm = MemoryStateMachine::new();
         let put = |v: &str| Op::Put {
