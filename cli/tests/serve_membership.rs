@@ -330,7 +330,13 @@ fn a_member_added_at_runtime_survives_snapshots_and_restarts_of_every_original_n
     // needs both directions of its pair), and every node applies each write.
     let everyone: Vec<&NodeProc> = c.nodes.iter().chain([&n4]).collect();
     let offsets = log_offsets(&everyone);
-    let first = c.wait_leader(&[1, 2, 3]);
+    let first = wait_for("a leader all four agree on", || {
+        let leaders: Vec<u64> = everyone
+            .iter()
+            .map(|n| n.status().map(|s| u64_of(&s, "leader")))
+            .collect::<Option<_>>()?;
+        (leaders[0] != 0 && leaders.iter().all(|&l| l == leaders[0])).then_some(leaders[0])
+    });
     let mut others = (1..=4u64).filter(|&i| i != first);
     let (x, y, z) = (
         others.next().expect("x"),

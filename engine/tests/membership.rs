@@ -191,8 +191,12 @@ fn member_addresses_survive_snapshots_compaction_and_restarts() {
             &member_context(4, ADDR4),
         ))
         .expect("add learner");
-    let added_at = c.db(leader).members().index;
-    assert_eq!(c.db(leader).members().addresses[&4], ADDR4);
+    // Answered once raft applied it; the book follows when the apply stage does.
+    let added_at = wait_until(Duration::from_secs(10), || {
+        let m = c.db(leader).members();
+        (m.addresses.get(&4).map(String::as_str) == Some(ADDR4)).then_some(m.index)
+    })
+    .expect("the leader's book has node 4");
     for i in 0..120u64 {
         c.db(leader)
             .put(format!("k{i}").as_bytes(), b"v")
