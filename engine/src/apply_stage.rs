@@ -1,7 +1,10 @@
 //! The apply stage: applies committed entries to the state machine in order, answers
 //! the callers waiting for them, installs snapshots received from the leader, and takes
 //! a snapshot every `snapshot_every` applied entries, then compacts the log behind it
-//! (keeping `catch_up_entries` as a margin for slow followers).
+//! (keeping `catch_up_entries` as a margin for slow followers). It also keeps the
+//! member address book ([`Members`]) from the membership changes it applies, writes it
+//! into every snapshot, and restores it (and tells the membership observer) from each
+//! snapshot it installs.
 //!
 //! The "notify" handshake etcd needs between its raft loop and its apply loop is
 //! implicit here: raft-core hands out committed entries only once they are durable
@@ -15,12 +18,14 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use parking_lot::{RwLock, RwLockWriteGuard};
-use raft_core::{ConfState, Entry, EntryType, SnapshotMetadata};
-use snapshot::{LogCache, SavedSnapshot, SnapshotId, SnapshotStore};
+use raft_core::{codec, ConfChange, ConfChangeV2, ConfState, Entry, EntryType, SnapshotMetadata};
+use snapshot::{LogCache, SavedSnapshot, SnapshotId, SnapshotInfo, SnapshotStore};
 use wal::LogStore;
 
 use crate::command::Command;
+use crate::config::MembershipObserver;
 use crate::error::{Error, Fatal, FatalKind, StopReason};
+use crate::members::Members;
 use crate::node::Shared;
 use crate::proposals::Applied;
 use crate::state_machine::StateMachine;
@@ -82,6 +87,10 @@ pub(crate) struct ApplyStage {
     pub(crate) commit_index: Arc<AtomicU64>,
     /// The snapshot being written, at most one at a time.
     pub(crate) saving: Option<SavingSnapshot>,
+    /// The member address book as of `conf_index` (shared with `Db::members`).
+    pub(crate) members: Arc<RwLock<Members>>,
+    /// Told the book restored from each installed snapshot.
+    pub(crate) observer: Option<Arc<dyn MembershipObserver>>,
 }
 
 impl Stage for ApplyStage {
@@ -192,6 +201,9 @@ impl ApplyStage {
             }
             while let Some((index, cs)) = conf_states.next_if(|(i, _)| *i <= e.index) {
                 if index > self.conf_index {
+                    if index == e.index {
+                        self.record_member_change(e, &cs);
+                    }
                     self.conf_state = cs;
                     self.conf_index = index;
                 }
@@ -239,25 +251,54 @@ impl ApplyStage {
         Ok(())
     }
 
+    // Records the address book change of `e`, a membership change raft applied,
+    // leaving `cs`. Raft refused none of these (those are not in `conf_states`).
+    fn record_member_change(&self, e: &Entry, cs: &ConfState) {
+        let cc = match e.entry_type {
+            EntryType::ConfChange => codec::decode::<ConfChange>(&e.data).map(ConfChange::into_v2),
+            EntryType::ConfChangeV2 => codec::decode::<ConfChangeV2>(&e.data),
+            // Raft reported a membership for an entry that is none: nothing to record.
+            EntryType::Normal => return,
+        };
+        match cc {
+            Ok(cc) => self.members.write().apply(e.index, &cc, cs),
+            // Raft decoded the same bytes to apply it, so this cannot happen; the book
+            // only misses an address if it does.
+            Err(err) => log::error!(
+                "node {}: membership change at {} is undecodable: {err}",
+                self.shared.id,
+                e.index
+            ),
+        }
+    }
+
     fn install(&mut self, meta: &SnapshotMetadata) -> Result<(), Fatal> {
         if meta.index <= self.applied_through {
             return Ok(());
         }
+        let id = SnapshotId::of(meta);
         let mut sm = self.sm.write();
-        let loaded = if meta.index <= sm.applied_index() {
+        let info = if meta.index <= sm.applied_index() {
             // A persistent state machine applied past it before a restart; the entries
-            // after it are committed, so the state needs nothing from the snapshot.
-            meta.clone()
+            // after it are committed, so the state needs nothing from the snapshot,
+            // only the member addresses its header carries.
+            self.store.info(id).map_err(Error::from)
         } else {
-            let id = SnapshotId::of(meta);
-            sm.restore_snapshot(&self.store, id).map_err(|e| {
-                Fatal::here(
-                    FatalKind::Snapshot,
-                    format!("installing snapshot {id:?} failed: {e}"),
-                )
-            })?
-        };
+            sm.restore_snapshot(&self.store, id)
+        }
+        .map_err(|e| {
+            Fatal::here(
+                FatalKind::Snapshot,
+                format!("installing snapshot {id:?} failed: {e}"),
+            )
+        })?;
         drop(sm);
+        let members = Members::from_snapshot(info.clone());
+        *self.members.write() = members.clone();
+        if let Some(observer) = &self.observer {
+            observer.restored(&members);
+        }
+        let loaded = info.metadata;
         self.last_snapshot_bytes = snapshot_file_bytes(&self.store, &loaded);
         self.conf_state = loaded.conf_state;
         self.conf_index = loaded.index;
@@ -297,10 +338,14 @@ impl ApplyStage {
             // a restart: the term at `applied` is not known yet. Soon it is.
             return;
         }
-        let meta = SnapshotMetadata {
-            conf_state: self.conf_state.clone(),
-            index: applied,
-            term: self.applied_term,
+        let info = SnapshotInfo {
+            metadata: SnapshotMetadata {
+                conf_state: self.conf_state.clone(),
+                index: applied,
+                term: self.applied_term,
+            },
+            // As of `applied` too: the book changes only where entries are applied.
+            members: self.members.read().addresses.clone(),
         };
         let started = Instant::now();
         self.logged_bytes_since_snapshot = 0;
@@ -308,9 +353,9 @@ impl ApplyStage {
         let Some(frozen) = sm.freeze() else {
             // Readers keep reading while the image is written; only applying waits.
             let sm = RwLockWriteGuard::downgrade(sm);
-            let saved = sm.save_snapshot(&self.store, &meta);
+            let saved = sm.save_snapshot(&self.store, &info);
             drop(sm);
-            self.finish_snapshot(meta, started, saved);
+            self.finish_snapshot(info.metadata, started, saved);
             return;
         };
         drop(sm);
@@ -318,7 +363,7 @@ impl ApplyStage {
         // Capacity 1: the thread sends exactly one answer and never waits for it to be
         // taken.
         let (answer, done) = bounded(1);
-        let (store, job_meta) = (Arc::clone(&self.store), meta.clone());
+        let (store, job_info) = (Arc::clone(&self.store), info.clone());
         let hints = self.scheduler_hints;
         let shared = Arc::clone(&self.shared);
         let spawned = std::thread::Builder::new()
@@ -330,7 +375,7 @@ impl ApplyStage {
                 // A panic stops the node; `answer` closes only after that is recorded.
                 let saved = supervisor::guarded(&shared, || {
                     fail::fail_point!("snapshotBeforeSave");
-                    frozen.save_snapshot(&store, &job_meta)
+                    frozen.save_snapshot(&store, &job_info)
                 });
                 if let Some(saved) = saved {
                     let _ = answer.send(saved);
@@ -339,7 +384,7 @@ impl ApplyStage {
         match spawned {
             Ok(thread) => {
                 self.saving = Some(SavingSnapshot {
-                    meta,
+                    meta: info.metadata,
                     started,
                     done,
                     thread,
@@ -347,7 +392,7 @@ impl ApplyStage {
             }
             Err(e) => {
                 let saved = Err(Error::Io(e));
-                self.finish_snapshot(meta, started, saved);
+                self.finish_snapshot(info.metadata, started, saved);
             }
         }
     }

@@ -123,16 +123,51 @@ pub struct Config {
     /// data: membership then comes from its log and snapshots.
     pub join: bool,
     /// Told about every membership change this node applies (also while replaying the
-    /// log at start), e.g. to teach the transport a new peer's address.
+    /// log at start) and about the member addresses restored from snapshots, e.g. to
+    /// teach the transport where each member is.
     pub membership_observer: Option<Arc<dyn MembershipObserver>>,
 }
 
-/// Watches membership changes as they take effect on a node.
+/// Watches membership changes as they take effect on a node, and learns the members'
+/// peer addresses (e.g. to teach the transport where each member is).
+///
+/// Addresses are replicated state (see [`Members`](crate::Members)): a change that
+/// adds a node carries its address ([`member_context`](crate::member_context)), and
+/// snapshots carry every member's, so the log below them can be compacted. Every
+/// method has a default, so an observer implements only what it needs.
 pub trait MembershipObserver: Send + Sync {
-    /// `change` was applied, leaving the membership `conf_state`. Called on the raft
-    /// thread before any message to a newly added peer is sent, so it must not block;
-    /// a change may be reported again when the log is replayed after a restart.
-    fn applied(&self, change: &raft_core::ConfChangeV2, conf_state: &raft_core::ConfState);
+    /// `change` was applied, leaving the membership `conf_state`. The default does
+    /// nothing; [`changed`](Self::changed) calls it.
+    fn applied(&self, change: &raft_core::ConfChangeV2, conf_state: &raft_core::ConfState) {
+        let _ = (change, conf_state);
+    }
+
+    /// `change`, the log entry at `index`, was applied, leaving the membership
+    /// `conf_state`; the address it carries, if any, is
+    /// [`member_address(change)`](crate::member_address). Called on the raft thread
+    /// before any message to a newly added peer is sent, so it must not block; a
+    /// change may be reported again when the log is replayed after a restart. The
+    /// default calls [`applied`](Self::applied).
+    fn changed(
+        &self,
+        index: u64,
+        change: &raft_core::ConfChangeV2,
+        conf_state: &raft_core::ConfState,
+    ) {
+        let _ = index;
+        self.applied(change, conf_state);
+    }
+
+    /// The whole membership with the members' addresses, as of the snapshot at
+    /// `members.index`: told at start when the node loads a snapshot of its own
+    /// (before the log above it is replayed through [`changed`](Self::changed)), and
+    /// each time it installs a snapshot from the leader. The latter runs on the apply
+    /// thread, and [`changed`](Self::changed) may already have reported entries above
+    /// the snapshot by then: what they said is newer than `members`. Must not block.
+    /// The default does nothing.
+    fn restored(&self, members: &crate::Members) {
+        let _ = members;
+    }
 }
 
 impl std::fmt::Debug for Config {

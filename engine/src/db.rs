@@ -357,6 +357,13 @@ impl Db {
         }
     }
 
+    /// The membership as this node has applied it, with the members' peer addresses
+    /// (replicated state: carried by the changes that added them and by snapshots).
+    /// May lag [`status`](Self::status) by the entries not yet applied.
+    pub fn members(&self) -> crate::Members {
+        self.node.members.read().clone()
+    }
+
     /// The node's metrics in the Prometheus text exposition format.
     pub fn metrics_text(&self) -> String {
         let metrics = &self.node.shared.metrics;

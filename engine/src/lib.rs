@@ -55,6 +55,7 @@ mod command;
 mod config;
 mod db;
 mod error;
+mod members;
 mod metrics;
 mod node;
 mod outbox;
@@ -72,6 +73,7 @@ pub use command::{Command, Op};
 pub use config::{Config, LogBackend, MembershipObserver, StateMachineKind};
 pub use db::{Db, Role, Status};
 pub use error::{Error, Fatal, FatalKind, Result, StopReason, UnknownOutcome};
+pub use members::{member_address, member_context, Members};
 /// Membership types used by [`Db::change_membership`], from raft-core.
 pub use raft_core::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,

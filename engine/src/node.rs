@@ -25,6 +25,7 @@ use wal::{LogBatch, LogStore, SyncPolicy, Wal, WalOptions};
 use crate::apply_stage::{snapshot_file_bytes, ApplyStage};
 use crate::config::{Config, LogBackend, StateMachineKind};
 use crate::error::{Error, Fatal, FatalKind, Result, StopReason};
+use crate::members::Members;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::persist_stage::PersistStage;
@@ -173,6 +174,8 @@ pub(crate) struct Node {
     pub(crate) sm: Arc<RwLock<dyn StateMachine>>,
     pub(crate) cache: LogCache<dyn LogStore>,
     pub(crate) config: Config,
+    /// The member address book the apply stage keeps.
+    pub(crate) members: Arc<RwLock<Members>>,
     stop: Sender<()>,
     sink: Arc<dyn MessageSink>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -212,18 +215,19 @@ fn open_state_machine(config: &Config) -> Result<Arc<RwLock<dyn StateMachine>>> 
 }
 
 /// Brings the state machine up to the newest snapshot that passes every check and
-/// returns that snapshot's metadata. Damaged snapshots are skipped (the log still
-/// reaches back to an older one, see the apply stage). A persistent state machine that
-/// already holds a snapshot's index only reads its checked header.
+/// returns that snapshot's description (metadata and member addresses). Damaged
+/// snapshots are skipped (the log still reaches back to an older one, see the apply
+/// stage). A persistent state machine that already holds a snapshot's index only reads
+/// its checked header.
 fn load_snapshot(
     id: u64,
     sm: &mut dyn StateMachine,
     store: &SnapshotStore,
-) -> Result<Option<raft_core::SnapshotMetadata>> {
+) -> Result<Option<snapshot::SnapshotInfo>> {
     let held = sm.applied_index();
     for snap_id in store.list()? {
         let outcome = if snap_id.index <= held {
-            store.metadata(snap_id).map_err(Error::from)
+            store.info(snap_id).map_err(Error::from)
         } else {
             sm.restore_snapshot(store, snap_id)
         };
@@ -262,7 +266,8 @@ impl Node {
             bootstrap(&config, log.as_ref())?;
         }
         let sm = open_state_machine(&config)?;
-        let loaded = load_snapshot(id, &mut *sm.write(), &store)?;
+        let loaded_info = load_snapshot(id, &mut *sm.write(), &store)?;
+        let loaded = loaded_info.as_ref().map(|i| i.metadata.clone());
         let cache = LogCache::open(
             Arc::clone(&log),
             LogCacheOptions {
@@ -295,6 +300,20 @@ impl Node {
         let applied = loaded
             .as_ref()
             .map_or(bootstrapped, |m| m.index.max(bootstrapped));
+        // The address book as of `applied`; the log above it replays into it.
+        let members = match loaded_info {
+            Some(info) => Members::from_snapshot(info),
+            None => Members {
+                index: applied,
+                conf_state: conf_state.clone(),
+                ..Members::default()
+            },
+        };
+        if let (Some(observer), Some(_)) = (&config.membership_observer, &loaded) {
+            // Before the raft thread replays the changes above the snapshot.
+            observer.restored(&members);
+        }
+        let members = Arc::new(RwLock::new(members));
         let mut raw = RawNode::new(&config.raft_config(applied), cache.clone())?;
         if raw.raft.prs.is_singleton() && raw.raft.prs.is_voter(id) {
             // A lone voter need not wait an election timeout to lead.
@@ -370,6 +389,8 @@ impl Node {
             max_batch: 16,
             commit_index: Arc::new(AtomicU64::new(0)),
             saving: None,
+            members: Arc::clone(&members),
+            observer: config.membership_observer.clone(),
         };
         threads.push(spawn_stage(
             Arc::clone(&shared),
@@ -443,6 +464,7 @@ impl Node {
             sm,
             cache,
             config,
+            members,
             stop: stop_tx,
             sink,
             threads: Mutex::new(threads),

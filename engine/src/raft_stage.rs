@@ -795,7 +795,7 @@ impl RaftStage {
                     conf_states.push((e.index, cs.clone()));
                     self.shared.set_conf_state(cs);
                     if let (Some(observer), Ok(cc)) = (&self.observer, &cc) {
-                        observer.applied(cc, cs);
+                        observer.changed(e.index, cc, cs);
                     }
                 }
                 // Every replica refuses the same entry the same way; skip it.

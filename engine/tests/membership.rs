@@ -2,7 +2,8 @@
 //! rebuilds the membership from the leader's log (the bootstrap entries), is promoted,
 //! takes over leadership by transfer, survives a restart; every change reaches the
 //! membership observer with its context; refused changes are refused before anything
-//! is proposed.
+//! is proposed. The members' addresses survive snapshots and compaction: a follower
+//! that catches up by snapshot and a node restarting from its own snapshot learn them.
 
 mod common;
 
@@ -11,8 +12,8 @@ use std::time::Duration;
 
 use common::{fast, wait_until, Cluster};
 use keel::{
-    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Config, Db,
-    Error, MembershipObserver, Role,
+    member_address, member_context, ConfChangeSingle, ConfChangeTransition, ConfChangeType,
+    ConfChangeV2, ConfState, Config, Db, Error, Members, MembershipObserver, Role,
 };
 use parking_lot::Mutex;
 
@@ -26,6 +27,25 @@ impl MembershipObserver for Recorder {
                 .lock()
                 .push((c.node_id, c.change_type, change.context.clone()));
         }
+    }
+}
+
+// A change's index and the address it carries.
+type Change = (u64, Option<(u64, String)>);
+
+/// Records what the newer methods tell: changes with their index, and restored books.
+#[derive(Default)]
+struct BookRecorder {
+    changed: Mutex<Vec<Change>>,
+    restored: Mutex<Vec<Members>>,
+}
+
+impl MembershipObserver for BookRecorder {
+    fn changed(&self, index: u64, change: &ConfChangeV2, _cs: &ConfState) {
+        self.changed.lock().push((index, member_address(change)));
+    }
+    fn restored(&self, members: &Members) {
+        self.restored.lock().push(members.clone());
     }
 }
 
@@ -140,4 +160,150 @@ fn a_joining_node_is_added_promoted_made_leader_and_restarts() {
     c.db(leader).put(b"k", b"v3").expect("write after removal");
     n4.close().expect("close");
     c.stop(1);
+}
+
+// Snapshots every 20 entries, and the log compacted right behind the oldest kept one.
+fn snapshot_often(mut c: Config) -> Config {
+    c.snapshot_every = 20;
+    c.snapshot_log_percent = 0;
+    c.catch_up_entries = 0;
+    c.snapshots_retained = 1;
+    c
+}
+
+const ADDR4: &str = "10.0.0.4:7004";
+
+#[test]
+fn member_addresses_survive_snapshots_compaction_and_restarts() {
+    let mut c = Cluster::with(3, snapshot_often);
+    let leader = c.wait_leader();
+    // This follower misses everything below, and must catch up by snapshot.
+    let behind = c.followers(leader)[0];
+    c.stop(behind);
+
+    let mut cfg = snapshot_often(joiner(&c, Arc::new(Recorder::default())));
+    cfg.membership_observer = None;
+    let n4 = Db::open(cfg).expect("open joiner");
+    c.db(leader)
+        .change_membership(change(
+            ConfChangeType::AddLearnerNode,
+            4,
+            &member_context(4, ADDR4),
+        ))
+        .expect("add learner");
+    // Answered once raft applied it; the book follows when the apply stage does.
+    let added_at = wait_until(Duration::from_secs(10), || {
+        let m = c.db(leader).members();
+        (m.addresses.get(&4).map(String::as_str) == Some(ADDR4)).then_some(m.index)
+    })
+    .expect("the leader's book has node 4");
+    for i in 0..120u64 {
+        c.db(leader)
+            .put(format!("k{i}").as_bytes(), b"v")
+            .expect("put");
+    }
+    // The change that carried the address is compacted away on the leader.
+    wait_until(Duration::from_secs(10), || {
+        (c.db(leader).status().first_index > added_at + 1).then_some(())
+    })
+    .expect("the leader compacts past the change");
+    wait_until(Duration::from_secs(10), || {
+        (n4.members().addresses.get(&4).map(String::as_str) == Some(ADDR4)).then_some(())
+    })
+    .expect("the joined node learns its own address");
+
+    // The follower that was down catches up by snapshot and learns the address.
+    let seen = Arc::new(BookRecorder::default());
+    let mut cfg = c.config(behind);
+    cfg.membership_observer = Some(Arc::clone(&seen) as Arc<dyn MembershipObserver>);
+    c.dbs.insert(behind, Db::open(cfg).expect("restart"));
+    c.wait_converged();
+    let st = c.db(behind).status();
+    assert!(
+        st.snapshot_index > added_at,
+        "caught up by snapshot: {st:?}"
+    );
+    assert_eq!(c.db(behind).members().addresses[&4], ADDR4);
+    let restored = seen.restored.lock().clone();
+    let last = restored.last().expect("an installed snapshot is told");
+    assert!(last.index > added_at, "{last:?}");
+    assert_eq!(last.addresses.get(&4).map(String::as_str), Some(ADDR4));
+    assert_eq!(last.conf_state.learners, vec![4]);
+    assert!(
+        !seen.changed.lock().iter().any(|(_, a)| a.is_some()),
+        "the address came from the snapshot, not from a replayed change"
+    );
+
+    // Restarted, it tells the book from its own snapshot before anything else.
+    c.stop(behind);
+    let seen = Arc::new(BookRecorder::default());
+    let mut cfg = c.config(behind);
+    cfg.membership_observer = Some(Arc::clone(&seen) as Arc<dyn MembershipObserver>);
+    let db = Db::open(cfg).expect("restart again");
+    assert_eq!(db.members().addresses[&4], ADDR4);
+    let restored = seen.restored.lock().clone();
+    assert_eq!(restored.len(), 1, "{restored:?}");
+    assert_eq!(
+        restored[0].addresses.get(&4).map(String::as_str),
+        Some(ADDR4)
+    );
+    c.dbs.insert(behind, db);
+
+    // Removed, the address leaves the book and the snapshots after it.
+    c.db(leader)
+        .change_membership(change(ConfChangeType::RemoveNode, 4, b""))
+        .expect("remove");
+    for i in 0..60u64 {
+        c.db(leader)
+            .put(format!("r{i}").as_bytes(), b"v")
+            .expect("put");
+    }
+    c.wait_converged();
+    for id in [leader, behind] {
+        assert!(c.db(id).members().addresses.is_empty(), "node {id}");
+    }
+    c.stop(behind);
+    let seen = Arc::new(BookRecorder::default());
+    let mut cfg = c.config(behind);
+    cfg.membership_observer = Some(Arc::clone(&seen) as Arc<dyn MembershipObserver>);
+    let db = Db::open(cfg).expect("restart after the removal");
+    let restored = seen.restored.lock().clone();
+    assert!(restored[0].addresses.is_empty(), "{restored:?}");
+    assert_eq!(restored[0].conf_state.learners, Vec::<u64>::new());
+    db.close().expect("close");
+    n4.close().expect("close");
+}
+
+#[test]
+fn a_node_starts_from_a_snapshot_written_before_member_addresses() {
+    // Written by keel at commit 2841cb9 (snapshot stream version 1): index 10, term
+    // 2, voters 1-3, learner 4, keys a b c; nothing else in the data directory.
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../snapshot/tests/data/v1/0000000000000002-000000000000000a.snap");
+    let c = Cluster::new(0);
+    let snap = c.node_dir(1).join("snap");
+    std::fs::create_dir_all(&snap).expect("snap dir");
+    std::fs::copy(
+        &fixture,
+        snap.join("0000000000000002-000000000000000a.snap"),
+    )
+    .expect("copy the fixture");
+    let seen = Arc::new(BookRecorder::default());
+    let mut cfg = fast(Config::cluster(
+        1,
+        vec![1, 2, 3],
+        c.node_dir(1),
+        c.net.clone(),
+    ));
+    cfg.membership_observer = Some(Arc::clone(&seen) as Arc<dyn MembershipObserver>);
+    let db = Db::open(cfg).expect("open on a version 1 snapshot");
+    let members = db.members();
+    assert_eq!(members.index, 10);
+    assert_eq!(members.conf_state.voters, vec![1, 2, 3]);
+    assert_eq!(members.conf_state.learners, vec![4]);
+    assert!(members.addresses.is_empty());
+    assert_eq!(seen.restored.lock().clone(), vec![members]);
+    assert_eq!(db.get_local(b"b").expect("read"), Some(b"2".to_vec()));
+    assert_eq!(db.status().snapshot_index, 10);
+    db.close().expect("close");
 }

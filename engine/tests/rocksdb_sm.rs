@@ -11,7 +11,7 @@ use common::{fast, key, single, value, wait_until, Cluster};
 use keel::state_machine::{MemoryStateMachine, RocksStateMachine, StateMachine};
 use keel::{Config, Db, Error, LogBackend, Op, StateMachineKind};
 use raft_core::SnapshotMetadata;
-use snapshot::{SnapshotStore, StoreOptions};
+use snapshot::{SnapshotInfo, SnapshotStore, StoreOptions};
 use wal::fs::StdFs;
 
 fn put(k: &[u8], v: &[u8]) -> Op {
@@ -34,11 +34,15 @@ fn store(dir: &Path) -> SnapshotStore {
     SnapshotStore::open(StdFs::shared(), dir, opts).unwrap()
 }
 
-fn meta(index: u64) -> SnapshotMetadata {
-    SnapshotMetadata {
-        index,
-        term: 2,
-        ..SnapshotMetadata::default()
+// With a member address, so restores are checked to hand it back.
+fn meta(index: u64) -> SnapshotInfo {
+    SnapshotInfo {
+        metadata: SnapshotMetadata {
+            index,
+            term: 2,
+            ..SnapshotMetadata::default()
+        },
+        members: [(4, "127.0.0.1:7004".to_string())].into(),
     }
 }
 

@@ -7,6 +7,7 @@
 //! | module | holds |
 //! |---|---|
 //! | [`chunk`] | the chunk stream format (on disk and on the wire), its writer, reader and validator |
+//! | [`info`] | a snapshot's description: raft's metadata and the members' peer addresses |
 //! | [`store`] | the snapshot directory: atomic save, newest-valid load, `.broken` quarantine, retention |
 //! | [`transfer`] | sending a stored snapshot chunk by chunk and receiving one into a store |
 //! | [`state_machine`] | the traits a state machine implements to produce and consume snapshot bytes |
@@ -58,6 +59,7 @@
 pub mod chunk;
 mod error;
 mod file_io;
+pub mod info;
 pub mod log_cache;
 pub mod memory;
 pub mod state_machine;
@@ -65,6 +67,7 @@ pub mod store;
 pub mod transfer;
 
 pub use error::{Result, SnapshotError};
+pub use info::{MemberAddresses, SnapshotInfo};
 pub use log_cache::{CacheStats, LogCache, LogCacheOptions};
 pub use state_machine::{SnapshotConsumer, SnapshotProducer};
 pub use store::{

@@ -1,7 +1,8 @@
 //! The durable snapshot store: one directory of `{term:016x}-{index:016x}.snap` files.
 //!
-//! Each file is a chunk stream (see [`crate::chunk`]): metadata, state-machine bytes,
-//! per-chunk CRCs and a whole-snapshot checksum. A snapshot is written under a `.tmp`
+//! Each file is a chunk stream (see [`crate::chunk`]): metadata and member addresses
+//! ([`SnapshotInfo`]), state-machine bytes, per-chunk CRCs and a whole-snapshot
+//! checksum. A snapshot is written under a `.tmp`
 //! name, synced, renamed into place and the directory synced, so after a crash at any
 //! point the directory holds the old snapshots and possibly the complete new one,
 //! never a partial file under a real name. Leftover `.tmp` files are removed on open;
@@ -24,6 +25,7 @@ use crate::chunk::DEFAULT_CHUNK_SIZE_BYTES;
 use crate::chunk::{ChunkWriter, SnapshotReader, StreamHeader, StreamTrailer};
 use crate::error::{Result, SnapshotError};
 use crate::file_io::{FileReader, FileWriter};
+use crate::info::{MemberAddresses, SnapshotInfo};
 use crate::state_machine::{SnapshotConsumer, SnapshotProducer};
 use crate::transfer::{SnapshotReceiver, SnapshotSender};
 
@@ -132,6 +134,8 @@ pub struct Loaded<T> {
     pub id: SnapshotId,
     /// Its metadata.
     pub metadata: SnapshotMetadata,
+    /// The members' addresses it carries (none in a version 1 file).
+    pub members: MemberAddresses,
     /// What the consumer built from it.
     pub image: T,
     /// Newer snapshots that were damaged, renamed `.broken` and skipped, newest first
@@ -242,16 +246,28 @@ impl SnapshotStore {
             .collect())
     }
 
-    /// Writes a snapshot of `producer`'s state at `metadata` durably: temporary file,
-    /// sync, rename, directory sync. Holds one chunk in memory at a time. Does not
-    /// delete older snapshots; call [`retain`](Self::retain) afterwards. Saving the
-    /// same snapshot id from two threads at once is not supported (they share a
-    /// temporary name); different ids may be saved concurrently.
+    /// Writes a snapshot of `producer`'s state at `metadata`, without member
+    /// addresses; see [`save_info`](Self::save_info).
     pub fn save(
         &self,
         metadata: &SnapshotMetadata,
         producer: &dyn SnapshotProducer,
     ) -> Result<SavedSnapshot> {
+        self.save_info(&SnapshotInfo::from(metadata.clone()), producer)
+    }
+
+    /// Writes a snapshot of `producer`'s state as `info` describes it durably:
+    /// temporary file, sync, rename, directory sync. Holds one chunk in memory at a
+    /// time. Does not delete older snapshots; call [`retain`](Self::retain)
+    /// afterwards. Saving the same snapshot id from two threads at once is not
+    /// supported (they share a temporary name); different ids may be saved
+    /// concurrently.
+    pub fn save_info(
+        &self,
+        info: &SnapshotInfo,
+        producer: &dyn SnapshotProducer,
+    ) -> Result<SavedSnapshot> {
+        let metadata = &info.metadata;
         if metadata.index == 0 {
             // Index 0 is raft-core's "no snapshot" placeholder.
             return Err(SnapshotError::InvalidArgument(
@@ -275,7 +291,7 @@ impl SnapshotStore {
             .create(&tmp)
             .map_err(|e| SnapshotError::io(&tmp, e))?;
         let writer = FileWriter::syncing_every(file, self.options.save_sync_every_bytes);
-        let result = self.write_stream(writer, metadata, producer, &tmp);
+        let result = self.write_stream(writer, info, producer, &tmp);
         let (file_bytes, trailer) = match result {
             Ok(done) => done,
             Err(e) => {
@@ -305,11 +321,11 @@ impl SnapshotStore {
     fn write_stream(
         &self,
         writer: FileWriter,
-        metadata: &SnapshotMetadata,
+        info: &SnapshotInfo,
         producer: &dyn SnapshotProducer,
         tmp: &Path,
     ) -> Result<(u64, StreamTrailer)> {
-        let mut chunks = ChunkWriter::new(writer, metadata, self.options.chunk_size_bytes)
+        let mut chunks = ChunkWriter::with_info(writer, info, self.options.chunk_size_bytes)
             .map_err(|e| file_error(e, tmp))?;
         if let Err(e) = producer.write_snapshot(&mut chunks) {
             // The producer sees our write errors too; blame the file only if it failed.
@@ -337,11 +353,12 @@ impl SnapshotStore {
     ) -> Result<Option<Loaded<C::Image>>> {
         let mut skipped = Vec::new();
         for id in self.list()? {
-            match self.load(id, consumer) {
-                Ok((metadata, image)) => {
+            match self.load_info(id, consumer) {
+                Ok((info, image)) => {
                     return Ok(Some(Loaded {
                         id,
-                        metadata,
+                        metadata: info.metadata,
+                        members: info.members,
                         image,
                         skipped,
                     }))
@@ -357,15 +374,32 @@ impl SnapshotStore {
         Ok(None)
     }
 
-    /// Reads snapshot `id` into `consumer`, checking everything. Damage is reported as
-    /// [`SnapshotError::Damaged`] naming the file (and the file is left as it is).
+    /// Reads snapshot `id` into `consumer`, checking everything; its metadata and
+    /// what the consumer built. See [`load_info`](Self::load_info).
     pub fn load<C: SnapshotConsumer + ?Sized>(
         &self,
         id: SnapshotId,
         consumer: &C,
     ) -> Result<(SnapshotMetadata, C::Image)> {
+        let (info, image) = self.load_info(id, consumer)?;
+        Ok((info.metadata, image))
+    }
+
+    /// Reads snapshot `id` into `consumer`, checking everything; its description
+    /// (metadata and member addresses) and what the consumer built. Damage is
+    /// reported as [`SnapshotError::Damaged`] naming the file (and the file is left as
+    /// it is).
+    pub fn load_info<C: SnapshotConsumer + ?Sized>(
+        &self,
+        id: SnapshotId,
+        consumer: &C,
+    ) -> Result<(SnapshotInfo, C::Image)> {
         let (path, mut reader) = self.open_checked(id)?;
-        let metadata = reader.header().metadata.clone();
+        let header = reader.header();
+        let info = SnapshotInfo {
+            metadata: header.metadata.clone(),
+            members: header.members.clone(),
+        };
         let damaged = |reason| damage_in(reason, &path);
         let image = match consumer.read_snapshot(&mut reader) {
             Ok(image) => image,
@@ -377,7 +411,7 @@ impl SnapshotStore {
             }
         };
         reader.finish().map_err(damaged)?;
-        Ok((metadata, image))
+        Ok((info, image))
     }
 
     /// The metadata of snapshot `id`, from its checked header alone, for a state
@@ -385,9 +419,18 @@ impl SnapshotStore {
     /// restart) and needs only its membership and term. Damage to the header is
     /// reported as [`SnapshotError::Damaged`]; the rest of the file is not read.
     pub fn metadata(&self, id: SnapshotId) -> Result<SnapshotMetadata> {
+        Ok(self.info(id)?.metadata)
+    }
+
+    /// The description (metadata and member addresses) of snapshot `id`, from its
+    /// checked header alone, as [`metadata`](Self::metadata) reads it.
+    pub fn info(&self, id: SnapshotId) -> Result<SnapshotInfo> {
         let (_, reader) = self.open_checked(id)?;
-        let metadata = reader.header().metadata.clone();
-        Ok(metadata)
+        let header = reader.header();
+        Ok(SnapshotInfo {
+            metadata: header.metadata.clone(),
+            members: header.members.clone(),
+        })
     }
 
     /// The size of snapshot `id`'s file.

@@ -71,6 +71,10 @@ pub struct ServeArgs {
     /// rewritten whole every N entries.
     #[arg(long, value_name = "PERCENT", default_value_t = 100)]
     pub snapshot_log_percent: u64,
+    /// Log entries kept behind each snapshot, so a follower that is only a little
+    /// behind catches up from the log rather than by a whole snapshot.
+    #[arg(long, value_name = "N", default_value_t = 5_000)]
+    pub catch_up_entries: u64,
     /// Bytes of a WAL segment file.
     #[arg(long, value_name = "BYTES")]
     pub segment_size: Option<u64>,
@@ -305,6 +309,7 @@ fn start(args: &ServeArgs) -> Result<Running, CliError> {
     config.max_entry_bytes = args.max_value_bytes + MAX_KEY_BYTES as u64;
     config.snapshot_every = args.snapshot_every;
     config.snapshot_log_percent = args.snapshot_log_percent;
+    config.catch_up_entries = args.catch_up_entries;
     if let Some(b) = args.segment_size {
         config.wal_segment_size_bytes = b;
     }

@@ -21,9 +21,8 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use raft_core::SnapshotMetadata;
 use snapshot::memory::{write_records, MapConsumer};
-use snapshot::{SavedSnapshot, SnapshotId, SnapshotProducer, SnapshotStore};
+use snapshot::{SavedSnapshot, SnapshotId, SnapshotInfo, SnapshotProducer, SnapshotStore};
 
 use super::{FrozenState, StateMachine};
 use crate::command::Op;
@@ -64,13 +63,9 @@ impl FrozenState for FrozenMap {
         self.applied_index
     }
 
-    fn save_snapshot(
-        &self,
-        store: &SnapshotStore,
-        metadata: &SnapshotMetadata,
-    ) -> Result<SavedSnapshot> {
-        assert_eq!(metadata.index, self.applied_index, "snapshot metadata");
-        Ok(store.save(metadata, self)?)
+    fn save_snapshot(&self, store: &SnapshotStore, info: &SnapshotInfo) -> Result<SavedSnapshot> {
+        assert_eq!(info.metadata.index, self.applied_index, "snapshot metadata");
+        Ok(store.save_info(info, self)?)
     }
 }
 
@@ -243,11 +238,7 @@ impl StateMachine for MemoryStateMachine {
         self.len
     }
 
-    fn save_snapshot(
-        &self,
-        store: &SnapshotStore,
-        metadata: &SnapshotMetadata,
-    ) -> Result<SavedSnapshot> {
+    fn save_snapshot(&self, store: &SnapshotStore, info: &SnapshotInfo) -> Result<SavedSnapshot> {
         let map = match &self.delta {
             None => Arc::clone(&self.base),
             Some(_) => Arc::new(self.merged()),
@@ -256,21 +247,17 @@ impl StateMachine for MemoryStateMachine {
             map,
             applied_index: self.applied_index,
         };
-        image.save_snapshot(store, metadata)
+        image.save_snapshot(store, info)
     }
 
-    fn restore_snapshot(
-        &mut self,
-        store: &SnapshotStore,
-        id: SnapshotId,
-    ) -> Result<SnapshotMetadata> {
-        let (metadata, map) = store.load(id, &MapConsumer::default())?;
+    fn restore_snapshot(&mut self, store: &SnapshotStore, id: SnapshotId) -> Result<SnapshotInfo> {
+        let (info, map) = store.load_info(id, &MapConsumer::default())?;
         let map: Map = map.into_iter().collect();
         self.len = map.len() as u64;
         self.base = Arc::new(map);
         self.delta = None;
-        self.applied_index = metadata.index;
-        Ok(metadata)
+        self.applied_index = info.metadata.index;
+        Ok(info)
     }
 
     fn freeze(&mut self) -> Option<Box<dyn FrozenState>> {
@@ -291,15 +278,54 @@ mod tests {
             snapshot::StoreOptions::default(),
         )
         .unwrap();
-        let meta = SnapshotMetadata {
+        let meta = raft_core::SnapshotMetadata {
             index: image.applied_index(),
             term: 1,
-            ..SnapshotMetadata::default()
+            ..raft_core::SnapshotMetadata::default()
         };
-        let saved = image.save_snapshot(&store, &meta).unwrap();
+        let saved = image.save_snapshot(&store, &meta.into()).unwrap();
         let mut restored = MemoryStateMachine::new();
         restored.restore_snapshot(&store, saved.id).unwrap();
         restored
+    }
+
+    #[test]
+    fn a_snapshot_hands_back_the_member_addresses_it_was_written_with() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SnapshotStore::open(
+            wal::fs::StdFs::shared(),
+            dir.path(),
+            snapshot::StoreOptions::default(),
+        )
+        .unwrap();
+        let mut sm = MemoryStateMachine::new();
+        sm.apply(
+            1,
+            &Op::Put {
+                key: b"k".to_vec(),
+                value: b"v".to_vec(),
+            },
+        )
+        .unwrap();
+        let info = SnapshotInfo {
+            metadata: raft_core::SnapshotMetadata {
+                index: 1,
+                term: 1,
+                ..raft_core::SnapshotMetadata::default()
+            },
+            members: [(4, "10.0.0.4:7004".to_string())].into(),
+        };
+        // Written in place and from a frozen image alike.
+        let in_place = sm.save_snapshot(&store, &info).unwrap();
+        let mut restored = MemoryStateMachine::new();
+        assert_eq!(
+            restored.restore_snapshot(&store, in_place.id).unwrap(),
+            info
+        );
+        std::fs::remove_file(&in_place.path).unwrap();
+        let frozen = sm.freeze().unwrap().save_snapshot(&store, &info).unwrap();
+        assert_eq!(restored.restore_snapshot(&store, frozen.id).unwrap(), info);
+        assert_eq!(restored.get(b"k").unwrap(), Some(b"v".to_vec()));
     }
 
     #[test]

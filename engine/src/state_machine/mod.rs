@@ -30,8 +30,7 @@ mod rocksdb;
 pub use self::rocksdb::{RocksStateMachine, RESTORE_BATCH_MAX_BYTES};
 pub use memory::MemoryStateMachine;
 
-use raft_core::SnapshotMetadata;
-use snapshot::{SavedSnapshot, SnapshotId, SnapshotStore};
+use snapshot::{SavedSnapshot, SnapshotId, SnapshotInfo, SnapshotStore};
 
 use crate::command::Op;
 use crate::error::Result;
@@ -63,20 +62,13 @@ pub trait StateMachine: Send + Sync + 'static {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
-    /// Streams the state as of `metadata.index` (which must be `applied_index()`) into
-    /// `store` durably.
-    fn save_snapshot(
-        &self,
-        store: &SnapshotStore,
-        metadata: &SnapshotMetadata,
-    ) -> Result<SavedSnapshot>;
+    /// Streams the state as of `info.metadata.index` (which must be
+    /// `applied_index()`) into `store` durably, described by `info` (its metadata and
+    /// member addresses).
+    fn save_snapshot(&self, store: &SnapshotStore, info: &SnapshotInfo) -> Result<SavedSnapshot>;
     /// Replaces the whole state with snapshot `id` from `store`; the live state is kept
-    /// if the snapshot fails any check. Returns the snapshot's metadata.
-    fn restore_snapshot(
-        &mut self,
-        store: &SnapshotStore,
-        id: SnapshotId,
-    ) -> Result<SnapshotMetadata>;
+    /// if the snapshot fails any check. Returns the snapshot's description.
+    fn restore_snapshot(&mut self, store: &SnapshotStore, id: SnapshotId) -> Result<SnapshotInfo>;
     /// An immutable image of the state as of `applied_index()` that can be written
     /// on another thread while this state machine goes on applying, if this state
     /// machine can make one cheaply; `None` means snapshots are written in place with
@@ -91,11 +83,7 @@ pub trait StateMachine: Send + Sync + 'static {
 pub trait FrozenState: Send + 'static {
     /// The applied index the image is as of.
     fn applied_index(&self) -> u64;
-    /// Streams the image into `store` durably under `metadata` (whose index must be
-    /// [`applied_index`](Self::applied_index)).
-    fn save_snapshot(
-        &self,
-        store: &SnapshotStore,
-        metadata: &SnapshotMetadata,
-    ) -> Result<SavedSnapshot>;
+    /// Streams the image into `store` durably, described by `info` (whose index must
+    /// be [`applied_index`](Self::applied_index)).
+    fn save_snapshot(&self, store: &SnapshotStore, info: &SnapshotInfo) -> Result<SavedSnapshot>;
 }

@@ -30,13 +30,14 @@
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use raft_core::SnapshotMetadata;
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, Options, ReadOptions, SnapshotWithThreadMode, WriteBatch,
     WriteOptions, DB,
 };
 use snapshot::memory::{MapLimits, RecordReader, RecordWriter};
-use snapshot::{SavedSnapshot, SnapshotConsumer, SnapshotId, SnapshotProducer, SnapshotStore};
+use snapshot::{
+    SavedSnapshot, SnapshotConsumer, SnapshotId, SnapshotInfo, SnapshotProducer, SnapshotStore,
+};
 
 use super::StateMachine;
 use crate::command::Op;
@@ -318,29 +319,21 @@ impl StateMachine for RocksStateMachine {
         n
     }
 
-    fn save_snapshot(
-        &self,
-        store: &SnapshotStore,
-        metadata: &SnapshotMetadata,
-    ) -> Result<SavedSnapshot> {
-        if metadata.index != self.applied_index {
+    fn save_snapshot(&self, store: &SnapshotStore, info: &SnapshotInfo) -> Result<SavedSnapshot> {
+        if info.metadata.index != self.applied_index {
             return Err(Error::StateMachine(format!(
                 "snapshot at {} asked of a state machine at {}",
-                metadata.index, self.applied_index
+                info.metadata.index, self.applied_index
             )));
         }
         let producer = Producer {
             snapshot: self.db.snapshot(),
             data: self.data_cf()?,
         };
-        Ok(store.save(metadata, &producer)?)
+        Ok(store.save_info(info, &producer)?)
     }
 
-    fn restore_snapshot(
-        &mut self,
-        store: &SnapshotStore,
-        id: SnapshotId,
-    ) -> Result<SnapshotMetadata> {
+    fn restore_snapshot(&mut self, store: &SnapshotStore, id: SnapshotId) -> Result<SnapshotInfo> {
         let next = self.generation + 1;
         let staging = data_cf_name(next);
         if self.db.cf_handle(&staging).is_some() {
@@ -371,11 +364,11 @@ impl StateMachine for RocksStateMachine {
         let meta = self.meta_cf()?;
         let mut wb = WriteBatch::default();
         wb.put_cf(meta, KEY_GENERATION, next.to_be_bytes());
-        wb.put_cf(meta, KEY_APPLIED, loaded.index.to_be_bytes());
+        wb.put_cf(meta, KEY_APPLIED, loaded.metadata.index.to_be_bytes());
         self.write(wb, true)?;
         let old = data_cf_name(self.generation);
         self.generation = next;
-        self.applied_index = loaded.index;
+        self.applied_index = loaded.metadata.index;
         if let Err(e) = self.db.drop_cf(&old) {
             log::warn!(
                 "{}: dropping the replaced {old}: {e} (retried on the next open)",
@@ -388,12 +381,7 @@ impl StateMachine for RocksStateMachine {
 
 impl RocksStateMachine {
     // Streams snapshot `id` into column family `staging` and makes it durable.
-    fn fill(
-        &self,
-        store: &SnapshotStore,
-        id: SnapshotId,
-        staging: &str,
-    ) -> Result<SnapshotMetadata> {
+    fn fill(&self, store: &SnapshotStore, id: SnapshotId, staging: &str) -> Result<SnapshotInfo> {
         let cf = self
             .db
             .cf_handle(staging)
@@ -404,12 +392,12 @@ impl RocksStateMachine {
             limits: self.limits,
             max_batch_bytes: RESTORE_BATCH_MAX_BYTES,
         };
-        let (meta, _records) = store.load(id, &consumer)?;
+        let (info, _records) = store.load_info(id, &consumer)?;
         // The restore wrote around the WAL; flushing writes its data to synced files.
         self.db
             .flush_cf(cf)
             .map_err(|e| backend("flushing the restored data", e))?;
-        Ok(meta)
+        Ok(info)
     }
 }
 

@@ -3,11 +3,15 @@
 use raft_core::codec;
 use raft_core::SnapshotMetadata;
 
-use super::{FRAME_HEAD_BYTES, FRAME_OVERHEAD_BYTES, MAX_CHUNK_SIZE_BYTES};
+use super::{FRAME_HEAD_BYTES, FRAME_OVERHEAD_BYTES, MAX_CHUNK_SIZE_BYTES, MAX_HEADER_BYTES};
 use crate::error::{Result, SnapshotError};
+use crate::info::{check_member, check_members, MemberAddresses, MAX_MEMBERS};
 
 const MAGIC: &[u8; 8] = b"KEELSNAP";
-const STREAM_VERSION: u8 = 1;
+/// The header layout this build writes. Version 1 (read, never written) had no
+/// member addresses and no metadata length.
+pub(super) const STREAM_VERSION: u8 = 2;
+const STREAM_VERSION_1: u8 = 1;
 pub(super) const TRAILER_PAYLOAD_BYTES: usize = 8 + 8 + 4;
 // Header payload bytes before the metadata: magic, version, chunk size.
 const HEADER_FIXED_BYTES: usize = 8 + 1 + 4;
@@ -139,22 +143,58 @@ fn check_crc(seq: u64, body: &[u8], crc_bytes: &[u8]) -> Result<()> {
 }
 
 /// The header frame's contents.
+///
+/// Payload layout (version 2; integers little-endian):
+///
+/// ```text
+/// magic "KEELSNAP" | version u8 = 2 | chunk_size u32 | metadata_len u32 |
+/// metadata (raft-core codec) | member_count u32 |
+/// { node_id u64 | addr_len u16 | addr (UTF-8) } * member_count
+/// ```
+///
+/// Members come in strictly increasing id order and nothing follows them. Version 1
+/// (written before member addresses existed) ends with the metadata, unprefixed;
+/// it still reads, with no members.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StreamHeader {
     /// Where the snapshot sits in the log and the membership there.
     pub metadata: SnapshotMetadata,
     /// The largest data chunk payload in this stream.
     pub chunk_size_bytes: u32,
+    /// The members' peer addresses as of `metadata.index` (empty in version 1).
+    pub members: MemberAddresses,
 }
 
 impl StreamHeader {
-    pub(super) fn encode_payload(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(HEADER_FIXED_BYTES + 32);
+    /// The payload, or why this header cannot be written (member addresses out of
+    /// bounds, a payload over [`MAX_HEADER_BYTES`], which no reader would accept).
+    pub(super) fn encode_payload(&self) -> Result<Vec<u8>> {
+        let invalid = |why: String| SnapshotError::InvalidArgument(why);
+        check_members(&self.members).map_err(invalid)?;
+        let metadata = codec::encode(&self.metadata);
+        let members_bytes: usize = self.members.values().map(|a| 8 + 2 + a.len()).sum();
+        let len = HEADER_FIXED_BYTES + 4 + metadata.len() + 4 + members_bytes;
+        if len > MAX_HEADER_BYTES as usize {
+            return Err(invalid(format!(
+                "a snapshot header of {len} bytes exceeds {MAX_HEADER_BYTES}"
+            )));
+        }
+        let mut out = Vec::with_capacity(len);
         out.extend_from_slice(MAGIC);
         out.push(STREAM_VERSION);
         out.extend_from_slice(&self.chunk_size_bytes.to_le_bytes());
-        codec::encode_into(&self.metadata, &mut out);
-        out
+        // Both fit: the whole payload is at most MAX_HEADER_BYTES (checked above) and
+        // the member count at most MAX_MEMBERS.
+        out.extend_from_slice(&(metadata.len() as u32).to_le_bytes());
+        out.extend_from_slice(&metadata);
+        out.extend_from_slice(&(self.members.len() as u32).to_le_bytes());
+        for (id, addr) in &self.members {
+            out.extend_from_slice(&id.to_le_bytes());
+            out.extend_from_slice(&(addr.len() as u16).to_le_bytes());
+            out.extend_from_slice(addr.as_bytes());
+        }
+        debug_assert_eq!(out.len(), len, "header payload length");
+        Ok(out)
     }
 
     pub(super) fn decode_payload(seq: u64, payload: &[u8]) -> Result<StreamHeader> {
@@ -165,10 +205,11 @@ impl StreamHeader {
         if &payload[..8] != MAGIC {
             return Err(malformed("bad magic: not a keel snapshot".into()));
         }
-        if payload[8] != STREAM_VERSION {
+        let version = payload[8];
+        if version != STREAM_VERSION && version != STREAM_VERSION_1 {
             return Err(malformed(format!(
-                "unsupported stream version {} (this build reads {STREAM_VERSION})",
-                payload[8]
+                "unsupported stream version {version} (this build reads {STREAM_VERSION_1} \
+                 and {STREAM_VERSION})"
             )));
         }
         let mut size = [0u8; 4];
@@ -179,12 +220,89 @@ impl StreamHeader {
                 "chunk size {chunk_size_bytes} outside 1..={MAX_CHUNK_SIZE_BYTES}"
             )));
         }
-        let metadata = codec::decode::<SnapshotMetadata>(&payload[HEADER_FIXED_BYTES..])
+        let rest = &payload[HEADER_FIXED_BYTES..];
+        let (metadata, members) = if version == STREAM_VERSION_1 {
+            (rest, None)
+        } else {
+            let mut r = FieldReader { buf: rest, pos: 0 };
+            let len = r.u32().map_err(&malformed)? as usize;
+            let metadata = r.bytes(len, "metadata").map_err(&malformed)?;
+            (metadata, Some(read_members(&mut r).map_err(&malformed)?))
+        };
+        let metadata = codec::decode::<SnapshotMetadata>(metadata)
             .map_err(|e| malformed(format!("metadata: {e}")))?;
         Ok(StreamHeader {
             metadata,
             chunk_size_bytes,
+            members: members.unwrap_or_default(),
         })
+    }
+}
+
+// The member list of a version 2 header, which ends the payload.
+fn read_members(r: &mut FieldReader<'_>) -> std::result::Result<MemberAddresses, String> {
+    let count = r.u32()? as usize;
+    if count > MAX_MEMBERS {
+        return Err(format!("{count} member addresses, at most {MAX_MEMBERS}"));
+    }
+    let mut members = MemberAddresses::new();
+    let mut last = 0u64;
+    for _ in 0..count {
+        let id = r.u64()?;
+        if id <= last {
+            return Err(format!(
+                "member {id} out of order or repeated (after {last})"
+            ));
+        }
+        last = id;
+        let len = usize::from(r.u16()?);
+        let addr = std::str::from_utf8(r.bytes(len, "member address")?)
+            .map_err(|_| format!("the address of member {id} is not UTF-8"))?;
+        check_member(id, addr)?;
+        members.insert(id, addr.to_string());
+    }
+    if r.pos != r.buf.len() {
+        return Err(format!(
+            "{} bytes after the member addresses",
+            r.buf.len() - r.pos
+        ));
+    }
+    Ok(members)
+}
+
+// A cursor over header bytes: every read checked against what is left.
+struct FieldReader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> FieldReader<'a> {
+    fn bytes(&mut self, len: usize, what: &str) -> std::result::Result<&'a [u8], String> {
+        let left = self.buf.len() - self.pos;
+        if len > left {
+            return Err(format!("{what} of {len} bytes, {left} left in the header"));
+        }
+        let out = &self.buf[self.pos..self.pos + len];
+        self.pos += len;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self) -> std::result::Result<[u8; N], String> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.bytes(N, "a field")?);
+        Ok(out)
+    }
+
+    fn u16(&mut self) -> std::result::Result<u16, String> {
+        self.array().map(u16::from_le_bytes)
+    }
+
+    fn u32(&mut self) -> std::result::Result<u32, String> {
+        self.array().map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> std::result::Result<u64, String> {
+        self.array().map(u64::from_le_bytes)
     }
 }
 

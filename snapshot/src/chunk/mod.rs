@@ -7,7 +7,8 @@
 //! ```
 //!
 //! where the CRC-32 covers every byte before it in the frame. Frame 0 is the header
-//! (magic, stream version, chunk size, the codec-encoded [`SnapshotMetadata`](raft_core::SnapshotMetadata)); frames
+//! (magic, stream version, chunk size, the codec-encoded [`SnapshotMetadata`](raft_core::SnapshotMetadata)
+//! and the members' addresses: see [`StreamHeader`] for its layout); frames
 //! `1..=n` carry state-machine bytes, each at most the header's chunk size; frame `n + 1`
 //! is the trailer (total data bytes, data chunk count, and a CRC-32 over the payloads of
 //! every frame before it, metadata included).
@@ -35,7 +36,9 @@ pub const DEFAULT_CHUNK_SIZE_BYTES: u32 = 1 << 20;
 /// Largest chunk size a stream may declare. Bounds what a reader ever allocates for one
 /// chunk, whatever a damaged or hostile length field says.
 pub const MAX_CHUNK_SIZE_BYTES: u32 = 64 << 20;
-/// Largest header payload accepted (the metadata is a few hundred bytes in practice).
+/// Largest header payload accepted (the metadata and member addresses are a few
+/// hundred bytes in practice; [`crate::info::MAX_MEMBERS`] addresses of
+/// [`crate::info::MAX_MEMBER_ADDRESS_BYTES`] each fit with room to spare).
 pub const MAX_HEADER_BYTES: u32 = 1 << 20;
 /// Bytes in a frame before its payload: kind, seq, payload length.
 pub const FRAME_HEAD_BYTES: usize = 1 + 8 + 4;

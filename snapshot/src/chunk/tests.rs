@@ -257,6 +257,171 @@ fn skip_to_finds_frames() {
     ));
 }
 
+fn members() -> crate::info::MemberAddresses {
+    [
+        (4, "10.0.0.4:7004"),
+        (5, "node-5.example:7005"),
+        (900, "h:1"),
+    ]
+    .into_iter()
+    .map(|(id, a)| (id, a.to_string()))
+    .collect()
+}
+
+fn header_payload(members: crate::info::MemberAddresses) -> Vec<u8> {
+    let header = StreamHeader {
+        metadata: meta(),
+        chunk_size_bytes: 16,
+        members,
+    };
+    header.encode_payload().unwrap()
+}
+
+#[test]
+fn the_header_carries_member_addresses() {
+    let info = crate::info::SnapshotInfo {
+        metadata: meta(),
+        members: members(),
+    };
+    let mut w = ChunkWriter::with_info(Vec::new(), &info, 16).unwrap();
+    w.write_all(&data(40)).unwrap();
+    let (bytes, _) = w.finish().unwrap();
+    let reader = SnapshotReader::new(bytes.as_slice()).unwrap();
+    assert_eq!(reader.header().metadata, meta());
+    assert_eq!(reader.header().members, members());
+    assert_eq!(read_all(&bytes).unwrap().0, data(40));
+    // Every damaged byte of the bigger header is still caught.
+    for pos in 0..bytes.len() {
+        let mut bad = bytes.clone();
+        bad[pos] ^= 0x01;
+        assert!(read_all(&bad).is_err(), "flip at {pos} went unnoticed");
+    }
+    // The layout: the metadata, length-prefixed, then the members.
+    let payload = header_payload(members());
+    assert_eq!(&payload[..8], b"KEELSNAP");
+    assert_eq!(payload[8], 2, "version");
+    let meta_len = u32::from_le_bytes(payload[13..17].try_into().unwrap()) as usize;
+    assert_eq!(
+        &payload[17..17 + meta_len],
+        raft_core::codec::encode(&meta()).as_slice()
+    );
+    let at = 17 + meta_len;
+    assert_eq!(
+        u32::from_le_bytes(payload[at..at + 4].try_into().unwrap()),
+        3
+    );
+    assert_eq!(
+        u64::from_le_bytes(payload[at + 4..at + 12].try_into().unwrap()),
+        4
+    );
+    assert_eq!(
+        u16::from_le_bytes(payload[at + 12..at + 14].try_into().unwrap()),
+        13
+    );
+    assert_eq!(&payload[at + 14..at + 27], b"10.0.0.4:7004");
+}
+
+#[test]
+fn a_version_1_header_reads_without_members() {
+    // Version 1, as written before member addresses: the metadata runs to the end.
+    let mut v1 = b"KEELSNAP".to_vec();
+    v1.push(1);
+    v1.extend_from_slice(&16u32.to_le_bytes());
+    v1.extend_from_slice(&raft_core::codec::encode(&meta()));
+    let header = StreamHeader::decode_payload(0, &v1).unwrap();
+    assert_eq!(header.metadata, meta());
+    assert_eq!(header.chunk_size_bytes, 16);
+    assert!(header.members.is_empty());
+    let mut v3 = v1.clone();
+    v3[8] = 3;
+    assert!(StreamHeader::decode_payload(0, &v3).is_err(), "version 3");
+}
+
+#[test]
+fn malformed_member_lists_are_refused() {
+    let good = header_payload(members());
+    let at = good.len() - (4 + 3 * 10 + 13 + 19 + 3);
+    assert_eq!(
+        u32::from_le_bytes(good[at..at + 4].try_into().unwrap()),
+        3,
+        "the member count sits where the test expects"
+    );
+    let decode = |p: &[u8]| StreamHeader::decode_payload(0, p);
+    decode(&good).unwrap();
+    for cut in 0..good.len() {
+        assert!(decode(&good[..cut]).is_err(), "cut at {cut}");
+    }
+    let mut extra = good.clone();
+    extra.push(0);
+    assert!(decode(&extra).is_err(), "a byte after the members");
+    // A count beyond the limit, even with the bytes missing.
+    let mut many = good.clone();
+    many[at..at + 4].copy_from_slice(&(crate::info::MAX_MEMBERS as u32 + 1).to_le_bytes());
+    assert!(decode(&many).is_err());
+    // Ids out of order, repeated, or 0; an address that is not UTF-8 or empty.
+    let one = |id: u64, addr: &[u8]| {
+        let mut p = good[..at].to_vec();
+        p.extend_from_slice(&2u32.to_le_bytes());
+        for (id, addr) in [(id, addr), (id, addr)] {
+            p.extend_from_slice(&id.to_le_bytes());
+            p.extend_from_slice(&(addr.len() as u16).to_le_bytes());
+            p.extend_from_slice(addr);
+        }
+        p
+    };
+    assert!(decode(&one(4, b"h:1")).is_err(), "repeated id");
+    let mut single = good[..at].to_vec();
+    single.extend_from_slice(&1u32.to_le_bytes());
+    single.extend_from_slice(&7u64.to_le_bytes());
+    single.extend_from_slice(&3u16.to_le_bytes());
+    single.extend_from_slice(b"h:1");
+    assert_eq!(decode(&single).unwrap().members[&7], "h:1");
+    for (id, addr) in [(0u64, &b"h:1"[..]), (7, b"\xff:1"), (7, b"")] {
+        let mut p = good[..at].to_vec();
+        p.extend_from_slice(&1u32.to_le_bytes());
+        p.extend_from_slice(&id.to_le_bytes());
+        p.extend_from_slice(&(addr.len() as u16).to_le_bytes());
+        p.extend_from_slice(addr);
+        assert!(decode(&p).is_err(), "member {id} at {addr:?}");
+    }
+    // A metadata length past the payload.
+    let mut long = good.clone();
+    long[13..17].copy_from_slice(&u32::MAX.to_le_bytes());
+    assert!(decode(&long).is_err());
+}
+
+#[test]
+fn member_lists_out_of_bounds_are_not_written() {
+    let write = |members: crate::info::MemberAddresses| {
+        let info = crate::info::SnapshotInfo {
+            metadata: meta(),
+            members,
+        };
+        ChunkWriter::with_info(Vec::new(), &info, 16).map(|_| ())
+    };
+    let long = "h".repeat(crate::info::MAX_MEMBER_ADDRESS_BYTES + 1);
+    for bad in [
+        [(4, long.clone())].into_iter().collect(),
+        [(0, "h:1".to_string())].into_iter().collect(),
+        [(4, String::new())].into_iter().collect(),
+        (1..=crate::info::MAX_MEMBERS as u64 + 1)
+            .map(|id| (id, "h:1".to_string()))
+            .collect(),
+    ] {
+        assert!(matches!(write(bad), Err(SnapshotError::InvalidArgument(_))));
+    }
+    // The most a header may carry is written and read back.
+    let most: crate::info::MemberAddresses = (1..=crate::info::MAX_MEMBERS as u64)
+        .map(|id| (id, "h".repeat(crate::info::MAX_MEMBER_ADDRESS_BYTES)))
+        .collect();
+    let payload = header_payload(most.clone());
+    assert!(payload.len() <= MAX_HEADER_BYTES as usize);
+    assert_eq!(
+        StreamHeader::decode_payload(0, &payload).unwrap().members,
+        most
+    );
+}
+
 mod prop {
     use super::*;
     use proptest::prelude::*;
@@ -266,6 +431,19 @@ mod prop {
         fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let _ = Chunk::decode(&bytes);
             let _ = read_all(&bytes);
+        }
+
+        #[test]
+        fn decoding_a_damaged_header_never_panics(
+            pos in 0usize..200,
+            byte in any::<u8>(),
+            cut in 0usize..200,
+        ) {
+            let mut p = header_payload(members());
+            let pos = pos % p.len();
+            p[pos] = byte;
+            p.truncate(cut.max(1).min(p.len()));
+            let _ = StreamHeader::decode_payload(0, &p);
         }
 
         #[test]

@@ -7,6 +7,7 @@ use raft_core::SnapshotMetadata;
 use super::frame::{frame_head, ChunkKind, StreamHeader, StreamTrailer};
 use super::{FRAME_HEAD_BYTES, FRAME_OVERHEAD_BYTES, MAX_CHUNK_SIZE_BYTES};
 use crate::error::{Result, SnapshotError};
+use crate::info::{MemberAddresses, SnapshotInfo};
 
 /// Writes state-machine bytes as a chunk stream into `W`, holding at most one chunk.
 ///
@@ -27,10 +28,26 @@ pub struct ChunkWriter<W: Write> {
 }
 
 impl<W: Write> ChunkWriter<W> {
-    /// Starts a stream for the snapshot `metadata`, writing its header frame.
+    /// Starts a stream for the snapshot `metadata` (without member addresses),
+    /// writing its header frame.
     pub fn new(
         inner: W,
         metadata: &SnapshotMetadata,
+        chunk_size_bytes: u32,
+    ) -> Result<ChunkWriter<W>> {
+        let info = SnapshotInfo {
+            metadata: metadata.clone(),
+            members: MemberAddresses::new(),
+        };
+        ChunkWriter::with_info(inner, &info, chunk_size_bytes)
+    }
+
+    /// Starts a stream for the snapshot `info` describes, writing its header frame.
+    /// Member addresses out of bounds (see [`crate::info::check_members`]) are refused
+    /// with `InvalidArgument`.
+    pub fn with_info(
+        inner: W,
+        info: &SnapshotInfo,
         chunk_size_bytes: u32,
     ) -> Result<ChunkWriter<W>> {
         if chunk_size_bytes == 0 || chunk_size_bytes > MAX_CHUNK_SIZE_BYTES {
@@ -39,10 +56,11 @@ impl<W: Write> ChunkWriter<W> {
             )));
         }
         let header = StreamHeader {
-            metadata: metadata.clone(),
+            metadata: info.metadata.clone(),
             chunk_size_bytes,
+            members: info.members.clone(),
         };
-        let payload = header.encode_payload();
+        let payload = header.encode_payload()?;
         let mut w = ChunkWriter {
             inner,
             frame: Vec::with_capacity(FRAME_OVERHEAD_BYTES + chunk_size_bytes as usize),
