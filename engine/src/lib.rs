@@ -46,6 +46,7 @@
 #![deny(missing_docs)]
 
 mod apply_stage;
+mod budget;
 mod command;
 mod config;
 mod db;
