@@ -25,12 +25,8 @@ impl ByteBudget {
         })
     }
 
-    /// The limit, in bytes.
-    pub(crate) fn max_bytes(&self) -> u64 {
-        self.max_bytes
-    }
-
     /// Bytes charged and not yet given back.
+    #[cfg(test)]
     pub(crate) fn used_bytes(&self) -> u64 {
         self.used_bytes.load(Ordering::Acquire)
     }

@@ -64,7 +64,10 @@ mod thread_policy;
 pub mod transport;
 
 pub use command::{Command, Op};
-pub use config::{Config, LogBackend, MembershipObserver, StateMachineKind};
+pub use config::{
+    Config, LogBackend, MembershipObserver, StateMachineKind, COMMAND_OVERHEAD_BYTES,
+    DEFAULT_MAX_SNAPSHOT_RECEIVE_BYTES,
+};
 pub use db::{Db, Role, Status};
 pub use error::{Error, Result};
 /// Membership types used by [`Db::change_membership`], from raft-core.

@@ -533,4 +533,8 @@ impl Transport for TcpTransport {
         }
         snapshot_stream::send(&self.inner, to, message, chunks)
     }
+
+    fn max_message_bytes(&self) -> u64 {
+        u64::from(self.inner.config.max_frame_bytes)
+    }
 }
