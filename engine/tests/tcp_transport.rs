@@ -524,9 +524,10 @@ fn hostile_bytes_close_the_connection_and_the_node_keeps_serving() {
 fn a_silent_client_is_dropped_after_the_read_deadline() {
     let mut cb = config(2);
     cb.read_timeout_ms = 300;
-    cb.max_inbound_conns = 2;
+    cb.handshake_timeout_ms = 300;
+    cb.max_handshaking_conns = 2;
     let (b, sb) = start(cb);
-    // Two silent clients take every inbound slot.
+    // Two silent clients take every handshaking slot.
     let mut s1 = raw_connect(&b);
     let mut s2 = raw_connect(&b);
     let started = Instant::now();
@@ -1048,4 +1049,73 @@ fn idle_connections_that_never_say_hello_cannot_keep_peers_out() {
         n.db.close().unwrap();
         n.transport.shutdown();
     }
+}
+
+#[test]
+fn a_full_handshaking_pool_closes_its_oldest_and_known_peers_have_their_own_cap() {
+    let mut cb = config(2);
+    cb.max_handshaking_conns = 2;
+    cb.max_inbound_conns = 1;
+    // Only eviction, not the deadline, can free a handshaking slot here.
+    cb.handshake_timeout_ms = 30_000;
+    let (b, _sb) = start(cb);
+    b.add_peer(1, "127.0.0.1:9").unwrap();
+    b.add_peer(3, "127.0.0.1:9").unwrap();
+    let mut idle1 = raw_connect(&b);
+    let mut idle2 = raw_connect(&b);
+    // Past the grace a handshaking connection has before it may be evicted.
+    std::thread::sleep(Duration::from_millis(300));
+    let _idle3 = raw_connect(&b);
+    assert!(
+        closed_by_peer(&mut idle1),
+        "the oldest idle connection was closed"
+    );
+    // A known peer gets in through a pool full of idle connections.
+    let _peer1 = raw_handshake(&b, 1);
+    assert!(
+        closed_by_peer(&mut idle2),
+        "the next oldest made room for the peer"
+    );
+    assert_eq!(b.stats().handshakes_evicted, 2);
+    // Handshaken connections have their own cap (max_inbound_conns, 1 here): a second
+    // one is refused, with the reason.
+    let mut s = raw_connect(&b);
+    s.write_all(&hello(3, 2, "test")).unwrap();
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).expect("ack header");
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let mut ack = vec![0u8; len];
+    s.read_exact(&mut ack).unwrap();
+    let reason = String::from_utf8_lossy(&ack[11..]).into_owned();
+    assert_eq!(ack[0], 1, "refused");
+    assert!(reason.contains("max_inbound_conns"), "{reason}");
+}
+
+#[test]
+fn the_transport_limits_are_validated() {
+    let refused = |c: TcpConfig, what: &str| match TcpTransport::start(c) {
+        Err(e) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+            assert!(e.to_string().contains(what), "{what}: {e}");
+        }
+        Ok(_) => panic!("{what}: accepted"),
+    };
+    let mut c = config(1);
+    c.queue_max_bytes = u64::from(c.max_frame_bytes) - 1;
+    refused(c, "queue_max_bytes");
+    let mut c = config(1);
+    c.max_handshaking_conns = 0;
+    refused(c, "max_handshaking_conns");
+    let mut c = config(1);
+    c.handshake_timeout_ms = 0;
+    refused(c, "timeouts");
+    let d = TcpConfig::new(1, loopback());
+    assert_eq!(
+        (
+            d.queue_max_bytes,
+            d.max_handshaking_conns,
+            d.handshake_timeout_ms
+        ),
+        (64 << 20, 16, 1_000)
+    );
 }
