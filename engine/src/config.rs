@@ -33,6 +33,23 @@ pub enum StateMachineKind {
     RocksDb,
 }
 
+/// Bytes an encoded write adds to its key and value, at most: the format version, the
+/// origin node and request id (varints), the operation tag and two length varints.
+pub const COMMAND_OVERHEAD_BYTES: u64 = 1 + 10 + 10 + 1 + 10 + 10;
+
+// Bytes the Raft codec adds to an entry's data, at most: type tag, term, index and
+// data length (varints).
+const ENTRY_OVERHEAD_BYTES: u64 = 1 + 10 + 10 + 10;
+
+// Bytes of a Raft message besides its entries, at most: type, eight varints, flags
+// and the context (a few dozen bytes for the messages that carry entries), with room
+// to spare.
+const MESSAGE_OVERHEAD_BYTES: u64 = 1024;
+
+/// The default [`Config::max_snapshot_receive_bytes`]: 64 GiB, the snapshot store's
+/// own default (see there why).
+pub const DEFAULT_MAX_SNAPSHOT_RECEIVE_BYTES: u64 = snapshot::DEFAULT_MAX_RECEIVE_BYTES;
+
 /// Configuration of one node. Start from [`Config::single_node`] or [`Config::cluster`]
 /// and change what you need.
 #[derive(Clone)]
@@ -103,10 +120,31 @@ pub struct Config {
     pub log_cache_max_bytes: u64,
     /// Capacity of the queue from callers to the raft stage.
     pub request_queue_len: usize,
+    /// Bytes of writes (encoded key, value and a few dozen bytes of header each)
+    /// waiting in the queue from callers to the raft stage, at most. A write that
+    /// would take the queue past it fails at once with [`Error::Busy`] (never
+    /// proposed; retry later) rather than wait. Must be at least
+    /// `max_entry_bytes` plus [`COMMAND_OVERHEAD_BYTES`], so one write of any size
+    /// accepted fits an empty queue. Default 64 MiB.
+    pub request_queue_max_bytes: u64,
     /// Most requests (writes and reads) waiting for an answer at once.
     pub max_pending_requests: usize,
     /// Capacity of the queue of inbound messages from the transport.
     pub inbox_queue_len: usize,
+    /// Bytes of encoded messages waiting in the queue of inbound messages from the
+    /// transport, at most. A message that would take the queue past it is dropped
+    /// (Raft retransmits), as one arriving at a full queue is, and counted in the
+    /// `keel_server_inbox_dropped_total` metric. Must be at least
+    /// [`max_message_bytes`](Config::max_message_bytes), so the largest message a
+    /// peer configured alike sends fits an empty queue. Default 64 MiB.
+    pub inbox_queue_max_bytes: u64,
+    /// Largest snapshot accepted from a leader, in bytes of snapshot file (the state
+    /// machine's image plus about 0.01% of chunk framing); a larger stream is aborted
+    /// and its partial file removed, so a runaway or hostile sender cannot fill the
+    /// disk. A node whose state outgrew it can then only catch up from the log: raise
+    /// it above the size of the leader's newest file in `snap/`. Default 64 GiB
+    /// ([`DEFAULT_MAX_SNAPSHOT_RECEIVE_BYTES`]).
+    pub max_snapshot_receive_bytes: u64,
     /// Readies handed to the persist stage and not yet reported durable, at most.
     pub max_inflight_readies: usize,
     /// Default timeout of every blocking `Db` call, in milliseconds.
@@ -219,8 +257,11 @@ impl Config {
             max_committed_size_per_ready_bytes: 16 << 20,
             log_cache_max_bytes: 16 << 20,
             request_queue_len: 4096,
+            request_queue_max_bytes: 64 << 20,
             max_pending_requests: 65_536,
             inbox_queue_len: 4096,
+            inbox_queue_max_bytes: 64 << 20,
+            max_snapshot_receive_bytes: DEFAULT_MAX_SNAPSHOT_RECEIVE_BYTES,
             max_inflight_readies: 64,
             request_timeout_ms: 5_000,
             scheduler_hints: true,
@@ -290,6 +331,38 @@ impl Config {
         if self.max_entry_bytes == 0 {
             return bad("max_entry_bytes must be at least 1");
         }
+        let max_command_bytes = self.max_entry_bytes.saturating_add(COMMAND_OVERHEAD_BYTES);
+        if self.request_queue_max_bytes < max_command_bytes {
+            return Err(Error::Config(format!(
+                "request_queue_max_bytes ({}) must be at least max_entry_bytes plus \
+                 {COMMAND_OVERHEAD_BYTES} ({max_command_bytes}): the largest write accepted \
+                 must fit an empty queue",
+                self.request_queue_max_bytes
+            )));
+        }
+        let max_message_bytes = self.max_message_bytes();
+        if self.inbox_queue_max_bytes < max_message_bytes {
+            return Err(Error::Config(format!(
+                "inbox_queue_max_bytes ({}) must be at least {max_message_bytes}, the \
+                 largest Raft message max_entry_bytes and max_size_per_msg_bytes allow",
+                self.inbox_queue_max_bytes
+            )));
+        }
+        if let Some(transport) = &self.transport {
+            let frame_bytes = transport.max_message_bytes();
+            if max_message_bytes > frame_bytes {
+                return Err(Error::Config(format!(
+                    "max_entry_bytes ({}) and max_size_per_msg_bytes ({}) allow Raft \
+                     messages of up to {max_message_bytes} bytes, more than the transport \
+                     carries in one message ({frame_bytes} bytes): such a write could never \
+                     be replicated; lower them or raise the transport's max_frame_bytes",
+                    self.max_entry_bytes, self.max_size_per_msg_bytes
+                )));
+            }
+        }
+        if self.max_snapshot_receive_bytes == 0 {
+            return bad("max_snapshot_receive_bytes must be at least 1");
+        }
         if self.snapshots_retained == 0 {
             return bad("snapshots_retained must be at least 1");
         }
@@ -297,6 +370,23 @@ impl Config {
         self.raft_config(0)
             .validate()
             .map_err(|e| Error::Config(e.to_string()))
+    }
+
+    /// The largest encoded Raft message carrying entries this node may send, in bytes:
+    /// an append of one write of `max_entry_bytes`, or one filled with smaller entries
+    /// up to `max_size_per_msg_bytes` (which raft-core counts as 24 bytes plus the
+    /// data per entry, while the codec needs at most 31), plus the message's own
+    /// fields. A transport must carry messages this large, or a write accepted from a
+    /// client could never be replicated; [`validate`](Config::validate) checks it.
+    pub fn max_message_bytes(&self) -> u64 {
+        let one_write = self
+            .max_entry_bytes
+            .saturating_add(COMMAND_OVERHEAD_BYTES)
+            .saturating_add(ENTRY_OVERHEAD_BYTES);
+        let filled = (self.max_size_per_msg_bytes / 24).saturating_mul(31);
+        one_write
+            .max(filled.saturating_add(ENTRY_OVERHEAD_BYTES))
+            .saturating_add(MESSAGE_OVERHEAD_BYTES)
     }
 
     /// The raft-core configuration these settings imply.

@@ -132,6 +132,14 @@ impl Db {
         // Encoded here, on the caller's thread, rather than on the raft stage's, which
         // every write goes through.
         let data = command::encode(shared.id, id, op);
+        // Bounded in bytes as well as count: a write over the queue's byte budget is
+        // refused now (never proposed) rather than made to wait.
+        let len = data.len() as u64;
+        let Ok(data) = self.node.request_budget.try_wrap(data, len) else {
+            shared.proposals.cancel(id);
+            shared.metrics.requests_over_queue_bytes.inc();
+            return Err(Error::Busy(self.node.requests.len()));
+        };
         let outcome = match self
             .node
             .requests

@@ -51,6 +51,7 @@
 #![deny(missing_docs)]
 
 mod apply_stage;
+mod budget;
 mod command;
 mod config;
 mod db;
@@ -70,7 +71,10 @@ mod thread_policy;
 pub mod transport;
 
 pub use command::{Command, Op};
-pub use config::{Config, LogBackend, MembershipObserver, StateMachineKind};
+pub use config::{
+    Config, LogBackend, MembershipObserver, StateMachineKind, COMMAND_OVERHEAD_BYTES,
+    DEFAULT_MAX_SNAPSHOT_RECEIVE_BYTES,
+};
 pub use db::{Db, Role, Status};
 pub use error::{Error, Fatal, FatalKind, Result, StopReason, UnknownOutcome};
 pub use members::{member_address, member_context, Members};

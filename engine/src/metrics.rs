@@ -39,6 +39,15 @@ pub struct Metrics {
     pub log_cache_bytes: IntGauge,
     /// Entries held in the log cache.
     pub log_cache_entries: IntGauge,
+    /// Peer messages dropped on arrival: the inbox was full in count
+    /// (`inbox_queue_len`) or in bytes (`inbox_queue_max_bytes`).
+    pub inbox_dropped: IntCounter,
+    /// Writes refused with `Error::Busy` because the request queue was over its byte
+    /// budget (`request_queue_max_bytes`).
+    pub requests_over_queue_bytes: IntCounter,
+    /// Snapshots from a leader refused or failed on arrival (over
+    /// `max_snapshot_receive_bytes`, damaged, or not for this node).
+    pub snapshots_refused: IntCounter,
 }
 
 fn make<T: prometheus::core::Collector + Clone + 'static>(
@@ -142,6 +151,27 @@ impl Metrics {
             log_cache_entries: make(
                 r,
                 IntGauge::new("log_cache_entries", "Entries in the log cache."),
+            )?,
+            inbox_dropped: make(
+                r,
+                IntCounter::new(
+                    "server_inbox_dropped_total",
+                    "Peer messages dropped because the inbox was full in count or bytes.",
+                ),
+            )?,
+            requests_over_queue_bytes: make(
+                r,
+                IntCounter::new(
+                    "server_request_queue_bytes_refused_total",
+                    "Writes refused because the request queue was over its byte budget.",
+                ),
+            )?,
+            snapshots_refused: make(
+                r,
+                IntCounter::new(
+                    "snapshot_receive_refused_total",
+                    "Snapshots from a leader refused or failed on arrival.",
+                ),
             )?,
             registry,
         })

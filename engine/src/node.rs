@@ -171,6 +171,8 @@ impl Shared {
 pub(crate) struct Node {
     pub(crate) shared: Arc<Shared>,
     pub(crate) requests: Sender<Request>,
+    /// Bytes of the writes in `requests`, at most (`request_queue_max_bytes`).
+    pub(crate) request_budget: Arc<crate::budget::ByteBudget>,
     pub(crate) sm: Arc<RwLock<dyn StateMachine>>,
     pub(crate) cache: LogCache<dyn LogStore>,
     pub(crate) config: Config,
@@ -259,6 +261,7 @@ impl Node {
             config.snap_dir(),
             StoreOptions {
                 retain_count: config.snapshots_retained,
+                max_receive_bytes: config.max_snapshot_receive_bytes,
                 ..StoreOptions::default()
             },
         )?);
@@ -452,7 +455,9 @@ impl Node {
         let sink: Arc<dyn MessageSink> = Arc::new(NodeSink {
             id,
             inbox: inbox_tx,
+            inbox_budget: crate::budget::ByteBudget::new(config.inbox_queue_max_bytes),
             store: Arc::clone(&store),
+            metrics: shared.metrics.clone(),
         });
         if let Some(transport) = &config.transport {
             transport.register(id, Arc::clone(&sink));
@@ -461,6 +466,7 @@ impl Node {
         Ok(Node {
             shared,
             requests: request_tx,
+            request_budget: crate::budget::ByteBudget::new(config.request_queue_max_bytes),
             sm,
             cache,
             config,

@@ -46,7 +46,10 @@ use crate::supervisor::Stage;
 pub(crate) enum Request {
     /// Propose a write registered in `Proposals` under `id`; `data` is its encoded
     /// [`Command`](crate::command::Command).
-    Propose { id: u64, data: Vec<u8> },
+    Propose {
+        id: u64,
+        data: crate::budget::Charged<Vec<u8>>,
+    },
     /// A linearizable read: answered with the index the read may be served at.
     Read { reply: reply::Sender<Result<u64>> },
     /// A membership change: answered with the membership once it is applied to raft.
@@ -88,7 +91,7 @@ pub(crate) struct RaftStage {
     pub(crate) raw: RawNode<LogCache<dyn LogStore>>,
     pub(crate) shared: Arc<Shared>,
     pub(crate) requests: Receiver<Request>,
-    pub(crate) inbox: Receiver<Vec<u8>>,
+    pub(crate) inbox: Receiver<crate::budget::Charged<Vec<u8>>>,
     pub(crate) stop: Receiver<()>,
     pub(crate) persist_tx: Sender<PersistTask>,
     pub(crate) persisted_rx: Receiver<Persisted>,
@@ -317,7 +320,7 @@ impl RaftStage {
         st.pending_read_count -= expired;
     }
 
-    fn on_inbound(&mut self, first: Vec<u8>) -> Turn {
+    fn on_inbound(&mut self, first: crate::budget::Charged<Vec<u8>>) -> Turn {
         self.step_bytes(&first)?;
         for _ in 0..MAX_DRAIN {
             match self.inbox.try_recv() {
@@ -366,7 +369,7 @@ impl RaftStage {
             match r {
                 Request::Propose { id, data } => {
                     ids.push(id);
-                    datas.push(data);
+                    datas.push(data.into_inner());
                 }
                 Request::Read { reply } => reads.push(reply),
                 Request::ConfChange { cc, reply } => self.propose_conf_change(st, cc, reply)?,

@@ -1,6 +1,9 @@
 //! Moving snapshots between nodes: the sender thread that streams a stored snapshot to
 //! a follower, and the receiving side ([`NodeSink`]) that installs an incoming stream
 //! into the local snapshot store before raft ever sees the `Snapshot` message.
+//! [`NodeSink`] also feeds the raft stage's inbox, bounded in count (`inbox_queue_len`)
+//! and in bytes (`inbox_queue_max_bytes`): each queued message holds its share of the
+//! byte budget until the raft stage drops it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,7 +12,9 @@ use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
 use raft_core::{codec, Message, MessageType, SnapshotStatus};
 use snapshot::{ReceiveStatus, SnapshotId, SnapshotSender, SnapshotStore};
 
+use crate::budget::{ByteBudget, Charged};
 use crate::error::StopReason;
+use crate::metrics::Metrics;
 use crate::node::Shared;
 use crate::supervisor::Stage;
 use crate::transport::{ChunkSource, MessageSink, Transport, TransportError};
@@ -95,21 +100,50 @@ impl SnapshotSenderStage {
 /// What a transport delivers a node's inbound traffic to.
 pub(crate) struct NodeSink {
     pub(crate) id: u64,
-    pub(crate) inbox: Sender<Vec<u8>>,
+    pub(crate) inbox: Sender<Charged<Vec<u8>>>,
+    /// Bytes of the messages in `inbox`, at most (`inbox_queue_max_bytes`).
+    pub(crate) inbox_budget: Arc<ByteBudget>,
     pub(crate) store: Arc<SnapshotStore>,
+    pub(crate) metrics: Metrics,
+}
+
+impl NodeSink {
+    fn inbox_dropped(&self, why: &str) {
+        self.metrics.inbox_dropped.inc();
+        log::debug!("node {}: {why}, dropping a message", self.id);
+    }
 }
 
 impl MessageSink for NodeSink {
     fn deliver(&self, bytes: Vec<u8>) {
-        match self.inbox.try_send(bytes) {
+        // Raft retransmits whatever is lost; a full inbox means the node is behind.
+        let len = bytes.len() as u64;
+        let Ok(charged) = self.inbox_budget.try_wrap(bytes, len) else {
+            self.inbox_dropped("inbox over its byte budget");
+            return;
+        };
+        match self.inbox.try_send(charged) {
             Ok(()) => {}
-            // Raft retransmits whatever is lost; a full inbox means the node is behind.
-            Err(TrySendError::Full(_)) => log::debug!("node {}: inbox full, dropping", self.id),
+            Err(TrySendError::Full(_)) => self.inbox_dropped("inbox full"),
             Err(TrySendError::Disconnected(_)) => {}
         }
     }
 
     fn deliver_snapshot(
+        &self,
+        message: Vec<u8>,
+        chunks: &mut dyn ChunkSource,
+    ) -> Result<(), TransportError> {
+        let received = self.receive_snapshot(message, chunks);
+        if received.is_err() {
+            self.metrics.snapshots_refused.inc();
+        }
+        received
+    }
+}
+
+impl NodeSink {
+    fn receive_snapshot(
         &self,
         message: Vec<u8>,
         chunks: &mut dyn ChunkSource,
@@ -149,6 +183,13 @@ impl MessageSink for NodeSink {
                 Err(e) => return Err(TransportError::Snapshot(e.to_string())),
             }
         }
+        let len = message.len() as u64;
+        let Ok(message) = self.inbox_budget.try_wrap(message, len) else {
+            return Err(TransportError::Snapshot(format!(
+                "node {} is behind: its inbox is over its byte budget",
+                self.id
+            )));
+        };
         match self.inbox.send_timeout(message, INBOX_WAIT) {
             Ok(()) => Ok(()),
             Err(SendTimeoutError::Timeout(_)) | Err(SendTimeoutError::Disconnected(_)) => {

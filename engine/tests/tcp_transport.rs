@@ -524,9 +524,10 @@ fn hostile_bytes_close_the_connection_and_the_node_keeps_serving() {
 fn a_silent_client_is_dropped_after_the_read_deadline() {
     let mut cb = config(2);
     cb.read_timeout_ms = 300;
-    cb.max_inbound_conns = 2;
+    cb.handshake_timeout_ms = 300;
+    cb.max_handshaking_conns = 2;
     let (b, sb) = start(cb);
-    // Two silent clients take every inbound slot.
+    // Two silent clients take every handshaking slot.
     let mut s1 = raw_connect(&b);
     let mut s2 = raw_connect(&b);
     let started = Instant::now();
@@ -933,4 +934,188 @@ fn a_three_node_db_cluster_over_tcp() {
         n.db.close().unwrap();
         n.transport.shutdown();
     }
+}
+
+// ---------------------------------------------------------------------------------
+// Limits on what the outside can make the transport hold.
+
+#[test]
+fn a_queue_full_in_bytes_drops_instead_of_growing() {
+    let mut ca = config(1);
+    // Room for every message by count; only the byte budget can refuse them.
+    ca.queue_len = 100_000;
+    ca.max_frame_bytes = 1 << 20;
+    ca.queue_max_bytes = 1 << 20;
+    ca.write_timeout_ms = 5_000;
+    let (a, _sa, _b, sb) = pair_with(ca, config(2));
+    sb.stall.store(true, Ordering::Release);
+    // 64 MiB offered while b reads nothing: far beyond the socket buffers and the
+    // 1 MiB budget, though well within the queue's count.
+    let results: Vec<_> = (1..=1_000)
+        .map(|i| a.send(1, 2, big_msg(1, 2, i, 64 << 10)))
+        .collect();
+    let stats = a.stats();
+    sb.stall.store(false, Ordering::Release);
+    assert!(
+        stats.messages_dropped > 0,
+        "a queue over its byte budget drops: {stats:?}"
+    );
+    assert!(results.iter().all(|r| r.is_ok()), "busy is not unreachable");
+    // Once b reads again, traffic flows: the budget was given back.
+    send_until_delivered(&a, 2, &sb, 5_000);
+}
+
+/// Holds `count` idle connections to `addr` that never send a byte, opening a new one
+/// for each the far end closes, until `stop`.
+fn idle_flood(
+    addr: SocketAddr,
+    count: usize,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let mut held: Vec<TcpStream> = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
+            held.retain(|s| {
+                s.set_nonblocking(true).ok();
+                let mut b = [0u8; 1];
+                // Still open while a read would block.
+                matches!((&*s).read(&mut b), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            });
+            while held.len() < count {
+                match TcpStream::connect(addr) {
+                    Ok(s) => held.push(s),
+                    Err(_) => break,
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    })
+}
+
+#[test]
+fn idle_connections_that_never_say_hello_cannot_keep_peers_out() {
+    capture();
+    let dir = tempfile::tempdir().unwrap();
+    let transports: Vec<Arc<TcpTransport>> = (1..=3)
+        .map(|id| {
+            let mut c = config(id);
+            // Long enough that nothing times out during the test: only the transport's
+            // handling of handshaking connections can let the peers in.
+            c.read_timeout_ms = 30_000;
+            start_transport(c)
+        })
+        .collect();
+    // More idle connections than node 1 has slots (max_inbound_conns, 64), held and
+    // replaced as they are closed, from before the cluster starts to its end.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flood = idle_flood(transports[0].local_addr(), 100, Arc::clone(&stop));
+    wait_until(Duration::from_secs(5), || {
+        (transports[0].stats().connections_refused > 0).then_some(())
+    });
+    let addrs: HashMap<u64, SocketAddr> = transports
+        .iter()
+        .map(|t| (t.id(), t.local_addr()))
+        .collect();
+    for t in &transports {
+        for (&id, addr) in &addrs {
+            t.add_peer(id, addr.to_string()).unwrap();
+        }
+    }
+    let nodes: HashMap<u64, Node> = transports
+        .into_iter()
+        .map(|t| (t.id(), open_node(t.id(), t, dir.path())))
+        .collect();
+    let joined = wait_until(Duration::from_secs(10), || {
+        (nodes[&2].transport.is_connected(1) && nodes[&3].transport.is_connected(1)).then_some(())
+    });
+    let stats = nodes[&1].transport.stats();
+    assert!(
+        joined.is_some(),
+        "the peers never got a connection to node 1 through the idle ones: {stats:?}"
+    );
+    wait_leader(&nodes);
+    // Node 1 takes part: a write through it commits, and reads everywhere see it.
+    nodes[&1].db.put(b"through", b"the flood").unwrap();
+    for id in 1..=3 {
+        assert_eq!(
+            nodes[&id].db.get(b"through").unwrap(),
+            Some(b"the flood".to_vec())
+        );
+    }
+    stop.store(true, Ordering::Release);
+    flood.join().unwrap();
+    for (_, n) in nodes {
+        n.db.close().unwrap();
+        n.transport.shutdown();
+    }
+}
+
+#[test]
+fn a_full_handshaking_pool_closes_its_oldest_and_known_peers_have_their_own_cap() {
+    let mut cb = config(2);
+    cb.max_handshaking_conns = 2;
+    cb.max_inbound_conns = 1;
+    // Only eviction, not the deadline, can free a handshaking slot here.
+    cb.handshake_timeout_ms = 30_000;
+    let (b, _sb) = start(cb);
+    b.add_peer(1, "127.0.0.1:9").unwrap();
+    b.add_peer(3, "127.0.0.1:9").unwrap();
+    let mut idle1 = raw_connect(&b);
+    let mut idle2 = raw_connect(&b);
+    // Past the grace a handshaking connection has before it may be evicted.
+    std::thread::sleep(Duration::from_millis(300));
+    let _idle3 = raw_connect(&b);
+    assert!(
+        closed_by_peer(&mut idle1),
+        "the oldest idle connection was closed"
+    );
+    // A known peer gets in through a pool full of idle connections.
+    let _peer1 = raw_handshake(&b, 1);
+    assert!(
+        closed_by_peer(&mut idle2),
+        "the next oldest made room for the peer"
+    );
+    assert_eq!(b.stats().handshakes_evicted, 2);
+    // Handshaken connections have their own cap (max_inbound_conns, 1 here): a second
+    // one is refused, with the reason.
+    let mut s = raw_connect(&b);
+    s.write_all(&hello(3, 2, "test")).unwrap();
+    let mut head = [0u8; 9];
+    s.read_exact(&mut head).expect("ack header");
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let mut ack = vec![0u8; len];
+    s.read_exact(&mut ack).unwrap();
+    let reason = String::from_utf8_lossy(&ack[11..]).into_owned();
+    assert_eq!(ack[0], 1, "refused");
+    assert!(reason.contains("max_inbound_conns"), "{reason}");
+}
+
+#[test]
+fn the_transport_limits_are_validated() {
+    let refused = |c: TcpConfig, what: &str| match TcpTransport::start(c) {
+        Err(e) => {
+            assert_eq!(e.kind(), std::io::ErrorKind::InvalidInput);
+            assert!(e.to_string().contains(what), "{what}: {e}");
+        }
+        Ok(_) => panic!("{what}: accepted"),
+    };
+    let mut c = config(1);
+    c.queue_max_bytes = u64::from(c.max_frame_bytes) - 1;
+    refused(c, "queue_max_bytes");
+    let mut c = config(1);
+    c.max_handshaking_conns = 0;
+    refused(c, "max_handshaking_conns");
+    let mut c = config(1);
+    c.handshake_timeout_ms = 0;
+    refused(c, "timeouts");
+    let d = TcpConfig::new(1, loopback());
+    assert_eq!(
+        (
+            d.queue_max_bytes,
+            d.max_handshaking_conns,
+            d.handshake_timeout_ms
+        ),
+        (64 << 20, 16, 1_000)
+    );
 }

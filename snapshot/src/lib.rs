@@ -72,6 +72,6 @@ pub use log_cache::{CacheStats, LogCache, LogCacheOptions};
 pub use state_machine::{SnapshotConsumer, SnapshotProducer};
 pub use store::{
     list_snapshots, verify_file, Loaded, Retention, SavedSnapshot, SnapshotId, SnapshotStore,
-    StoreOptions,
+    StoreOptions, DEFAULT_MAX_RECEIVE_BYTES,
 };
 pub use transfer::{ReceiveStatus, SnapshotReceiver, SnapshotSender};

@@ -36,6 +36,15 @@ const PARTIAL_EXT: &str = ".partial";
 // Read-ahead for stored snapshots: large enough that frame heads cost no extra calls.
 const READ_BUFFER_BYTES: usize = 256 << 10;
 
+/// The default [`StoreOptions::max_receive_bytes`]: 64 GiB. keel's in-memory state
+/// machine holds its whole state in RAM and installing a snapshot reads the whole
+/// image into a new map (with tens of bytes of bookkeeping per record on top of the
+/// file's), so it can never install a snapshot much larger than the node's memory;
+/// 64 GiB is above the memory of the machines such a node is meant for, yet stops a
+/// runaway or hostile stream long before it fills a disk. A larger state (a RocksDB
+/// state machine) needs a larger limit, set by whoever opens the store.
+pub const DEFAULT_MAX_RECEIVE_BYTES: u64 = 64 << 30;
+
 /// How the store behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct StoreOptions {
@@ -44,7 +53,7 @@ pub struct StoreOptions {
     /// State-machine bytes per chunk in newly written snapshots.
     pub chunk_size_bytes: u32,
     /// Largest snapshot (in file bytes) a receiver accepts before aborting, so a
-    /// runaway sender cannot fill the disk.
+    /// runaway sender cannot fill the disk. Default [`DEFAULT_MAX_RECEIVE_BYTES`].
     pub max_receive_bytes: u64,
     /// How many `.broken` files are kept for inspection; older ones are deleted by
     /// [`SnapshotStore::retain`].
@@ -66,7 +75,7 @@ impl Default for StoreOptions {
         StoreOptions {
             retain_count: 3,
             chunk_size_bytes: DEFAULT_CHUNK_SIZE_BYTES,
-            max_receive_bytes: 1 << 40,
+            max_receive_bytes: DEFAULT_MAX_RECEIVE_BYTES,
             max_broken_files: 3,
             receive_sync_every_bytes: 64 << 20,
             save_sync_every_bytes: 1 << 20,

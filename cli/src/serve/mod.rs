@@ -81,9 +81,17 @@ pub struct ServeArgs {
     /// fsync the log before acknowledging (`false` only for throwaway data).
     #[arg(long, value_name = "true|false", default_value = "true", action = clap::ArgAction::Set)]
     pub fsync: bool,
-    /// Largest value `PUT /kv/{key}` accepts, in bytes (larger: 413).
+    /// Largest value `PUT /kv/{key}` accepts, in bytes (larger: 413). A write must fit
+    /// one peer message frame (16 MiB) with its key and encoding, so at most
+    /// 16,771,000 or so; a larger setting is refused at start.
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     pub max_value_bytes: u64,
+    /// Largest snapshot this node accepts from a leader, in bytes of snapshot file;
+    /// a larger stream is aborted before it fills the disk. The default, 64 GiB, is
+    /// above what a memory state machine can hold on the machines it is meant for
+    /// (it restores the whole image into RAM); raise it for a larger RocksDB state.
+    #[arg(long, value_name = "BYTES", default_value_t = keel::DEFAULT_MAX_SNAPSHOT_RECEIVE_BYTES)]
+    pub max_snapshot_bytes: u64,
     /// How long a request waits for its commit or read before answering 504.
     #[arg(long, value_name = "MS", default_value_t = 5_000)]
     pub request_timeout_ms: u64,
@@ -232,9 +240,46 @@ fn state_machine(name: &str) -> Result<StateMachineKind, CliError> {
     }
 }
 
+// The engine's largest write (key + value) `--max-value-bytes` implies, refused when
+// a write that large could not travel in one peer message frame: accepted from a
+// client, it would then never replicate and would wedge the follower it is sent to.
+fn max_entry_bytes(args: &ServeArgs) -> Result<u64, CliError> {
+    let usage =
+        |why: String| CliError::Usage(format!("--max-value-bytes {}: {why}", args.max_value_bytes));
+    let entry = args
+        .max_value_bytes
+        .checked_add(MAX_KEY_BYTES as u64)
+        .ok_or_else(|| usage("too large".into()))?;
+    // The frame limit of the transport `start` builds (its default).
+    let frame_bytes =
+        u64::from(TcpConfig::new(args.id, ([127, 0, 0, 1], 0).into()).max_frame_bytes);
+    let probe = Config {
+        max_entry_bytes: entry,
+        ..Config::single_node(&args.data_dir)
+    };
+    let message_bytes = probe.max_message_bytes();
+    if message_bytes > frame_bytes {
+        let most = args
+            .max_value_bytes
+            .saturating_sub(message_bytes - frame_bytes);
+        return Err(usage(format!(
+            "a value that large, with its key and encoding, makes a Raft message of up to \
+             {message_bytes} bytes, more than the {frame_bytes}-byte peer frame limit; \
+             use at most {most}"
+        )));
+    }
+    Ok(entry)
+}
+
 fn start(args: &ServeArgs) -> Result<Running, CliError> {
     if args.id == 0 {
         return Err(fail("--id must be a positive number"));
+    }
+    let max_entry_bytes = max_entry_bytes(args)?;
+    if args.max_snapshot_bytes == 0 {
+        return Err(CliError::Usage(
+            "--max-snapshot-bytes must be at least 1".into(),
+        ));
     }
     let log_backend = log_backend(&args.log)?;
     let state_machine = state_machine(&args.state)?;
@@ -306,7 +351,8 @@ fn start(args: &ServeArgs) -> Result<Running, CliError> {
     config.state_machine = state_machine;
     config.fsync = args.fsync;
     config.request_timeout_ms = args.request_timeout_ms;
-    config.max_entry_bytes = args.max_value_bytes + MAX_KEY_BYTES as u64;
+    config.max_entry_bytes = max_entry_bytes;
+    config.max_snapshot_receive_bytes = args.max_snapshot_bytes;
     config.snapshot_every = args.snapshot_every;
     config.snapshot_log_percent = args.snapshot_log_percent;
     config.catch_up_entries = args.catch_up_entries;

@@ -56,6 +56,12 @@ pub trait Transport: Send + Sync {
     fn unregister(&self, id: u64, sink: &Arc<dyn MessageSink>);
     /// Sends one encoded Raft message. Never blocks for long; loss is allowed.
     fn send(&self, from: u64, to: u64, bytes: Vec<u8>) -> Result<(), TransportError>;
+    /// The largest encoded Raft message [`send`](Transport::send) carries, in bytes;
+    /// larger ones are refused. [`Config::validate`](crate::Config::validate) checks
+    /// that no write a node accepts can make a larger one. Unlimited by default.
+    fn max_message_bytes(&self) -> u64 {
+        u64::MAX
+    }
     /// Sends a snapshot: the encoded message, then every chunk of `chunks`. Blocks the
     /// calling (snapshot sender) thread until the receiver installed it or failed.
     fn send_snapshot(

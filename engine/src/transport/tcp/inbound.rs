@@ -63,15 +63,23 @@ fn serve_inner(inner: &Inner, stream: &TcpStream, guard: &ConnGuard) -> Result<(
     stream
         .set_write_timeout(Some(Duration::from_millis(cfg.write_timeout_ms)))
         .map_err(FrameError::from)?;
-    let deadline = Instant::now() + Duration::from_millis(cfg.read_timeout_ms);
+    // Its own, short deadline: until the hello is in, the connection holds one of the
+    // few handshaking slots.
+    let deadline = Instant::now() + Duration::from_millis(cfg.handshake_timeout_ms);
     let hello = handshake::read_hello(stream, deadline)?;
-    if let Some(reason) = refusal(inner, &hello) {
+    let mut refused = refusal(inner, &hello);
+    if refused.is_none() && !guard.authenticate(hello.from, cfg.max_inbound_conns) {
+        refused = Some(format!(
+            "{} peer connections open already (max_inbound_conns)",
+            cfg.max_inbound_conns
+        ));
+    }
+    if let Some(reason) = refused {
         // Best effort: the dialer learns why; the connection closes either way.
         let _ = handshake::answer(stream, false, inner.id, &reason);
         return Err(Closed::Refused(reason));
     }
     handshake::answer(stream, true, inner.id, "")?;
-    guard.set_peer(hello.from);
     stream
         .set_read_timeout(Some(Duration::from_millis(cfg.read_timeout_ms)))
         .map_err(FrameError::from)?;

@@ -1,6 +1,6 @@
 //! The accept loop (`keel-listen-<id>`): takes connections off the listening
-//! socket, refuses those beyond `max_inbound_conns`, and gives each of the rest a
-//! thread of its own (see `inbound`). The socket is non-blocking and polled, so the
+//! socket, registers each in the handshaking pool (`max_handshaking_conns`, see
+//! `conns`), and gives each one registered a thread of its own (see `inbound`). The socket is non-blocking and polled, so the
 //! loop notices shutdown within one poll interval without any wake-up trick.
 
 use std::io;
@@ -8,6 +8,7 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::conns::Registered;
 use super::{inbound, Inner};
 
 // How long the loop sleeps when no connection is waiting.
@@ -38,14 +39,28 @@ fn accept(inner: &Arc<Inner>, stream: TcpStream, from: SocketAddr) {
         log::warn!("node {}: connection from {from}: {e}", inner.id);
         return;
     }
-    let max = inner.config.max_inbound_conns;
-    let Some(guard) = inner.conns.register(&stream, true, max) else {
-        inner.stats.refused();
-        log::warn!(
-            "node {}: refusing a connection from {from}: {max} inbound connections open",
-            inner.id
-        );
-        return;
+    let max = inner.config.max_handshaking_conns;
+    let guard = match inner.conns.register_inbound(&stream, max) {
+        Registered::Yes(guard) => guard,
+        Registered::Evicted(guard) => {
+            inner.stats.evicted();
+            log::warn!(
+                "node {}: {max} connections still handshaking; closed the oldest to make \
+                 room for one from {from}",
+                inner.id
+            );
+            guard
+        }
+        Registered::No => {
+            inner.stats.refused();
+            log::warn!(
+                "node {}: refusing a connection from {from}: {max} connections still \
+                 handshaking, all opened in the last {} ms",
+                inner.id,
+                super::conns::EVICTION_GRACE.as_millis()
+            );
+            return;
+        }
     };
     let worker = Arc::clone(inner);
     let spawned = std::thread::Builder::new()

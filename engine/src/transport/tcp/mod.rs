@@ -3,26 +3,30 @@
 //!
 //! # Threads and queues
 //!
-//! - `keel-listen-<id>` accepts connections (at most `max_inbound_conns` served at
-//!   once) and starts a `keel-in-<id>` thread for each, which checks the
-//!   handshake and then hands every Raft message to the node's
-//!   [`MessageSink::deliver`], or receives one snapshot stream into
-//!   [`MessageSink::deliver_snapshot`].
+//! - `keel-listen-<id>` accepts connections and starts a `keel-in-<id>` thread for
+//!   each, which checks the handshake and then hands every Raft message to the
+//!   node's [`MessageSink::deliver`], or receives one snapshot stream into
+//!   [`MessageSink::deliver_snapshot`]. Connections still handshaking and connections
+//!   of known peers are counted apart (`max_handshaking_conns`, `max_inbound_conns`),
+//!   so connections that never say hello cannot keep peers out: when the handshaking
+//!   pool is full the oldest of them is closed to make room.
 //! - `keel-out-<id>-<peer>`, one per peer, owns the one outbound message
 //!   connection to that peer. [`Transport::send`] puts the message in the peer's
-//!   bounded queue (`queue_len`) and never blocks: a full queue drops it (Raft
-//!   retransmits), a peer without a live connection is reported unreachable. The
+//!   queue, bounded in count (`queue_len`) and bytes (`queue_max_bytes`), and never
+//!   blocks: a full queue drops it (Raft retransmits), a peer without a live
+//!   connection is reported unreachable. The
 //!   writer drains everything queued into one buffer (up to `write_batch_max_bytes`)
 //!   per write, pings an idle connection, and redials with capped, jittered
 //!   exponential backoff.
 //! - A snapshot goes out on a connection dialled for it on the caller's thread (the
 //!   node's snapshot sender), so heartbeats and appends never wait behind one.
 //!
-//! Every blocking call has a deadline: connecting (`connect_timeout_ms`), writing
+//! Every blocking call has a deadline: connecting (`connect_timeout_ms`), an
+//! acceptor waiting for the hello (`handshake_timeout_ms`), writing
 //! (`write_timeout_ms`), reading (`read_timeout_ms`: a connection that stays silent
-//! that long, handshake included, is dropped; writers ping every quarter of it, so
-//! give every node the same value), and waiting for a snapshot's result
-//! (`snapshot_timeout_ms`). [`TcpTransport::shutdown`] (also run on drop) stops and
+//! that long is dropped, and a dialer waits that long for the acceptor's answer;
+//! writers ping every quarter of it, so give every node the same value), and waiting
+//! for a snapshot's result (`snapshot_timeout_ms`). [`TcpTransport::shutdown`] (also run on drop) stops and
 //! joins every thread.
 //!
 //! # Wire format
@@ -90,23 +94,38 @@ pub struct TcpConfig {
     /// Most time one write may block, in milliseconds; a peer that reads nothing for
     /// that long loses its connection.
     pub write_timeout_ms: u64,
-    /// Most time a connection may stay silent, in milliseconds (the handshake
-    /// included). Writers ping idle connections every quarter of it.
+    /// Most time a connection may stay silent, in milliseconds (a dialer waits that
+    /// long for the acceptor's answer to its hello). Writers ping idle connections
+    /// every quarter of it.
     pub read_timeout_ms: u64,
+    /// Most time an accepted connection may take to deliver its whole hello, in
+    /// milliseconds; it is closed after that. A peer sends its hello as soon as it is
+    /// connected, so this need only cover a round trip. Default 1,000.
+    pub handshake_timeout_ms: u64,
     /// First delay before redialling a peer, in milliseconds.
     pub backoff_initial_ms: u64,
     /// Longest delay between dials of a peer, in milliseconds.
     pub backoff_max_ms: u64,
     /// Messages waiting for each peer's writer, at most; beyond it `send` drops.
     pub queue_len: usize,
+    /// Bytes of messages waiting for each peer's writer, at most; a message that would
+    /// take the queue past it is dropped (and counted in `messages_dropped`), as on a
+    /// full queue. Must be at least `max_frame_bytes`, so that any one message that may
+    /// be sent at all fits an empty queue. Default 64 MiB.
+    pub queue_max_bytes: u64,
     /// Largest frame payload sent or accepted, in bytes: bounds one Raft message and
     /// one snapshot chunk frame.
     pub max_frame_bytes: u32,
     /// Bytes a writer gathers from its queue into one write, at most (one message
     /// may exceed it).
     pub write_batch_max_bytes: usize,
-    /// Inbound connections served at once, at most; more are closed on accept.
+    /// Inbound connections of known peers (their hello accepted) served at once, at
+    /// most; a hello beyond it is refused. Connections still handshaking do not count.
     pub max_inbound_conns: usize,
+    /// Inbound connections still handshaking (their hello not yet in), at most. When
+    /// all are taken, a new connection closes the oldest of them, if it is older than
+    /// 100 ms, or is itself refused. Default 16.
+    pub max_handshaking_conns: usize,
     /// Most time a snapshot sender waits for the receiver's result after the last
     /// chunk, in milliseconds (the receiver installs and fsyncs meanwhile).
     pub snapshot_timeout_ms: u64,
@@ -124,12 +143,15 @@ impl TcpConfig {
             connect_timeout_ms: 1_000,
             write_timeout_ms: 5_000,
             read_timeout_ms: 5_000,
+            handshake_timeout_ms: 1_000,
             backoff_initial_ms: 50,
             backoff_max_ms: 2_000,
             queue_len: 4_096,
+            queue_max_bytes: 64 << 20,
             max_frame_bytes: 16 << 20,
             write_batch_max_bytes: 1 << 20,
             max_inbound_conns: 64,
+            max_handshaking_conns: 16,
             snapshot_timeout_ms: 30_000,
         }
     }
@@ -149,6 +171,7 @@ impl TcpConfig {
             self.connect_timeout_ms,
             self.write_timeout_ms,
             self.read_timeout_ms,
+            self.handshake_timeout_ms,
             self.snapshot_timeout_ms,
             self.backoff_initial_ms,
         ];
@@ -158,14 +181,27 @@ impl TcpConfig {
         if self.backoff_max_ms < self.backoff_initial_ms {
             return bad("backoff_max_ms must be at least backoff_initial_ms".into());
         }
-        if self.queue_len == 0 || self.write_batch_max_bytes == 0 || self.max_inbound_conns == 0 {
-            return bad(
-                "queue_len, write_batch_max_bytes and max_inbound_conns must be at least 1".into(),
-            );
+        let counts = [
+            self.queue_len,
+            self.write_batch_max_bytes,
+            self.max_inbound_conns,
+            self.max_handshaking_conns,
+        ];
+        if counts.contains(&0) {
+            return bad("queue_len, write_batch_max_bytes, max_inbound_conns and \
+                 max_handshaking_conns must be at least 1"
+                .into());
         }
         if !(MIN_FRAME_BYTES..=MAX_FRAME_BYTES).contains(&self.max_frame_bytes) {
             return bad(format!(
                 "max_frame_bytes must be within {MIN_FRAME_BYTES}..={MAX_FRAME_BYTES}"
+            ));
+        }
+        if self.queue_max_bytes < u64::from(self.max_frame_bytes) {
+            return bad(format!(
+                "queue_max_bytes ({}) must be at least max_frame_bytes ({}): a message \
+                 that may be sent must fit an empty queue",
+                self.queue_max_bytes, self.max_frame_bytes
             ));
         }
         if self.peers.contains_key(&0) {
@@ -184,7 +220,8 @@ impl TcpConfig {
 pub struct TcpStats {
     /// Messages `send` put in a peer's queue.
     pub messages_queued: u64,
-    /// Messages `send` dropped because the peer's queue was full.
+    /// Messages `send` dropped because the peer's queue was full, in count
+    /// (`queue_len`) or in bytes (`queue_max_bytes`).
     pub messages_dropped: u64,
     /// Writes the peer writers made (each carries every message queued meanwhile).
     pub batches_written: u64,
@@ -192,6 +229,9 @@ pub struct TcpStats {
     pub messages_delivered: u64,
     /// Inbound connections refused: wrong cluster, unknown or wrong node, too many.
     pub connections_refused: u64,
+    /// Connections still handshaking closed to make room for a newer one
+    /// (`max_handshaking_conns`).
+    pub handshakes_evicted: u64,
     /// Inbound connections closed on a protocol error: bad frame, CRC or handshake,
     /// a message that does not match its connection, a silent peer.
     pub connections_failed: u64,
@@ -204,6 +244,7 @@ struct Counters {
     batches: AtomicU64,
     delivered: AtomicU64,
     refused: AtomicU64,
+    evicted: AtomicU64,
     failed: AtomicU64,
 }
 
@@ -213,6 +254,9 @@ impl Counters {
     }
     fn refused(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+    fn evicted(&self) {
+        self.evicted.fetch_add(1, Ordering::Relaxed);
     }
     fn failed(&self) {
         self.failed.fetch_add(1, Ordering::Relaxed);
@@ -382,6 +426,7 @@ impl TcpTransport {
             batches_written: c.batches.load(Ordering::Relaxed),
             messages_delivered: c.delivered.load(Ordering::Relaxed),
             connections_refused: c.refused.load(Ordering::Relaxed),
+            handshakes_evicted: c.evicted.load(Ordering::Relaxed),
             connections_failed: c.failed.load(Ordering::Relaxed),
         }
     }
@@ -487,5 +532,9 @@ impl Transport for TcpTransport {
             )));
         }
         snapshot_stream::send(&self.inner, to, message, chunks)
+    }
+
+    fn max_message_bytes(&self) -> u64 {
+        u64::from(self.inner.config.max_frame_bytes)
     }
 }

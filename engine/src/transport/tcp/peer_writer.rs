@@ -1,6 +1,7 @@
 //! One outbound message connection per peer, owned by its writer thread
-//! (`keel-out-<id>-<peer>`). `send` only ever `try_send`s into the peer's bounded
-//! queue; the writer drains whatever queued while it was busy into one buffer (up to
+//! (`keel-out-<id>-<peer>`). `send` only ever `try_send`s into the peer's queue,
+//! bounded in count (`queue_len`) and in bytes (`queue_max_bytes`, a [`ByteBudget`]
+//! each queued message holds its share of until the writer has framed it); the writer drains whatever queued while it was busy into one buffer (up to
 //! `write_batch_max_bytes`) and writes it with one call, pings when idle so the
 //! receiver's read deadline holds only for dead peers, and redials with capped,
 //! jittered exponential backoff when the connection breaks.
@@ -20,6 +21,7 @@ use super::dial::dial;
 use super::frame::{self, FrameType};
 use super::handshake::ConnKind;
 use super::Inner;
+use crate::budget::{ByteBudget, Charged};
 
 /// What the writer thread and the transport share about one peer.
 pub(crate) struct Link {
@@ -60,7 +62,8 @@ pub(crate) enum Queued {
 /// One peer: the sending end of its queue and its writer thread.
 pub(crate) struct Peer {
     pub(crate) link: Arc<Link>,
-    queue: Sender<Vec<u8>>,
+    queue: Sender<Charged<Vec<u8>>>,
+    queue_budget: Arc<ByteBudget>,
     thread: JoinHandle<()>,
 }
 
@@ -87,6 +90,7 @@ impl Peer {
         Ok(Peer {
             link,
             queue: tx,
+            queue_budget: ByteBudget::new(inner.config.queue_max_bytes),
             thread,
         })
     }
@@ -96,7 +100,12 @@ impl Peer {
         if !self.link.is_connected() {
             return Queued::NotConnected;
         }
-        match self.queue.try_send(bytes) {
+        let len = bytes.len() as u64;
+        let Ok(charged) = self.queue_budget.try_wrap(bytes, len) else {
+            return Queued::Full;
+        };
+        // A refused message gives its bytes back as it is dropped.
+        match self.queue.try_send(charged) {
             Ok(()) => Queued::Yes,
             Err(TrySendError::Full(_)) => Queued::Full,
             Err(TrySendError::Disconnected(_)) => Queued::NotConnected,
@@ -128,6 +137,7 @@ impl Peer {
             link,
             queue,
             thread,
+            ..
         } = self;
         drop(queue);
         link.stopped.store(true, Ordering::SeqCst);
@@ -150,7 +160,7 @@ struct Writer {
     inner: Arc<Inner>,
     peer: u64,
     link: Arc<Link>,
-    queue: Receiver<Vec<u8>>,
+    queue: Receiver<Charged<Vec<u8>>>,
     batch: Vec<u8>,
 }
 

@@ -50,11 +50,8 @@ pub(crate) fn send(
     let addr = inner.peer_addr(to).ok_or(TransportError::Unreachable(to))?;
     let mut guard = None;
     let stream = dial(inner, to, &addr, ConnKind::Snapshot, |s| {
-        guard = inner.conns.register(s, false, 0);
-        // So that removing the peer cuts the stream.
-        if let Some(g) = &guard {
-            g.set_peer(to);
-        }
+        // Tagged with the peer so that removing the peer cuts the stream.
+        guard = inner.conns.register_outbound(s, to);
         if guard.is_none() {
             // Shutting down: cut the dial short.
             let _ = s.shutdown(Shutdown::Both);
