@@ -227,11 +227,9 @@ impl Wal {
                 opts.segment_size_bytes
             )));
         }
-        fs.create_dir_all(&dir)?;
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            // The log directory's own entry must survive a crash too.
-            fs.sync_dir(parent)?;
-        }
+        // The log directory's own entry (and any parent it needed) must survive a
+        // crash too, or the segments synced into it are lost with it.
+        fs.create_dir_all_durably(&dir)?;
         let rec = recover(fs.as_ref(), &dir, opts.recovery_mode)?;
         let mut segments = std::collections::BTreeMap::new();
         for (name, file) in rec.segments {
