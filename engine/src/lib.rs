@@ -48,6 +48,7 @@
 mod apply_stage;
 mod command;
 mod config;
+pub mod data_dir;
 mod db;
 mod error;
 mod metrics;

@@ -114,6 +114,8 @@ pub(crate) struct Node {
     stop: Sender<()>,
     sink: Arc<dyn MessageSink>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    // Held until `shutdown` (see `data_dir`).
+    lock: Mutex<Option<crate::data_dir::DataDirLock>>,
 }
 
 fn open_log(config: &Config) -> Result<Arc<dyn LogStore>> {
@@ -191,7 +193,8 @@ impl Node {
         config.validate()?;
         let id = config.id;
         let hints = config.scheduler_hints;
-        config.fs.create_dir_all(&config.data_dir)?;
+        config.fs.create_dir_all_durably(&config.data_dir)?;
+        let lock = crate::data_dir::lock(config.fs.as_ref(), &config.data_dir)?;
         let log = open_log(&config)?;
         let store = Arc::new(SnapshotStore::open(
             Arc::clone(&config.fs),
@@ -365,6 +368,7 @@ impl Node {
             stop: stop_tx,
             sink,
             threads: Mutex::new(threads),
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -388,6 +392,8 @@ impl Node {
             transport.unregister(self.shared.id, &self.sink);
         }
         self.shared.mark_stopped();
+        // Last: every thread that wrote the data directory has been joined.
+        self.lock.lock().take();
     }
 }
 

@@ -1,0 +1,50 @@
+//! The data directory's lock: one process per data directory.
+//!
+//! Two nodes writing one WAL and one snapshot directory would each take the other's
+//! files for their own and destroy the log; `keel wal repair` beside a live node would
+//! cut records the node just synced. So a node holds an exclusive `flock` on
+//! `DATA_DIR/LOCK` from [`Db::open`](crate::Db::open) until it is closed, and
+//! `keel wal repair` takes the same lock; read-only tools take none.
+//!
+//! The lock goes through the node's [`FileSystem`]: on the real one it is a `flock`,
+//! which the kernel releases when the process ends however it ends (so a crashed node
+//! leaves no stale lock to clean up); a simulated file system has no other processes
+//! and locks nothing.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use wal::fs::{FileLock, FileSystem};
+
+use crate::error::{Error, Result};
+
+/// The lock file's name inside a data directory.
+pub const LOCK_FILE: &str = "LOCK";
+
+/// An exclusive lock on a data directory; released when dropped.
+#[derive(Debug)]
+pub struct DataDirLock {
+    _lock: FileLock,
+}
+
+/// Locks the data directory `dir` (which must exist), creating its `LOCK` file if
+/// missing. Fails with [`Error::DataDirLocked`] if another process, or another open
+/// node in this one, holds it.
+pub fn lock(fs: &dyn FileSystem, dir: &Path) -> Result<DataDirLock> {
+    match fs.lock_file(&dir.join(LOCK_FILE)) {
+        Ok(lock) => Ok(DataDirLock { _lock: lock }),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(Error::DataDirLocked {
+            dir: shown(dir),
+        }),
+        Err(e) => Err(Error::Io(e)),
+    }
+}
+
+// A relative path's parent can be "": name it as the working directory.
+fn shown(dir: &Path) -> PathBuf {
+    if dir.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        dir.to_path_buf()
+    }
+}
