@@ -33,9 +33,9 @@ pub struct DataDirLock {
 pub fn lock(fs: &dyn FileSystem, dir: &Path) -> Result<DataDirLock> {
     match fs.lock_file(&dir.join(LOCK_FILE)) {
         Ok(lock) => Ok(DataDirLock { _lock: lock }),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(Error::DataDirLocked {
-            dir: shown(dir),
-        }),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+            Err(Error::DataDirLocked { dir: shown(dir) })
+        }
         Err(e) => Err(Error::Io(e)),
     }
 }

@@ -21,6 +21,10 @@ fn a_crash_right_after_creating_the_store_keeps_its_directories() {
     sim.crash_with(CrashMode::DropUnsynced);
     let store = SnapshotStore::open(sim.shared(), dir, StoreOptions::default()).unwrap();
     let ids = store.list().unwrap();
-    assert_eq!(ids.len(), 1, "the synced snapshot was lost with its directory");
+    assert_eq!(
+        ids.len(),
+        1,
+        "the synced snapshot was lost with its directory"
+    );
     assert_eq!(store.metadata(ids[0]).unwrap(), m);
 }

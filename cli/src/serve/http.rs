@@ -24,9 +24,9 @@
 //! 408); writing its response must finish within `response_timeout` in all, however
 //! the client paces its reads (else the connection is closed).
 
+use std::collections::BTreeMap;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -304,7 +304,7 @@ impl Slots {
     fn close_idle(&self) {
         let mut s = self.inner.lock();
         let idle = std::mem::take(&mut s.idle);
-        s.taken -= idle.len();
+        s.taken = s.taken.saturating_sub(idle.len());
         for stream in idle.values() {
             let _ = stream.shutdown(Shutdown::Both);
         }
@@ -901,7 +901,8 @@ mod tests {
 
     fn connect(server: &HttpServer) -> TcpStream {
         let s = TcpStream::connect(server.local_addr()).expect("connect");
-        s.set_read_timeout(Some(Duration::from_secs(30))).expect("timeout");
+        s.set_read_timeout(Some(Duration::from_secs(30)))
+            .expect("timeout");
         s
     }
 
@@ -989,7 +990,10 @@ mod tests {
         let mut fresh = connect(&server);
         fresh.write_all(b"GET /b HTTP/1.1\r\n\r\n").expect("send");
         assert_eq!(read_response(&mut fresh).0, 200);
-        assert!(is_closed(&mut idle[0]), "the oldest idle connection was closed");
+        assert!(
+            is_closed(&mut idle[0]),
+            "the oldest idle connection was closed"
+        );
         // The other idle connection still works.
         idle[1].write_all(b"GET /c HTTP/1.1\r\n\r\n").expect("send");
         assert_eq!(read_response(&mut idle[1]).0, 200);
@@ -1005,7 +1009,11 @@ mod tests {
         // (Nothing sent: the refusal comes at accept, and unread bytes would make the
         // server's close a reset that could discard it.)
         let answer = exchange(&server, b"");
-        assert_eq!(answer, Some(503), "a client beyond max_connections was served");
+        assert_eq!(
+            answer,
+            Some(503),
+            "a client beyond max_connections was served"
+        );
         release.send(()).expect("release");
         release.send(()).expect("release");
         server.shutdown();
@@ -1018,7 +1026,9 @@ mod tests {
             ..HttpConfig::default()
         });
         let req = |chunks: &str| {
-            let mut r = b"PUT /kv HTTP/1.1\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+            let mut r =
+                b"PUT /kv HTTP/1.1\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    .to_vec();
             r.extend_from_slice(chunks.as_bytes());
             exchange(&server, &r)
         };
