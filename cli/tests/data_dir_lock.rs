@@ -103,6 +103,7 @@ fn a_live_data_directory_is_refused_to_a_second_writer_and_open_to_readers() {
         &["wal", "dump"],
         &["wal", "stat"],
         &["snapshot", "ls"],
+        &["snapshot", "verify"],
     ] {
         let run = keel_at(args, &data);
         assert_eq!(run.code, 0, "keel {args:?}: {}", run.all());

@@ -244,7 +244,7 @@ struct SlotsInner {
     taken: usize,
     /// The idle connections by the order they went idle (oldest first), with a handle
     /// to close them by.
-    idle: BTreeMap<u64, TcpStream>,
+    idle: BTreeMap<u64, Arc<TcpStream>>,
     next_ticket: u64,
 }
 
@@ -278,14 +278,13 @@ impl Slots {
         true
     }
 
-    /// Marks a connection idle; `None` if it cannot be (it then waits as if busy).
-    fn go_idle(&self, stream: &TcpStream) -> Option<u64> {
-        let handle = stream.try_clone().ok()?;
+    /// Marks a connection idle, with a handle to close it by.
+    fn go_idle(&self, stream: &Arc<TcpStream>) -> u64 {
         let mut s = self.inner.lock();
         let ticket = s.next_ticket;
         s.next_ticket += 1;
-        s.idle.insert(ticket, handle);
-        Some(ticket)
+        s.idle.insert(ticket, Arc::clone(stream));
+        ticket
     }
 
     /// Marks an idle connection busy again; false if it was closed to free its slot
@@ -322,8 +321,8 @@ struct Slot {
 }
 
 impl Slot {
-    fn go_idle(&mut self, stream: &TcpStream) {
-        self.idle = self.slots.go_idle(stream);
+    fn go_idle(&mut self, stream: &Arc<TcpStream>) {
+        self.idle = Some(self.slots.go_idle(stream));
     }
 
     /// Back from idle; false if the slot was lost meanwhile.
@@ -366,7 +365,7 @@ impl Connection {
             return;
         };
         let mut writer = io::BufWriter::new(DeadlineWriter {
-            stream: write_half,
+            stream: Arc::new(write_half),
             deadline: Instant::now() + self.config.response_timeout,
         });
         let mut reader = BufReader::new(stream);
@@ -416,7 +415,8 @@ impl Connection {
             return ReadOutcome::Closed;
         }
         if reader.buffer().is_empty() {
-            slot.go_idle(reader.get_ref());
+            // The write half: closing it closes the connection.
+            slot.go_idle(&writer.get_ref().stream);
         }
         let first = reader.fill_buf().map(|b| b.is_empty());
         if !slot.wake() {
@@ -521,7 +521,7 @@ fn arm(reader: &BufReader<TcpStream>, deadline: Instant) -> io::Result<()> {
 /// write may block only until the deadline, so a client that reads slowly (a byte at
 /// a time, each within any per-write timeout) cannot hold the connection past it.
 struct DeadlineWriter {
-    stream: TcpStream,
+    stream: Arc<TcpStream>,
     deadline: Instant,
 }
 
@@ -532,11 +532,11 @@ impl Write for DeadlineWriter {
             return Err(io::Error::new(io::ErrorKind::TimedOut, "response deadline"));
         }
         self.stream.set_write_timeout(Some(left))?;
-        self.stream.write(buf)
+        (&*self.stream).write(buf)
     }
 
     fn flush(&mut self) -> io::Result<()> {
-        self.stream.flush()
+        (&*self.stream).flush()
     }
 }
 
