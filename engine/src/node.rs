@@ -114,8 +114,9 @@ pub(crate) struct Node {
     stop: Sender<()>,
     sink: Arc<dyn MessageSink>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    // Held until `shutdown` (see `data_dir`).
-    lock: Mutex<Option<crate::data_dir::DataDirLock>>,
+    // Last, so dropped last: after the log, whose files and preallocation thread
+    // live until it is dropped (see `data_dir`).
+    _lock: crate::data_dir::DataDirLock,
 }
 
 fn open_log(config: &Config) -> Result<Arc<dyn LogStore>> {
@@ -368,7 +369,7 @@ impl Node {
             stop: stop_tx,
             sink,
             threads: Mutex::new(threads),
-            lock: Mutex::new(Some(lock)),
+            _lock: lock,
         })
     }
 
@@ -392,8 +393,6 @@ impl Node {
             transport.unregister(self.shared.id, &self.sink);
         }
         self.shared.mark_stopped();
-        // Last: every thread that wrote the data directory has been joined.
-        self.lock.lock().take();
     }
 }
 
