@@ -12,13 +12,17 @@ use std::time::{Duration, Instant};
 use common::keel_at;
 use node::{free_ports, wait_for, NodeProc};
 
-fn serve_args(data_dir: &str, client: SocketAddr) -> Vec<String> {
+/// A one-member cluster (so the peer transport runs too: a second process must be
+/// refused for the directory, not fail on the peer port the first holds).
+fn serve_args(data_dir: &str, client: SocketAddr, peer_port: u16) -> Vec<String> {
     [
         "serve",
         "--id",
         "1",
         "--data-dir",
         data_dir,
+        "--peers",
+        &format!("1=127.0.0.1:{peer_port}"),
         "--listen-client",
         &client.to_string(),
         "--log-level",
@@ -64,21 +68,22 @@ fn a_live_data_directory_is_refused_to_a_second_writer_and_open_to_readers() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let data = tmp.path().join("n1");
     let data_s = data.display().to_string();
-    let ports = free_ports(2);
+    let ports = free_ports(3);
     let client = SocketAddr::from(([127, 0, 0, 1], ports[0]));
     let mut node = NodeProc::start(
         1,
         client,
-        serve_args(&data_s, client),
+        serve_args(&data_s, client, ports[2]),
         &tmp.path().join("n1.log"),
     );
     wait_for("the node to take writes", || {
         node.put("k", b"v").filter(|a| a.code == 204)
     });
 
-    // A second node on the same directory (on other ports) refuses to start.
+    // A second node on the same directory (same peer port, another client port)
+    // refuses to start.
     let other = SocketAddr::from(([127, 0, 0, 1], ports[1]));
-    let (code, out) = run_to_exit(&serve_args(&data_s, other));
+    let (code, out) = run_to_exit(&serve_args(&data_s, other, ports[2]));
     assert_eq!(code, Some(2), "{out}");
     assert!(
         out.contains("in use by another process") && out.contains(&data_s),

@@ -43,6 +43,17 @@ pub fn lock(fs: &dyn FileSystem, dir: &Path) -> Result<DataDirLock> {
     }
 }
 
+/// Like [`lock`], but only if `dir` has a `LOCK` file already; `None` (nothing
+/// locked, nothing written) if not. For tools that must not run beside a node but
+/// must not write into a directory no node has run on: a node creates the file when
+/// it opens, so a live node's directory always has one.
+pub fn lock_if_present(fs: &dyn FileSystem, dir: &Path) -> Result<Option<DataDirLock>> {
+    if !fs.exists(&dir.join(LOCK_FILE))? {
+        return Ok(None);
+    }
+    lock(fs, dir).map(Some)
+}
+
 // A relative path's parent can be "": name it as the working directory.
 fn shown(dir: &Path) -> PathBuf {
     if dir.as_os_str().is_empty() {

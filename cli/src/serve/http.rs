@@ -414,7 +414,7 @@ impl Connection {
         {
             return ReadOutcome::Closed;
         }
-        if reader.buffer().is_empty() {
+        if reader.buffer().is_empty() && !has_pending_bytes(reader.get_ref()) {
             // The write half: closing it closes the connection.
             slot.go_idle(&writer.get_ref().stream);
         }
@@ -515,6 +515,25 @@ fn arm(reader: &BufReader<TcpStream>, deadline: Instant) -> io::Result<()> {
         return Err(io::Error::new(io::ErrorKind::TimedOut, "request deadline"));
     }
     reader.get_ref().set_read_timeout(Some(left))
+}
+
+/// Whether bytes (or the end of the stream, or an error) wait on the socket: then a
+/// request is already arriving and the connection is not idle.
+fn has_pending_bytes(stream: &TcpStream) -> bool {
+    use std::os::unix::io::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: recv writes at most 1 byte, into `byte`, which outlives the call; the
+    // descriptor belongs to `stream`. MSG_PEEK leaves the byte for the next read, and
+    // MSG_DONTWAIT keeps the call from blocking.
+    let n = unsafe {
+        libc::recv(
+            stream.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n >= 0 || io::Error::last_os_error().kind() != io::ErrorKind::WouldBlock
 }
 
 /// The write half of a connection, under a deadline for the whole response: each

@@ -235,6 +235,14 @@ fn start(args: &ServeArgs) -> Result<Running, CliError> {
         ));
     }
 
+    // A second node on a live data directory would otherwise first fail to bind the
+    // peer port the live one holds, which does not say why. Only a probe: the lock is
+    // released at once, and `Db::open` takes it for good.
+    if let Err(e @ keel::Error::DataDirLocked { .. }) =
+        keel::data_dir::lock(&wal::fs::StdFs, &args.data_dir)
+    {
+        return Err(fail(format!("cannot start node {}: {e}", args.id)));
+    }
     let (transport, book) = match &listen_peer {
         Some(addr) => {
             let mut tc = TcpConfig::new(args.id, resolve(addr, "peer address")?);

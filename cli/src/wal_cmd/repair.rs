@@ -10,7 +10,9 @@
 //! from before the dry run to the end, so it refuses (exit 2) to run beside a live node,
 //! and a node cannot start while it runs. The data directory is the parent of the WAL
 //! directory when that is named `wal/`, as a node lays it out; a WAL directory by
-//! another name is not a node's, and nothing is locked for it.
+//! another name is not a node's, and nothing is locked for it. Nor is anything locked
+//! (or written outside `wal/`) when the data directory has no `LOCK` file: no node has
+//! run there since nodes began to lock, so none is running.
 
 use std::path::Path;
 
@@ -89,7 +91,7 @@ fn refuse(wal_dir: &WalDir, places: usize) {
 }
 
 /// Locks the data directory holding `wal_dir`, as a node does; `None` when `wal_dir`
-/// is not a node's `wal/` directory.
+/// is not a node's `wal/` directory or its data directory has no `LOCK` file.
 fn lock_data_dir(wal_dir: &Path) -> Result<Option<keel::data_dir::DataDirLock>> {
     if wal_dir.file_name().is_none_or(|n| n != "wal") {
         return Ok(None);
@@ -97,10 +99,8 @@ fn lock_data_dir(wal_dir: &Path) -> Result<Option<keel::data_dir::DataDirLock>> 
     let Some(data_dir) = wal_dir.parent() else {
         return Ok(None);
     };
-    keel::data_dir::lock(&StdFs, data_dir)
-        .map(Some)
-        .map_err(|source| CliError::Engine {
-            context: format!("refusing to repair {}", wal_dir.display()),
-            source,
-        })
+    keel::data_dir::lock_if_present(&StdFs, data_dir).map_err(|source| CliError::Engine {
+        context: format!("refusing to repair {}", wal_dir.display()),
+        source,
+    })
 }
