@@ -222,7 +222,7 @@ fn accept_loop(
             .name("keel-http".into())
             .spawn(move || conn.serve(stream, &mut slot));
         if let Err(e) = spawned {
-            // The closure (and its guard) was dropped with the error.
+            // The closure (and its slot, given back) was dropped with the error.
             log::warn!("http: cannot start a connection thread: {e}");
         }
     }
