@@ -3,11 +3,11 @@
 //! Two nodes writing one WAL and one snapshot directory would each take the other's
 //! files for their own and destroy the log; `keel wal repair` beside a live node would
 //! cut records the node just synced. So a node holds an exclusive `flock` on
-//! `DATA_DIR/LOCK` from [`Db::open`](crate::Db::open) until its last handle is dropped
-//! (not at [`Db::close`](crate::Db::close): a closed node still holds its log's files,
-//! and the WAL's preallocation thread, until then), and `keel wal repair` takes the
-//! same lock; read-only tools take none. A process that ends, however it ends, drops
-//! the lock with it.
+//! `DATA_DIR/LOCK` from [`Db::open`](crate::Db::open) until it is closed (or its
+//! last handle dropped): once its threads are joined and its log's background work
+//! is stopped, so handles that outlive `close` write nothing. `keel wal repair` takes
+//! the same lock; read-only tools take none. A process that ends, however it ends,
+//! drops the lock with it.
 //!
 //! The lock goes through the node's [`FileSystem`]: on the real one it is a `flock`,
 //! which the kernel releases when the process ends however it ends (so a crashed node

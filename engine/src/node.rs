@@ -114,9 +114,8 @@ pub(crate) struct Node {
     stop: Sender<()>,
     sink: Arc<dyn MessageSink>,
     threads: Mutex<Vec<JoinHandle<()>>>,
-    // Last, so dropped last: after the log, whose files and preallocation thread
-    // live until it is dropped (see `data_dir`).
-    _lock: crate::data_dir::DataDirLock,
+    // Given up by `shutdown`, once nothing of this node writes the directory.
+    lock: Mutex<Option<crate::data_dir::DataDirLock>>,
 }
 
 fn open_log(config: &Config) -> Result<Arc<dyn LogStore>> {
@@ -369,7 +368,7 @@ impl Node {
             stop: stop_tx,
             sink,
             threads: Mutex::new(threads),
-            _lock: lock,
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -377,6 +376,9 @@ impl Node {
     /// already durable (the persist stage syncs before anything is acknowledged); the
     /// persist stage finishes the writes that queued before it exits.
     pub(crate) fn shutdown(&self) {
+        // Taken first, given up last: a concurrent second call finds no threads to join
+        // and must not give it up while this one still joins them.
+        let lock = self.lock.lock().take();
         let _ = self.stop.try_send(());
         let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *self.threads.lock());
         // The raft stage is last in the list; joining it first lets the others see
@@ -393,6 +395,9 @@ impl Node {
             transport.unregister(self.shared.id, &self.sink);
         }
         self.shared.mark_stopped();
+        // The stages are joined; the log's own background thread is the last writer.
+        self.cache.log().stop_background_work();
+        drop(lock);
     }
 }
 

@@ -19,18 +19,16 @@ fn a_second_open_of_a_data_directory_is_refused_until_the_first_closes() {
     }
     // The refused open changed nothing: the first node goes on.
     db.put(b"k2", b"v2").unwrap();
-    // A closed node keeps the lock while a handle to it exists (its log's files are
-    // still open), and gives it up with the last one.
-    let other_handle = db.clone();
+    // Closing releases the lock, even while handles to the closed node remain.
+    let stale = db.clone();
     db.close().unwrap();
-    drop(db);
-    assert!(matches!(
-        Db::open(single(dir.path())),
-        Err(Error::DataDirLocked { .. })
-    ));
-    drop(other_handle);
     let again = Db::open(single(dir.path())).unwrap();
     assert_eq!(again.get(b"k2").unwrap(), Some(b"v2".to_vec()));
+    // A stale handle is refused and writes nothing.
+    assert!(matches!(stale.put(b"k3", b"v3"), Err(Error::Stopped(_))));
+    drop(stale);
+    drop(db);
+    assert_eq!(again.get(b"k3").unwrap(), None);
     // Dropping the last handle without close (a crash, to the directory) releases it
     // too.
     drop(again);

@@ -821,6 +821,12 @@ impl Drop for Wal {
 }
 
 impl LogStore for Wal {
+    fn stop_background_work(&self) {
+        // Dropping the preallocator joins its thread, which removes the file it had
+        // ready; the writer then creates segments itself.
+        self.inner.writer.lock().prealloc = None;
+    }
+
     fn write(&self, batch: &LogBatch, sync: bool) -> Result<u64, LogError> {
         if self.is_poisoned() {
             return Err(LogError::Poisoned);

@@ -38,3 +38,42 @@ fn a_relative_log_directory_is_synced_in_the_working_directory() {
     let wal = Wal::open(fs.shared(), "n/wal", small_opts()).unwrap();
     assert_eq!(wal.last_index(), 1);
 }
+
+#[test]
+fn stopping_background_work_leaves_nothing_behind_and_writes_go_on() {
+    // A closing node gives its directory up before its log is dropped: nothing may
+    // write there afterwards, least of all the preallocation thread.
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = wal::WalOptions {
+        preallocate: true,
+        ..small_opts()
+    };
+    let wal = Wal::open(wal::fs::StdFs::shared(), tmp.path(), opts).unwrap();
+    wal.write(&batch(ents(1, 2, 1, 8)), true).unwrap();
+    let prealloc_files = || {
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .filter(|e| {
+                let name = e.as_ref().unwrap().file_name();
+                name.to_string_lossy().ends_with(".prealloc")
+            })
+            .count()
+    };
+    // The thread keeps one file ready.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while prealloc_files() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no file was preallocated"
+        );
+        std::thread::yield_now();
+    }
+    wal.stop_background_work();
+    assert_eq!(prealloc_files(), 0);
+    // Writes that rotate segments still work, creating the files themselves.
+    for i in 2..60 {
+        wal.write(&batch(ents(i, i + 1, 1, 200)), true).unwrap();
+    }
+    assert_eq!(wal.last_index(), 59);
+    assert_eq!(prealloc_files(), 0);
+}

@@ -170,6 +170,12 @@ impl HttpServer {
         self.local_addr
     }
 
+    /// How many connections are idle (waiting for a request).
+    #[cfg(test)]
+    fn idle_connections(&self) -> usize {
+        self.slots.inner.lock().idle.len()
+    }
+
     /// Stops accepting connections and closes the idle ones. Connections serving a
     /// request finish it and then close (their threads are not joined).
     pub fn shutdown(mut self) {
@@ -1005,6 +1011,12 @@ mod tests {
                 s
             })
             .collect();
+        // The client has its answer a moment before the server's thread waits again.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while server.idle_connections() < 2 {
+            assert!(Instant::now() < deadline, "the connections never went idle");
+            std::thread::yield_now();
+        }
         // A new client is served: the oldest idle connection made room.
         let mut fresh = connect(&server);
         fresh.write_all(b"GET /b HTTP/1.1\r\n\r\n").expect("send");
