@@ -275,9 +275,14 @@ fn a_single_node_serves_without_peers_and_explains_bad_flags() {
         .write_all(b"PUT /kv/slow HTTP/1.1\r\nContent-Length: 10\r\n\r\nab")
         .expect("write");
     assert_eq!(n.put("k2", b"v2").expect("put").code, 204);
-    // Connections are bounded: with every slot taken, one more is told 503 at once.
+    // Connections are bounded: with every slot busy (each in the middle of a request;
+    // idle ones would give their slot up), one more is told 503 at once.
     let idle: Vec<std::net::TcpStream> = (0..3)
-        .map(|_| std::net::TcpStream::connect(client).expect("connect"))
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(client).expect("connect");
+            s.write_all(b"GET /status HTTP/1.1\r\n").expect("write");
+            s
+        })
         .collect();
     let a = wait_for("the connection limit", || {
         let a = n.get("/status")?;

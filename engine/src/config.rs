@@ -63,7 +63,8 @@ pub struct Config {
     /// log and snapshots.
     pub peers: Vec<u64>,
     /// The data directory: `wal/` and `snap/` live under it, and `rocksdb/` for the
-    /// RocksDB log (`rocksdb/` itself) and state machine (`rocksdb/sm/`).
+    /// RocksDB log (`rocksdb/` itself) and state machine (`rocksdb/sm/`); `LOCK` keeps
+    /// a second process out (see [`data_dir`](crate::data_dir)).
     pub data_dir: PathBuf,
     /// How messages reach the other nodes; `None` for a single node.
     pub transport: Option<Arc<dyn Transport>>,

@@ -49,6 +49,17 @@ pub enum Error {
     /// The request names a node that is not a member.
     #[error("node {0} is not a member")]
     UnknownNode(u64),
+    /// Another process (or another open node in this one) holds the data directory:
+    /// a node is running on it, or `keel wal repair` is.
+    #[error(
+        "data directory {} is in use by another process (a running keel serve or keel wal \
+         repair holds its LOCK file); stop that process first or use another directory",
+        dir.display()
+    )]
+    DataDirLocked {
+        /// The data directory.
+        dir: std::path::PathBuf,
+    },
     /// The configuration is invalid.
     #[error("invalid config: {0}")]
     Config(String),

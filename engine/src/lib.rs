@@ -54,6 +54,7 @@ mod apply_stage;
 mod budget;
 mod command;
 mod config;
+pub mod data_dir;
 mod db;
 mod error;
 mod members;

@@ -181,6 +181,8 @@ pub(crate) struct Node {
     stop: Sender<()>,
     sink: Arc<dyn MessageSink>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    // Given up by `shutdown`, once nothing of this node writes the directory.
+    lock: Mutex<Option<crate::data_dir::DataDirLock>>,
 }
 
 fn open_log(config: &Config) -> Result<Arc<dyn LogStore>> {
@@ -254,7 +256,8 @@ impl Node {
         config.validate()?;
         let id = config.id;
         let hints = config.scheduler_hints;
-        config.fs.create_dir_all(&config.data_dir)?;
+        config.fs.create_dir_all_durably(&config.data_dir)?;
+        let lock = crate::data_dir::lock(config.fs.as_ref(), &config.data_dir)?;
         let log = open_log(&config)?;
         let store = Arc::new(SnapshotStore::open(
             Arc::clone(&config.fs),
@@ -474,6 +477,7 @@ impl Node {
             stop: stop_tx,
             sink,
             threads: Mutex::new(threads),
+            lock: Mutex::new(Some(lock)),
         })
     }
 
@@ -483,6 +487,9 @@ impl Node {
     pub(crate) fn shutdown(&self) {
         // New calls fail from now on; the raft stage ends on the stop message.
         self.shared.close();
+        // Taken first, given up last: a concurrent second call finds no threads to join
+        // and must not give it up while this one still joins them.
+        let lock = self.lock.lock().take();
         let _ = self.stop.try_send(());
         let threads: Vec<JoinHandle<()>> = std::mem::take(&mut *self.threads.lock());
         // The raft stage is last in the list; joining it first lets the others see
@@ -503,6 +510,9 @@ impl Node {
         if let Some(transport) = &self.config.transport {
             transport.unregister(self.shared.id, &self.sink);
         }
+        // The stages are joined; the log's own background thread is the last writer.
+        self.cache.log().stop_background_work();
+        drop(lock);
     }
 }
 

@@ -65,13 +65,14 @@ fn close_and_reopen_keeps_data() {
     db.delete(&key(7)).unwrap();
     db.close().unwrap();
     drop(db);
-    // The documented layout: the log in wal/, snapshots in snap/, nothing else.
+    // The documented layout: the log in wal/, snapshots in snap/, the lock file that
+    // keeps a second process out, nothing else.
     let mut names: Vec<String> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, vec!["snap".to_string(), "wal".to_string()]);
+    assert_eq!(names, vec!["LOCK", "snap", "wal"]);
 
     let db = Db::open(single(dir.path())).unwrap();
     for i in 0..50 {

@@ -199,7 +199,9 @@ impl SnapshotStore {
                 crate::chunk::MAX_CHUNK_SIZE_BYTES
             )));
         }
-        fs.create_dir_all(&dir)
+        // Durably: a snapshot synced into a directory whose own entry a crash loses
+        // is lost with it.
+        fs.create_dir_all_durably(&dir)
             .map_err(|e| SnapshotError::io(&dir, e))?;
         let store = SnapshotStore {
             fs,

@@ -358,8 +358,9 @@ mod crash {
     fn a_crash_at_every_step_of_receiving_leaves_old_or_new_loadable() {
         let p = pair(small());
         let chunks = all_chunks(&p);
-        // create + one write per chunk + sync + rename + directory sync.
-        let steps = 1 + chunks.len() as u64 + 3;
+        // Opening the store syncs its directory's parents (/data and /), then: create
+        // + one write per chunk + sync + rename + directory sync.
+        let steps = 2 + 1 + chunks.len() as u64 + 3;
         let mut installs = 0;
         for limit in 0..=steps {
             for mode in [

@@ -36,8 +36,9 @@
 //!   segment that was never synced (commit records carry how far their segment was
 //!   synced) is cut; any other damage is an error naming the file and byte offset.
 //! - **Not protected against:** loss of the newest segment file(s) as a whole (it looks
-//!   like a shorter log, as in every WAL), and two processes opening one directory
-//!   (there is no lock file).
+//!   like a shorter log, as in every WAL), and two processes opening one directory:
+//!   the log takes no lock itself; a node locks its data directory (the engine's
+//!   `data_dir` module, through [`fs::FileSystem::lock_file`]).
 
 #![deny(missing_docs)]
 

@@ -84,4 +84,10 @@ pub trait LogStore: Send + Sync {
     fn hard_state(&self) -> HardState;
     /// The last snapshot marker written, if any.
     fn snapshot_marker(&self) -> Option<SnapshotMetadata>;
+    /// Stops the work the store does in the background in its directory (the WAL's
+    /// segment preallocation) and removes what that work left unused, so that an owner
+    /// that is closing can hand the directory to another process while this value
+    /// still exists. Later writes still work, without that help. The default does
+    /// nothing.
+    fn stop_background_work(&self) {}
 }

@@ -227,11 +227,9 @@ impl Wal {
                 opts.segment_size_bytes
             )));
         }
-        fs.create_dir_all(&dir)?;
-        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-            // The log directory's own entry must survive a crash too.
-            fs.sync_dir(parent)?;
-        }
+        // The log directory's own entry (and any parent it needed) must survive a
+        // crash too, or the segments synced into it are lost with it.
+        fs.create_dir_all_durably(&dir)?;
         let rec = recover(fs.as_ref(), &dir, opts.recovery_mode)?;
         let mut segments = std::collections::BTreeMap::new();
         for (name, file) in rec.segments {
@@ -823,6 +821,12 @@ impl Drop for Wal {
 }
 
 impl LogStore for Wal {
+    fn stop_background_work(&self) {
+        // Dropping the preallocator joins its thread, which removes the file it had
+        // ready; the writer then creates segments itself.
+        self.inner.writer.lock().prealloc = None;
+    }
+
     fn write(&self, batch: &LogBatch, sync: bool) -> Result<u64, LogError> {
         if self.is_poisoned() {
             return Err(LogError::Poisoned);

@@ -95,9 +95,23 @@ pub struct ServeArgs {
     /// How long a request waits for its commit or read before answering 504.
     #[arg(long, value_name = "MS", default_value_t = 5_000)]
     pub request_timeout_ms: u64,
-    /// Client connections served at once (more are answered 503).
+    /// Client connections open at once. A new client beyond it takes the slot of the
+    /// oldest idle connection (one waiting for its next request), which is closed;
+    /// with none idle it is answered 503.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_connections: usize,
+    /// How long a client connection may wait for its next request (or its first)
+    /// before it is closed.
+    #[arg(long, value_name = "MS", default_value_t = 60_000)]
+    pub http_idle_timeout_ms: u64,
+    /// How long a request's line, headers and body may take to arrive, from its first
+    /// byte (slower: 408, and the connection is closed).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub http_request_timeout_ms: u64,
+    /// How long writing one whole response may take, however slowly the client reads
+    /// (slower: the connection is closed).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub http_response_timeout_ms: u64,
     /// Log level on stderr: error, warn, info, debug, trace or off.
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub log_level: String,
@@ -310,6 +324,14 @@ fn start(args: &ServeArgs) -> Result<Running, CliError> {
         ));
     }
 
+    // A second node on a live data directory would otherwise first fail to bind the
+    // peer port the live one holds, which does not say why. Only a probe: the lock is
+    // released at once, and `Db::open` takes it for good.
+    if let Err(e @ keel::Error::DataDirLocked { .. }) =
+        keel::data_dir::lock(&wal::fs::StdFs, &args.data_dir)
+    {
+        return Err(fail(format!("cannot start node {}: {e}", args.id)));
+    }
     let (transport, book) = match &listen_peer {
         Some(addr) => {
             let mut tc = TcpConfig::new(args.id, resolve(addr, "peer address")?);
@@ -387,6 +409,9 @@ fn start(args: &ServeArgs) -> Result<Running, CliError> {
     let http_config = HttpConfig {
         max_connections: args.max_connections.max(1),
         max_body_bytes: args.max_value_bytes,
+        idle_timeout: Duration::from_millis(args.http_idle_timeout_ms.max(1)),
+        request_timeout: Duration::from_millis(args.http_request_timeout_ms.max(1)),
+        response_timeout: Duration::from_millis(args.http_response_timeout_ms.max(1)),
         ..HttpConfig::default()
     };
     let http = match HttpServer::start(&args.listen_client, http_config, api) {

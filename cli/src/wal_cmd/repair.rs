@@ -4,8 +4,15 @@
 //! The cut is made by the WAL's own recovery ([`wal::Wal::open`] with
 //! [`wal::RecoveryMode::TolerateTailCorruption`]), the same code a node runs when it
 //! starts; a dry run through the copy-on-write overlay decides first, so damage that
-//! recovery would refuse is never half-repaired. Stop the node before repairing: the
-//! WAL has no lock file.
+//! recovery would refuse is never half-repaired.
+//!
+//! Repair holds the data directory's lock (`DATA_DIR/LOCK`, see [`keel::data_dir`])
+//! from before the dry run to the end, so it refuses (exit 2) to run beside a live node,
+//! and a node cannot start while it runs. The data directory is the parent of the WAL
+//! directory when that is named `wal/`, as a node lays it out; a WAL directory by
+//! another name is not a node's, and nothing is locked for it. Nor is anything locked
+//! (or written outside `wal/`) when the data directory has no `LOCK` file: no node has
+//! run there since nodes began to lock, so none is running.
 
 use std::path::Path;
 
@@ -15,12 +22,13 @@ use wal::{LogError, Wal};
 use super::check::{inspect, recovery_options, view, Verdict};
 use super::verify::entries_text;
 use super::{damage_text, log_error, WalDir};
-use crate::error::{Result, Status};
+use crate::error::{CliError, Result, Status};
 use crate::output::{self, Out};
 
 /// Runs the command.
 pub fn run(path: &Path) -> Result<Status> {
     let wal_dir = WalDir::open(path)?;
+    let _lock = lock_data_dir(&wal_dir.dir)?;
     let (verdict, _) = inspect(&wal_dir)?;
     let mut out = Out::stdout();
     match verdict {
@@ -80,4 +88,19 @@ fn refuse(wal_dir: &WalDir, places: usize) {
          this node's data from a healthy replica (copy the directory aside first)",
         wal_dir.dir.display()
     ));
+}
+
+/// Locks the data directory holding `wal_dir`, as a node does; `None` when `wal_dir`
+/// is not a node's `wal/` directory or its data directory has no `LOCK` file.
+fn lock_data_dir(wal_dir: &Path) -> Result<Option<keel::data_dir::DataDirLock>> {
+    if wal_dir.file_name().is_none_or(|n| n != "wal") {
+        return Ok(None);
+    }
+    let Some(data_dir) = wal_dir.parent() else {
+        return Ok(None);
+    };
+    keel::data_dir::lock_if_present(&StdFs, data_dir).map_err(|source| CliError::Engine {
+        context: format!("refusing to repair {}", wal_dir.display()),
+        source,
+    })
 }

@@ -111,7 +111,8 @@ impl RocksStateMachine {
     /// interrupted restore left behind.
     pub fn open(path: impl AsRef<Path>) -> Result<RocksStateMachine> {
         let path = path.as_ref().to_path_buf();
-        std::fs::create_dir_all(&path)?;
+        // Durably: RocksDB syncs the files in its directory, not the directory's entry.
+        wal::fs::FileSystem::create_dir_all_durably(&wal::fs::StdFs, &path)?;
         let opts = db_options();
         let existing = if path.join("CURRENT").exists() {
             DB::list_cf(&opts, &path).map_err(|e| backend("listing column families", e))?

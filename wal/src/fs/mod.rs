@@ -21,7 +21,9 @@ pub use std_fs::StdFs;
 /// A file system holding files and directories. Directory mutations (create, rename,
 /// remove) are only durable after [`sync_dir`](FileSystem::sync_dir) on the parent.
 pub trait FileSystem: Send + Sync + fmt::Debug {
-    /// Creates `dir` and its missing parents.
+    /// Creates `dir` and its missing parents. The new entries are not durable until
+    /// their parents are synced; [`create_dir_all_durably`](Self::create_dir_all_durably)
+    /// does both.
     fn create_dir_all(&self, dir: &Path) -> io::Result<()>;
     /// Creates a new, empty file open for reading and writing; fails if it exists.
     fn create(&self, path: &Path) -> io::Result<Arc<dyn FsFile>>;
@@ -40,6 +42,29 @@ pub trait FileSystem: Send + Sync + fmt::Debug {
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
     /// Whether a file exists at `path`.
     fn exists(&self, path: &Path) -> io::Result<bool>;
+
+    /// Creates `dir` and its missing parents and makes their entries durable: a
+    /// crash afterwards cannot lose a directory that files synced later rely on.
+    /// Always syncs `dir`'s parent (an earlier run may have created `dir` and died
+    /// before syncing it). This default does not know which levels already existed, so
+    /// it syncs every ancestor; [`StdFs`] syncs only the parents of what it created.
+    fn create_dir_all_durably(&self, dir: &Path) -> io::Result<()> {
+        self.create_dir_all(dir)?;
+        for parent in dir.ancestors().skip(1) {
+            self.sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    /// Takes an exclusive lock on the file at `path` (created if missing), held until
+    /// the returned [`FileLock`] is dropped. Fails with
+    /// [`io::ErrorKind::WouldBlock`] if it is held already, by another process or by
+    /// another open of it in this one. This default locks nothing: a simulated file
+    /// system has no other processes to keep out.
+    fn lock_file(&self, path: &Path) -> io::Result<FileLock> {
+        let _ = path;
+        Ok(FileLock { file: None })
+    }
 
     /// Reads a whole file.
     fn read_file(&self, path: &Path) -> io::Result<Vec<u8>> {
@@ -98,6 +123,21 @@ pub trait ReadView: Send + Sync + fmt::Debug {
         let src = slice.get(start..end).ok_or_else(eof)?;
         buf.copy_from_slice(src);
         Ok(())
+    }
+}
+
+/// An exclusive lock taken by [`FileSystem::lock_file`]; released when dropped (or
+/// when the process ends, however it ends).
+#[derive(Debug)]
+pub struct FileLock {
+    // The open file whose `flock` holds the lock; `None` when nothing was locked.
+    file: Option<std::fs::File>,
+}
+
+impl FileLock {
+    /// Whether a lock is actually held (false on a simulated file system).
+    pub fn is_held(&self) -> bool {
+        self.file.is_some()
     }
 }
 

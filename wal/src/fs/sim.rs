@@ -4,8 +4,11 @@
 //! (`current`), plus the ordered list of writes made since the last `sync_data`. A
 //! [`crash`](SimFs::crash) rebuilds each file from its synced image and a (possibly
 //! empty, possibly torn, possibly garbage-tailed) prefix of those writes, and rolls the
-//! namespace back to what the last `sync_dir` of each directory made durable. Handles
-//! opened before a crash fail afterwards, like those of a dead process.
+//! namespace back to what the last `sync_dir` of each directory made durable — files
+//! and subdirectories alike: a directory whose parent was not synced after it was
+//! created is gone after a crash, with everything in it. Handles opened before a crash
+//! fail afterwards, like those of a dead process. A path without a parent (`/`, or
+//! `""` for relative paths) is the root and always exists.
 //!
 //! All randomness comes from one seeded generator, so a failing seed replays exactly.
 
@@ -86,6 +89,9 @@ struct State {
     /// The namespace a crash returns to (updated per directory by `sync_dir`).
     durable_names: BTreeMap<PathBuf, u64>,
     dirs: BTreeSet<PathBuf>,
+    /// The directories a crash keeps: those whose parent was synced after they were
+    /// created (updated per parent by `sync_dir`).
+    durable_dirs: BTreeSet<PathBuf>,
     write_fault: Option<Countdown>,
     sync_fault: Option<Countdown>,
     write_count: u64,
@@ -185,6 +191,7 @@ impl SimFs {
                 names: BTreeMap::new(),
                 durable_names: BTreeMap::new(),
                 dirs: BTreeSet::new(),
+                durable_dirs: BTreeSet::new(),
                 write_fault: None,
                 sync_fault: None,
                 write_count: 0,
@@ -208,7 +215,26 @@ impl SimFs {
     pub fn crash_with(&self, mode: CrashMode) {
         let mut s = self.state.lock();
         s.epoch += 1;
-        s.names = s.durable_names.clone();
+        // A directory survives if its entry and every ancestor's are durable.
+        let kept: BTreeSet<PathBuf> = s
+            .dirs
+            .iter()
+            .filter(|d| {
+                d.ancestors()
+                    .all(|a| a.parent().is_none() || s.durable_dirs.contains(a))
+            })
+            .cloned()
+            .collect();
+        s.dirs = kept;
+        s.durable_dirs = s.dirs.clone();
+        let names: BTreeMap<PathBuf, u64> = s
+            .durable_names
+            .iter()
+            .filter(|(p, _)| s.dirs.contains(&parent_of(p)))
+            .map(|(p, id)| (p.clone(), *id))
+            .collect();
+        s.durable_names = names.clone();
+        s.names = names;
         let live: BTreeSet<u64> = s.names.values().copied().collect();
         s.nodes.retain(|id, _| live.contains(id));
         let ids: Vec<u64> = s.nodes.keys().copied().collect();
@@ -466,6 +492,8 @@ impl FileSystem for SimFs {
             .map(|(p, id)| (p.clone(), *id))
             .collect();
         s.durable_names.extend(now);
+        let subdirs: Vec<PathBuf> = s.dirs.iter().filter(|d| in_dir(d)).cloned().collect();
+        s.durable_dirs.extend(subdirs);
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-use super::{FileSystem, FsFile, ReadView};
+use super::{FileLock, FileSystem, FsFile, ReadView};
 
 /// The real file system.
 #[derive(Debug, Clone, Copy, Default)]
@@ -73,7 +73,53 @@ impl FileSystem for StdFs {
     fn sync_dir(&self, dir: &Path) -> io::Result<()> {
         // On Linux a directory opened read-only can be fsynced; this persists the
         // directory entries (hashicorp/raft-wal's crash harness found this one missing).
+        // A relative path's last parent is "": the working directory.
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
         File::open(dir)?.sync_all()
+    }
+
+    fn create_dir_all_durably(&self, dir: &Path) -> io::Result<()> {
+        // The levels that do not exist yet, deepest first. Only their parents (and
+        // `dir`'s own) are synced: syncing every ancestor up to `/` would need read
+        // access to each, which a data directory's owner may lack on some of them.
+        let missing = dir
+            .ancestors()
+            .take_while(|a| !a.as_os_str().is_empty() && !a.is_dir())
+            .count();
+        std::fs::create_dir_all(dir)?;
+        for parent in dir.ancestors().skip(1).take(missing.max(1)) {
+            self.sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    fn lock_file(&self, path: &Path) -> io::Result<FileLock> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        // flock, not fcntl: an fcntl lock belongs to the process and is dropped when
+        // any descriptor of the file closes, so a second open in this process would
+        // neither fail nor keep the lock. A flock belongs to the open file.
+        use std::os::unix::io::AsRawFd;
+        // SAFETY: flock only reads its integer arguments; the descriptor is owned by
+        // `file`, which outlives the call.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let err = io::Error::last_os_error();
+            return Err(if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                io::Error::new(io::ErrorKind::WouldBlock, "locked by another process")
+            } else {
+                err
+            });
+        }
+        Ok(FileLock { file: Some(file) })
     }
 
     fn exists(&self, path: &Path) -> io::Result<bool> {

@@ -5,7 +5,7 @@ use super::*;
 fn setup(seed: u64) -> (SimFs, &'static Path) {
     let fs = SimFs::new(seed);
     let dir = Path::new("/d");
-    fs.create_dir_all(dir).unwrap();
+    fs.create_dir_all_durably(dir).unwrap();
     (fs, dir)
 }
 
@@ -149,4 +149,56 @@ fn std_fs_round_trip_allocate_map_and_durable_write() {
     fs.rename(&p, &dir.join("seg2")).unwrap();
     fs.remove_file(&dir.join("seg2")).unwrap();
     assert!(!fs.exists(&dir.join("seg2")).unwrap());
+}
+
+#[test]
+fn sim_crash_loses_a_directory_whose_parent_was_not_synced() {
+    let fs = SimFs::new(1);
+    let dir = Path::new("/data/wal");
+    fs.create_dir_all(dir).unwrap();
+    let p = dir.join("f");
+    let f = fs.create(&p).unwrap();
+    f.write_at(b"synced", 0).unwrap();
+    f.sync_data().unwrap();
+    fs.sync_dir(dir).unwrap();
+    // The file and its entry are durable, the directories holding it are not.
+    fs.crash_with(CrashMode::DropUnsynced);
+    assert!(!fs.exists(&p).unwrap());
+    assert!(fs.list_dir(dir).is_err());
+    assert!(fs.list_dir(Path::new("/data")).is_err());
+
+    // Synced parents keep them.
+    fs.create_dir_all_durably(dir).unwrap();
+    let f = fs.create(&p).unwrap();
+    f.write_at(b"synced", 0).unwrap();
+    f.sync_data().unwrap();
+    fs.sync_dir(dir).unwrap();
+    fs.crash_with(CrashMode::DropUnsynced);
+    assert_eq!(fs.read_file(&p).unwrap(), b"synced");
+}
+
+#[test]
+fn std_create_dir_all_durably_creates_every_level() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("a/b/c");
+    StdFs.create_dir_all_durably(&dir).unwrap();
+    assert!(dir.is_dir());
+    // Again, when it exists: only its parent is synced.
+    StdFs.create_dir_all_durably(&dir).unwrap();
+}
+
+#[test]
+fn std_lock_file_is_exclusive_until_dropped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("LOCK");
+    let held = StdFs.lock_file(&path).unwrap();
+    assert!(held.is_held());
+    let err = StdFs.lock_file(&path).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    drop(held);
+    assert!(StdFs.lock_file(&path).unwrap().is_held());
+    // The simulated file system has no other processes: nothing to lock.
+    let sim = SimFs::new(1);
+    assert!(!sim.lock_file(&path).unwrap().is_held());
+    assert!(!sim.lock_file(&path).unwrap().is_held());
 }
