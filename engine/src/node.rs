@@ -445,6 +445,7 @@ impl Node {
             read_expiry_ticks: 4 * config.election_ticks as u64,
             max_inflight_readies: inflight,
             max_pending_reads: config.max_pending_requests,
+            max_batch_bytes: config.max_size_per_msg_bytes,
             read_ctx_seed: read_ctx_seed(),
             last_number: 0,
             observer: config.membership_observer.clone(),

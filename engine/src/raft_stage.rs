@@ -75,6 +75,8 @@ const MAX_PROMOTION_LAG_ENTRIES: u64 = 1_000;
 
 // Inbound messages and requests handled per loop turn before a Ready is taken, at most.
 const MAX_DRAIN: usize = 1024;
+// What raft-core counts for an entry besides its data (`Entry::size_bytes`).
+const ENTRY_SIZE_BYTES: u64 = 24;
 
 struct PendingRead {
     waiters: Vec<reply::Sender<Result<u64>>>,
@@ -103,6 +105,9 @@ pub(crate) struct RaftStage {
     pub(crate) read_expiry_ticks: u64,
     pub(crate) max_inflight_readies: usize,
     pub(crate) max_pending_reads: usize,
+    /// Most bytes of writes proposed together (`max_size_per_msg_bytes`): a follower
+    /// forwards them to the leader in one message.
+    pub(crate) max_batch_bytes: u64,
     pub(crate) read_ctx_seed: u64,
     /// Number of the last Ready handed out.
     pub(crate) last_number: u64,
@@ -362,14 +367,28 @@ impl RaftStage {
     fn on_requests(&mut self, st: &mut Loop, first: Request) -> Turn {
         let mut ids: Vec<u64> = Vec::new();
         let mut datas: Vec<Vec<u8>> = Vec::new();
+        // Counted as raft-core counts entries against `max_size_per_msg_bytes`.
+        let mut batch_bytes = 0u64;
         let mut reads: Vec<reply::Sender<Result<u64>>> = Vec::new();
         let mut next = Some(first);
         let mut handled = 0;
         while let Some(r) = next.take() {
             match r {
                 Request::Propose { id, data } => {
+                    let data = data.into_inner();
+                    let entry_bytes = ENTRY_SIZE_BYTES + data.len() as u64;
+                    // A follower forwards the whole batch to the leader as one message,
+                    // which must fit what the transport carries (`Config::validate`
+                    // checks one message of max_size_per_msg_bytes does): a longer batch
+                    // is proposed in several.
+                    if !ids.is_empty() && batch_bytes + entry_bytes > self.max_batch_bytes {
+                        self.propose_writes(&ids, std::mem::take(&mut datas))?;
+                        ids.clear();
+                        batch_bytes = 0;
+                    }
                     ids.push(id);
-                    datas.push(data.into_inner());
+                    datas.push(data);
+                    batch_bytes += entry_bytes;
                 }
                 Request::Read { reply } => reads.push(reply),
                 Request::ConfChange { cc, reply } => self.propose_conf_change(st, cc, reply)?,

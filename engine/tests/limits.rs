@@ -7,13 +7,15 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use common::{fast, key, wait_until, Cluster};
 use crossbeam_channel::{bounded, Receiver, Sender};
-use keel::transport::{TcpConfig, TcpTransport};
+use keel::transport::{
+    ChunkSource, MessageSink, TcpConfig, TcpTransport, Transport, TransportError,
+};
 use keel::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Config, Db,
     Error, MembershipObserver, COMMAND_OVERHEAD_BYTES,
@@ -245,6 +247,107 @@ fn a_write_too_large_for_one_peer_message_is_refused_when_the_node_opens() {
         .close()
         .unwrap();
     transport.shutdown();
+}
+
+/// A transport that refuses messages over a size, as the TCP transport refuses those
+/// over `max_frame_bytes`, and counts them.
+struct FrameLimited {
+    inner: Arc<dyn Transport>,
+    max_bytes: u64,
+}
+
+static OVERSIZED_MESSAGES: AtomicU64 = AtomicU64::new(0);
+
+impl Transport for FrameLimited {
+    fn register(&self, id: u64, sink: Arc<dyn MessageSink>) {
+        self.inner.register(id, sink)
+    }
+
+    fn unregister(&self, id: u64, sink: &Arc<dyn MessageSink>) {
+        self.inner.unregister(id, sink)
+    }
+
+    fn send(&self, from: u64, to: u64, bytes: Vec<u8>) -> Result<(), TransportError> {
+        if bytes.len() as u64 > self.max_bytes {
+            OVERSIZED_MESSAGES.fetch_add(1, Ordering::SeqCst);
+            return Err(TransportError::Unreachable(to));
+        }
+        self.inner.send(from, to, bytes)
+    }
+
+    fn max_message_bytes(&self) -> u64 {
+        self.max_bytes
+    }
+
+    fn send_snapshot(
+        &self,
+        from: u64,
+        to: u64,
+        message: Vec<u8>,
+        chunks: &mut dyn ChunkSource,
+    ) -> Result<(), TransportError> {
+        self.inner.send_snapshot(from, to, message, chunks)
+    }
+}
+
+fn forward_gate() -> &'static Arc<Gate> {
+    static GATE: OnceLock<Arc<Gate>> = OnceLock::new();
+    GATE.get_or_init(Gate::new)
+}
+
+#[test]
+fn writes_queued_at_a_follower_are_forwarded_in_messages_the_transport_carries() {
+    let mut c = Cluster::with(3, |mut cfg| {
+        cfg.max_entry_bytes = 64 << 10;
+        cfg.max_size_per_msg_bytes = 256 << 10;
+        let inner = cfg
+            .transport
+            .take()
+            .expect("a cluster node has a transport");
+        // The smallest transport the configuration is valid with.
+        cfg.transport = Some(Arc::new(FrameLimited {
+            inner,
+            max_bytes: cfg.max_message_bytes(),
+        }));
+        if cfg.id == 3 {
+            cfg.membership_observer = Some(Arc::clone(forward_gate()) as _);
+        }
+        cfg
+    });
+    let leader = c.wait_leader();
+    if leader == 3 {
+        c.db(3).transfer_leadership(1).unwrap();
+    }
+    let leader = c.wait_leader();
+    c.db(leader).put(b"warm", b"up").unwrap();
+    c.wait_converged();
+
+    // Hold node 3's raft stage so that the writes below queue up behind it and are
+    // taken in one turn: 24 writes of 60 KiB, about six times one message's worth.
+    forward_gate().arm();
+    c.db(leader).change_membership(add_learner(9)).unwrap();
+    forward_gate().wait_entered();
+    let value = vec![5u8; 60 << 10];
+    let writers: Vec<_> = (0..24)
+        .map(|i| {
+            let (db, value) = (c.db(3).clone(), value.clone());
+            std::thread::spawn(move || db.put_timeout(&key(i), &value, Duration::from_secs(20)))
+        })
+        .collect();
+    wait_until(Duration::from_secs(10), || {
+        (counter(c.db(3), "server_proposals_pending") == 24).then_some(())
+    })
+    .expect("the 24 writes are waiting at node 3");
+    forward_gate().release();
+    for (i, w) in writers.into_iter().enumerate() {
+        w.join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("write {i}: {e}"));
+    }
+    assert_eq!(OVERSIZED_MESSAGES.load(Ordering::SeqCst), 0);
+    c.wait_converged();
+    assert_eq!(c.db(1).get_local(&key(23)).unwrap(), Some(value));
+    c.stop(3);
 }
 
 #[test]
