@@ -252,8 +252,12 @@ impl Harness {
         for w in ents.windows(2) {
             assert_eq!(w[1].index, w[0].index + 1, "ready entries are contiguous");
         }
-        if let Some(hs) = rd.hs() {
-            assert!(hs.commit <= self.node.raft.raft_log.last_index().max(hs.commit));
+        for m in rd.messages().iter().chain(rd.persisted_messages()) {
+            assert_ne!(m.to, ID, "a message to itself: {m:?}");
+            assert_ne!(m.to, 0, "a message to nobody: {m:?}");
+            assert_ne!(m.from, 0, "a message from nobody: {m:?}");
+            let forwarded = matches!(m.msg_type, MessageType::Propose | MessageType::ReadIndex);
+            assert!(forwarded || m.term > 0, "a message without a term: {m:?}");
         }
     }
 
