@@ -1106,8 +1106,7 @@ impl<S: Storage> Raft<S> {
             MessageType::ReadIndex => Err(Error::ProposalDropped("no leader for read index")),
             MessageType::Append => {
                 self.become_follower(m.term, m.from);
-                self.handle_append_entries(m);
-                Ok(())
+                self.handle_append_entries(m)
             }
             MessageType::Heartbeat => {
                 self.become_follower(m.term, m.from);
@@ -1157,7 +1156,7 @@ impl<S: Storage> Raft<S> {
             MessageType::Append => {
                 self.election_elapsed = 0;
                 self.leader_id = m.from;
-                self.handle_append_entries(m);
+                self.handle_append_entries(m)?;
             }
             MessageType::Heartbeat => {
                 self.election_elapsed = 0;
@@ -1199,13 +1198,27 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
-    fn handle_append_entries(&mut self, m: Message) {
+    fn handle_append_entries(&mut self, m: Message) -> Result<()> {
         let mut resp = Message::new(MessageType::AppendResponse, self.id, m.from);
         if m.index < self.raft_log.committed {
             // Already committed here: acknowledge what we know is committed.
             resp.index = self.raft_log.committed;
             self.send(resp);
-            return;
+            return Ok(());
+        }
+        let log = &self.raft_log;
+        if log.match_term(m.index, m.log_term) && log.last_term() >= m.term {
+            // Our last entry is of the sender's term, so it came from the sender: the
+            // one leader of that term, whose log only grows during it. An append that
+            // would truncate it contradicts what that leader sent before. Refuse it:
+            // replacing entries with others of the same index and term would also let
+            // an older write's persistence report count for the new entries.
+            let conflict = log.find_conflict(&m.entries);
+            if conflict != 0 && conflict <= log.last_index() {
+                return Err(Error::MalformedMessage(
+                    "append contradicts entries of its own term",
+                ));
+            }
         }
         match self
             .raft_log
@@ -1227,6 +1240,7 @@ impl<S: Storage> Raft<S> {
                 self.send(resp);
             }
         }
+        Ok(())
     }
 
     fn handle_heartbeat(&mut self, m: Message) {

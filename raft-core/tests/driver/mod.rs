@@ -663,7 +663,16 @@ impl Harness {
         }
         let r = self.node.step(m);
         if self.trace {
-            eprintln!("  -> {r:?} role {:?} term {}", self.node.role(), self.node.raft.term);
+            let log = &self.node.raft.raft_log;
+            eprintln!(
+                "  -> {r:?} role {:?} term {} log [{}, {}] committed {} applied {}",
+                self.node.role(),
+                self.node.raft.term,
+                log.first_index(),
+                log.last_index(),
+                log.committed,
+                log.applied
+            );
         }
         r
     }
@@ -722,6 +731,16 @@ pub fn run_with(data: &[u8], trace: bool) {
         return;
     };
     h.trace = trace;
+    if trace {
+        let log = &h.node.raft.raft_log;
+        eprintln!(
+            "setup {role:?}: log [{}, {}] terms {:?} committed {}",
+            log.first_index(),
+            log.last_index(),
+            (log.first_index()..=log.last_index()).map(|i| log.term(i).unwrap_or(0)).collect::<Vec<_>>(),
+            log.committed
+        );
+    }
     h.reach(role);
     h.check();
     for _ in 0..256 {
