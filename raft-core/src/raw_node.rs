@@ -273,6 +273,7 @@ impl<S: Storage> RawNode<S> {
     /// Collects the pending work. Everything in it is considered handed out: the next
     /// `Ready` will not repeat it.
     pub fn ready(&mut self) -> Ready {
+        self.forget_replaced_writes();
         self.max_number += 1;
         let number = self.max_number;
         let raft = &mut self.raft;
@@ -382,8 +383,23 @@ impl<S: Storage> RawNode<S> {
         debug_assert!(self.records.back().is_some_and(|r| r.number == rd.number));
     }
 
+    // Readies handed out before entries they carried were replaced describe a log
+    // that no longer exists: their durability reports must not stabilize entries
+    // (see `Unstable::replaced_in_progress`). The Ready that carries the replacements
+    // comes later, and its report covers everything below it.
+    fn forget_replaced_writes(&mut self) {
+        let unstable = &mut self.raft.raft_log.unstable;
+        if unstable.replaced_in_progress {
+            unstable.replaced_in_progress = false;
+            for r in &mut self.records {
+                r.last_entry = None;
+            }
+        }
+    }
+
     /// Every `Ready` up to and including `number` is durable.
     pub fn on_persist_ready(&mut self, number: u64) {
+        self.forget_replaced_writes();
         let mut last_entry = None;
         let mut snapshot_index = None;
         while let Some(r) = self.records.front() {

@@ -90,3 +90,15 @@ fn fuzz_append_contradicting_its_own_term() {
 fn fuzz_driver_entry_index_overflow() {
     replay("4a609898989898989898ffffffffffffffffffffffffff060000a929a929007a29");
 }
+
+/// Found by cargo-fuzz (legitimate input, no lie in it): a leader of term 1 hands out
+/// entries 2..8 for writing; before they are durable, a leader of term 3 replaces them
+/// with (2, 3) of term 2, and a leader of term 7 replaces those with (2, term 1). The
+/// old write of (2, term 1) then reports durable: its index and term matched the new
+/// entry, raft dropped its unstable tail, and read the stale entries 3..8 that the
+/// older writes still put in storage as its own log. Durability reports of Readies
+/// handed out before their entries were replaced no longer stabilize anything.
+#[test]
+fn fuzz_stale_write_after_replaced_entries() {
+    replay("ce2d1229d32b17cef23737373752525217ce12ff943737375248ea3a5a8f8fbaffffffffffdfde00000000564ab609040000ffff000000000400020000ff0000ff7a0100ff2a2a2a2a2a2a2a2a872affffffffffffffffffffff5e52521f2d29522552ce521f2d29522552ce2a2a2a2a2a2a5e52521f2d298989898989892a2a2a2a2a2a5effffffffffff5e52521f2d29522552ce521f2d29522552ce2a2a2a2a2a2a5e52521f2d298989898989892a2a2a2a2a2a5e52521f2d298989898989ff3f4589898989898989898989003b13b13b13b13b898989898989898989898989898989898952d8d8d8d8d8d852521f2d298989898989ff3f4589898989898989898989003b13b13b13b13b898989898989898989898989898989898952d8d8d8d8d8d8d8d8d8d8d8f8d8d8ffc9c9d8d8d8d8d8d8c9c92d3ad8");
+}

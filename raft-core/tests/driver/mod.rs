@@ -228,6 +228,10 @@ impl Harness {
             return;
         }
         let mut rd = self.node.ready();
+        if self.trace {
+            let ids: Vec<(u64, u64)> = rd.entries().iter().map(|e| (e.index, e.term)).collect();
+            eprintln!("  ready {}: entries {ids:?}", rd.number());
+        }
         let committed = rd.take_committed_entries();
         self.apply(&committed);
         if let Some(e) = committed.last() {
@@ -268,6 +272,10 @@ impl Harness {
             let Some(p) = self.pending.pop_front() else {
                 break;
             };
+            if self.trace {
+                let ids: Vec<(u64, u64)> = p.entries.iter().map(|e| (e.index, e.term)).collect();
+                eprintln!("  persist ready {}: entries {ids:?}", p.number);
+            }
             let store = self.node.mut_store();
             if let Some(snap) = p.snapshot {
                 self.sm_applied = self.sm_applied.max(snap.metadata.index);
@@ -645,6 +653,19 @@ impl Harness {
             }
             _ => self.node.campaign(),
         };
+        if self.trace {
+            let log = &self.node.raft.raft_log;
+            eprintln!(
+                "op {op}: {result:?} role {:?} term {} log [{}, {}] committed {} persisted {} applied {}",
+                self.node.role(),
+                self.node.raft.term,
+                log.first_index(),
+                log.last_index(),
+                log.committed,
+                log.persisted,
+                log.applied
+            );
+        }
         if let Err(e) = result {
             if e.is_fatal() {
                 if self.trace {
