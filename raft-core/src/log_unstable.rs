@@ -116,6 +116,10 @@ impl Unstable {
 
     /// Replaces everything with `snapshot`.
     pub fn restore(&mut self, snapshot: Snapshot) {
+        if self.offset_in_progress > self.offset {
+            // Entries being written are replaced by the snapshot.
+            self.replaced_in_progress = true;
+        }
         self.offset = snapshot.metadata.index + 1;
         self.offset_in_progress = self.offset;
         self.entries.clear();

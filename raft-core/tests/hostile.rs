@@ -55,12 +55,12 @@ fn replay(hex_script: &str) {
 
 #[test]
 fn hostile_scripts_seed_1() {
-    run_seeded(1, 1500);
+    run_seeded(1, 2000);
 }
 
 #[test]
 fn hostile_scripts_seed_2() {
-    run_seeded(2, 1500);
+    run_seeded(2, 2000);
 }
 
 /// Replays the script in `SCRIPT` (hex, as printed by a failure or from a fuzz

@@ -308,6 +308,46 @@ impl Harness {
         }
     }
 
+    /// The synchronous path of the lib docs and the test harness: persist, then
+    /// `advance` and apply what its `LightReady` unlocked.
+    fn handle_ready_light(&mut self) {
+        let n = self.pending.len();
+        self.persist(n);
+        if self.stopped || !self.node.has_ready() {
+            return;
+        }
+        let mut rd = self.node.ready();
+        self.check_ready(&rd);
+        let committed = rd.take_committed_entries();
+        self.apply(&committed);
+        if let Some(e) = committed.last() {
+            self.sm_applied = e.index;
+        }
+        let store = self.node.mut_store();
+        if !rd.snapshot().is_empty() {
+            self.sm_applied = self.sm_applied.max(rd.snapshot().metadata.index);
+            store
+                .apply_snapshot(rd.snapshot().clone())
+                .expect("raft hands out only snapshots newer than the storage's");
+        }
+        store
+            .append(rd.entries())
+            .expect("raft hands out entries that follow the stored log");
+        if let Some(hs) = rd.hs() {
+            store.set_hard_state(*hs);
+        }
+        let mut light = self.node.advance(rd);
+        if let Some(c) = light.commit_index() {
+            self.node.mut_store().commit_to(c);
+        }
+        let committed = light.take_committed_entries();
+        self.apply(&committed);
+        if let Some(e) = committed.last() {
+            self.sm_applied = e.index;
+        }
+        self.advance_apply();
+    }
+
     fn apply(&mut self, ents: &[Entry]) {
         for e in ents {
             let cc = match e.entry_type {
@@ -631,8 +671,12 @@ impl Harness {
                 let m = self.structured_message(input);
                 self.step(m)
             }
-            13 | 14 => {
+            13 => {
                 self.handle_ready_sync();
+                Ok(())
+            }
+            14 => {
+                self.handle_ready_light();
                 Ok(())
             }
             15 => {
