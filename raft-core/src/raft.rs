@@ -994,7 +994,8 @@ impl<S: Storage> Raft<S> {
         // it answers the probe, so the follower's log is known to match there and
         // replication can resume instead of waiting for the next heartbeat.
         let updated = pr.maybe_update(m.index);
-        if !updated && !(pr.matched == m.index && pr.state == ProgressState::Probe) {
+        let answers_probe = pr.matched == m.index && pr.state == ProgressState::Probe;
+        if !(updated || answers_probe) {
             return Ok(());
         }
         match pr.state {

@@ -51,7 +51,11 @@ fn vote_request_with_term_0_is_refused() {
 fn vote_response_with_term_0_does_not_elect() {
     // Was: term 0 skipped the term check and counted as a vote of the current election.
     let mut n = candidate();
-    assert!(malformed(n.step(msg(MessageType::RequestVoteResponse, 2, 0))));
+    assert!(malformed(n.step(msg(
+        MessageType::RequestVoteResponse,
+        2,
+        0
+    ))));
     assert_eq!(n.role(), StateRole::Candidate);
 }
 
@@ -95,7 +99,9 @@ fn append_after_the_end_of_the_log_is_rejected_not_appended() {
     assert_eq!(n.raft.raft_log.last_index(), 0);
     assert_eq!(n.raft.raft_log.committed, 0);
     let out = drain_ready(&mut n, &mut Vec::new());
-    assert!(out.iter().any(|m| m.msg_type == MessageType::AppendResponse && m.reject));
+    assert!(out
+        .iter()
+        .any(|m| m.msg_type == MessageType::AppendResponse && m.reject));
 }
 
 #[test]
@@ -169,7 +175,10 @@ fn append_contradicting_entries_of_its_own_term_is_refused() {
     // of the sender's term contradicts what that leader sent before.
     let mut n = new_node(1, &[1, 2, 3]);
     let mut m = msg(MessageType::Append, 2, 2);
-    m.entries = vec![Entry::new(1, 1, b"a".to_vec()), Entry::new(2, 2, b"b".to_vec())];
+    m.entries = vec![
+        Entry::new(1, 1, b"a".to_vec()),
+        Entry::new(2, 2, b"b".to_vec()),
+    ];
     n.step(m).unwrap();
     let mut m = msg(MessageType::Append, 2, 2);
     m.entries = vec![Entry::new(2, 1, b"c".to_vec())];
@@ -213,7 +222,10 @@ fn unreadable_committed_entries_stop_the_node_with_a_fatal_error() {
     // Was: panic!("committed entries [..] unavailable") inside `ready`.
     let mut inner = new_storage(&[1, 2, 3], &[]);
     inner
-        .append(&[Entry::new(1, 1, b"a".to_vec()), Entry::new(1, 2, b"b".to_vec())])
+        .append(&[
+            Entry::new(1, 1, b"a".to_vec()),
+            Entry::new(1, 2, b"b".to_vec()),
+        ])
         .unwrap();
     inner.set_hard_state(HardState {
         term: 1,

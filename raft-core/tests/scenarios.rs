@@ -1376,7 +1376,11 @@ fn read_index_forwarded_twice_is_answered_to_the_node_that_asked() {
             request_ctx: b"r3".to_vec(),
         }]
     );
-    assert!(reads[&1].is_empty(), "the relay got the answer: {:?}", reads[&1]);
+    assert!(
+        reads[&1].is_empty(),
+        "the relay got the answer: {:?}",
+        reads[&1]
+    );
 }
 
 #[test]

@@ -352,7 +352,9 @@ impl Harness {
         for e in ents {
             let cc = match e.entry_type {
                 EntryType::Normal => continue,
-                EntryType::ConfChange => codec::decode::<ConfChange>(&e.data).map(ConfChange::into_v2),
+                EntryType::ConfChange => {
+                    codec::decode::<ConfChange>(&e.data).map(ConfChange::into_v2)
+                }
                 EntryType::ConfChangeV2 => codec::decode::<ConfChangeV2>(&e.data),
             };
             // Like the engine: a change that does not decode or apply is skipped (every
@@ -747,13 +749,45 @@ impl Harness {
         let r = &self.node.raft;
         let log = &r.raft_log;
         let last = log.last_index();
-        assert!(log.committed <= last, "committed {} > last {last}", log.committed);
-        assert!(log.applied <= log.committed, "applied {} > committed {}", log.applied, log.committed);
-        assert!(log.applied <= log.applying, "applied {} > applying {}", log.applied, log.applying);
-        assert!(log.applying <= log.committed, "applying {} > committed {}", log.applying, log.committed);
-        assert!(log.persisted <= last, "persisted {} > last {last}", log.persisted);
-        assert!(log.first_index() <= last + 1, "first {} > last {last} + 1", log.first_index());
-        assert!(r.term >= self.seen.term, "term went back from {} to {}", self.seen.term, r.term);
+        assert!(
+            log.committed <= last,
+            "committed {} > last {last}",
+            log.committed
+        );
+        assert!(
+            log.applied <= log.committed,
+            "applied {} > committed {}",
+            log.applied,
+            log.committed
+        );
+        assert!(
+            log.applied <= log.applying,
+            "applied {} > applying {}",
+            log.applied,
+            log.applying
+        );
+        assert!(
+            log.applying <= log.committed,
+            "applying {} > committed {}",
+            log.applying,
+            log.committed
+        );
+        assert!(
+            log.persisted <= last,
+            "persisted {} > last {last}",
+            log.persisted
+        );
+        assert!(
+            log.first_index() <= last + 1,
+            "first {} > last {last} + 1",
+            log.first_index()
+        );
+        assert!(
+            r.term >= self.seen.term,
+            "term went back from {} to {}",
+            self.seen.term,
+            r.term
+        );
         if r.term == self.seen.term && self.seen.vote != 0 {
             assert_eq!(r.vote, self.seen.vote, "a second vote in term {}", r.term);
         }
@@ -762,15 +796,41 @@ impl Harness {
         assert!(r.term < BIG + 100_000);
         if r.state == StateRole::Leader {
             assert_eq!(r.leader_id, ID);
-            let own = r.prs.progress.get(&ID).expect("a leader is in its configuration");
-            assert!(own.matched <= log.persisted, "leader's own match {} > persisted {}", own.matched, log.persisted);
+            let own = r
+                .prs
+                .progress
+                .get(&ID)
+                .expect("a leader is in its configuration");
+            assert!(
+                own.matched <= log.persisted,
+                "leader's own match {} > persisted {}",
+                own.matched,
+                log.persisted
+            );
             for (id, pr) in &r.prs.progress {
-                assert!(pr.matched < pr.next_idx, "peer {id}: match {} >= next {}", pr.matched, pr.next_idx);
-                assert!(pr.matched <= last, "peer {id}: match {} past the log {last}", pr.matched);
-                assert!(pr.next_idx <= last + 1, "peer {id}: next {} past the log {last}", pr.next_idx);
+                assert!(
+                    pr.matched < pr.next_idx,
+                    "peer {id}: match {} >= next {}",
+                    pr.matched,
+                    pr.next_idx
+                );
+                assert!(
+                    pr.matched <= last,
+                    "peer {id}: match {} past the log {last}",
+                    pr.matched
+                );
+                assert!(
+                    pr.next_idx <= last + 1,
+                    "peer {id}: next {} past the log {last}",
+                    pr.next_idx
+                );
             }
         }
-        assert!(r.leader_id != ID || r.state == StateRole::Leader, "leader id is self but role {:?}", r.state);
+        assert!(
+            r.leader_id != ID || r.state == StateRole::Leader,
+            "leader id is self but role {:?}",
+            r.state
+        );
         // Committed entries never change.
         let first = log.first_index();
         for i in first.max(log.committed.saturating_sub(8)).max(1)..=log.committed {
@@ -802,7 +862,9 @@ pub fn run_with(data: &[u8], trace: bool) {
             "setup {role:?}: log [{}, {}] terms {:?} committed {}",
             log.first_index(),
             log.last_index(),
-            (log.first_index()..=log.last_index()).map(|i| log.term(i).unwrap_or(0)).collect::<Vec<_>>(),
+            (log.first_index()..=log.last_index())
+                .map(|i| log.term(i).unwrap_or(0))
+                .collect::<Vec<_>>(),
             log.committed
         );
     }
