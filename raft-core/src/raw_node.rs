@@ -460,16 +460,6 @@ impl<S: Storage> RawNode<S> {
 /// index derived from a message can overflow.
 pub const MAX_TERM_OR_INDEX: u64 = 1 << 62;
 
-/// Message types that may be relayed on behalf of another node: their `from` is the
-/// node that asked (which may be the receiver itself, when a request comes back to a
-/// node that has since become leader), not the hop that sent them.
-fn is_forwardable(t: MessageType) -> bool {
-    matches!(
-        t,
-        MessageType::Propose | MessageType::ReadIndex | MessageType::TransferLeader
-    )
-}
-
 /// Rejects messages whose shape would violate raft-core's invariants, so a damaged or
 /// hostile message becomes an error instead of a panic. Only checks that need no
 /// state; [`Raft::step`] checks a message against the log before acting on it.
@@ -478,7 +468,9 @@ fn validate_message(m: &Message, self_id: u64) -> Result<()> {
     if m.from == 0 {
         return bad("sender id is 0");
     }
-    if m.from == self_id && !is_forwardable(m.msg_type) {
+    if m.from == self_id && !m.msg_type.is_relayable() {
+        // Relayed requests keep the asker as sender, which may be this node when its
+        // own request comes back to it as the new leader.
         return bad("message claims to come from this node");
     }
     // Term 0 marks a local message; only forwarded proposals and reads travel with it
