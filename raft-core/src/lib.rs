@@ -97,7 +97,7 @@ pub use config::Config;
 pub use errors::{Error, Result, StorageError};
 pub use raft::{Raft, SnapshotStatus, SoftState, StateRole, CAMPAIGN_TRANSFER};
 pub use raft_log::RaftLog;
-pub use raw_node::{LightReady, RawNode, Ready};
+pub use raw_node::{LightReady, RawNode, Ready, MAX_TERM_OR_INDEX};
 pub use read_only::{ReadOnlyOption, ReadState};
 pub use rng::Rng;
 pub use status::Status;

@@ -15,6 +15,12 @@ pub(crate) struct Unstable {
     pub offset_in_progress: u64,
     /// Whether the snapshot was handed out in a `Ready`.
     pub snapshot_in_progress: bool,
+    /// Set when entries handed out in a `Ready` were replaced before they were
+    /// reported durable. The writes of those Readies still land in storage (in order,
+    /// before the replacing ones), so their durability reports must not count: an
+    /// entry that happens to have the same index and term would be dropped from here
+    /// while storage still holds the stale tail written after it.
+    pub replaced_in_progress: bool,
 }
 
 impl Unstable {
@@ -110,6 +116,10 @@ impl Unstable {
 
     /// Replaces everything with `snapshot`.
     pub fn restore(&mut self, snapshot: Snapshot) {
+        if self.offset_in_progress > self.offset {
+            // Entries being written are replaced by the snapshot.
+            self.replaced_in_progress = true;
+        }
         self.offset = snapshot.metadata.index + 1;
         self.offset_in_progress = self.offset;
         self.entries.clear();
@@ -127,6 +137,9 @@ impl Unstable {
             // The common case: the new entries follow directly.
         } else if first <= self.offset {
             // Everything held is replaced; the new entries start a fresh unstable log.
+            if self.offset_in_progress > first {
+                self.replaced_in_progress = true;
+            }
             self.offset = first;
             self.offset_in_progress = first;
             self.entries.clear();
@@ -134,6 +147,9 @@ impl Unstable {
             // Keep the prefix before `first`. Entries being written that get replaced
             // must be handed out again.
             self.entries.truncate((first - self.offset) as usize);
+            if self.offset_in_progress > first {
+                self.replaced_in_progress = true;
+            }
             self.offset_in_progress = self.offset_in_progress.min(first);
         }
         self.entries.extend_from_slice(ents);

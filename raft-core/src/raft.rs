@@ -105,6 +105,9 @@ pub struct Raft<S: Storage> {
     max_msg_size: u64,
     max_uncommitted_size: u64,
     rng: Rng,
+    // Set when the node hit an error it cannot go on from (a storage read failed on the
+    // Ready path, which cannot return errors); every later `step` returns it.
+    fatal: Option<Error>,
 }
 
 fn payload_size(ents: &[Entry]) -> u64 {
@@ -150,6 +153,7 @@ impl<S: Storage> Raft<S> {
             // so states `id * constant` would make node id+1's sequence node id's
             // shifted by one draw, and peers one election apart would tie forever.
             rng: Rng::new(Rng::new(c.seed ^ c.id.wrapping_mul(0x9e37_79b9_7f4a_7c15)).next_u64()),
+            fatal: None,
         };
         let last = r.raft_log.last_index();
         confchange::restore(&mut r.prs, last, &rs.conf_state)?;
@@ -200,6 +204,19 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
+    /// The error that stopped this node, if any: a storage read failed where raft could
+    /// not return it (while collecting a `Ready`). Once set, every `step` returns it;
+    /// it is always [fatal](Error::is_fatal).
+    pub fn fatal_error(&self) -> Option<&Error> {
+        self.fatal.as_ref()
+    }
+
+    pub(crate) fn set_fatal(&mut self, e: Error) {
+        if self.fatal.is_none() {
+            self.fatal = Some(e);
+        }
+    }
+
     /// The persistent state as it is now.
     pub fn hard_state(&self) -> HardState {
         HardState {
@@ -245,7 +262,12 @@ impl<S: Storage> Raft<S> {
 
     fn send(&mut self, mut m: Message) {
         debug_assert_ne!(m.to, self.id, "raft never sends to itself");
-        m.from = self.id;
+        // A relayed request (proposal, read, leadership transfer) keeps the node that
+        // asked as its sender, as in etcd: the leader answers a read to it and hands
+        // leadership to it, not to the hop in between.
+        if m.from == 0 {
+            m.from = self.id;
+        }
         match m.msg_type {
             MessageType::RequestVote | MessageType::RequestPreVote => {
                 assert_ne!(m.term, 0, "vote requests carry their campaign term");
@@ -620,6 +642,22 @@ impl<S: Storage> Raft<S> {
 
     /// Processes one message: from a peer, or local (`Hup`, `Beat`, `Propose`, ...).
     pub fn step(&mut self, m: Message) -> Result<()> {
+        if let Some(e) = &self.fatal {
+            return Err(e.clone());
+        }
+        if m.msg_type == MessageType::Heartbeat
+            && m.term >= self.term
+            && !(m.term == self.term && self.state == StateRole::Leader)
+            && m.commit > self.raft_log.last_index()
+        {
+            // A leader of this term (or a newer one) only tells a follower to commit
+            // what the follower acknowledged holding. If our log ends before that, we
+            // lost entries we promised to keep (etcd panics: "was the log lost?").
+            return Err(Error::CommitBeyondLog {
+                commit: m.commit,
+                last_index: self.raft_log.last_index(),
+            });
+        }
         if m.term == 0 {
             // Local message or forwarded proposal / read: no term handling.
         } else if m.term > self.term {
@@ -750,7 +788,7 @@ impl<S: Storage> Raft<S> {
             return Ok(());
         }
         match m.msg_type {
-            MessageType::AppendResponse => self.handle_append_response(&m),
+            MessageType::AppendResponse => return self.handle_append_response(&m),
             MessageType::HeartbeatResponse => self.handle_heartbeat_response(&mut m),
             MessageType::SnapStatus => {
                 let Some(pr) = self.prs.progress.get_mut(&from) else {
@@ -914,11 +952,18 @@ impl<S: Storage> Raft<S> {
         }
     }
 
-    fn handle_append_response(&mut self, m: &Message) {
+    fn handle_append_response(&mut self, m: &Message) -> Result<()> {
         let last_index = self.raft_log.last_index();
         let first_index = self.raft_log.first_index();
+        if m.index > last_index {
+            // Answers to this leader's appends (accepted or rejected) are about indexes
+            // of its own log, which only grows during its term.
+            return Err(Error::MalformedMessage(
+                "append response for an index past the leader's log",
+            ));
+        }
         let Some(pr) = self.prs.progress.get_mut(&m.from) else {
-            return;
+            return Ok(());
         };
         pr.recent_active = true;
         if m.reject {
@@ -933,7 +978,7 @@ impl<S: Storage> Raft<S> {
                     .0;
             }
             let Some(pr) = self.prs.progress.get_mut(&m.from) else {
-                return;
+                return Ok(());
             };
             if pr.maybe_decr_to(m.index, next_probe) {
                 if pr.state == ProgressState::Replicate {
@@ -941,11 +986,17 @@ impl<S: Storage> Raft<S> {
                 }
                 self.send_append(m.from);
             }
-            return;
+            return Ok(());
         }
         let old_paused = pr.is_paused();
-        if !pr.maybe_update(m.index) {
-            return;
+        // An ack equal to the match point of a probing follower is news too (etcd's
+        // `pr.MaybeUpdate(m.Index) || (pr.Match == m.Index && pr.State == StateProbe)`):
+        // it answers the probe, so the follower's log is known to match there and
+        // replication can resume instead of waiting for the next heartbeat.
+        let updated = pr.maybe_update(m.index);
+        let answers_probe = pr.matched == m.index && pr.state == ProgressState::Probe;
+        if !(updated || answers_probe) {
+            return Ok(());
         }
         match pr.state {
             ProgressState::Probe => pr.become_replicate(),
@@ -975,6 +1026,7 @@ impl<S: Storage> Raft<S> {
         if self.lead_transferee == Some(m.from) && matched == last_index {
             self.send_timeout_now(m.from);
         }
+        Ok(())
     }
 
     fn handle_heartbeat_response(&mut self, m: &mut Message) {
@@ -1055,8 +1107,7 @@ impl<S: Storage> Raft<S> {
             MessageType::ReadIndex => Err(Error::ProposalDropped("no leader for read index")),
             MessageType::Append => {
                 self.become_follower(m.term, m.from);
-                self.handle_append_entries(m);
-                Ok(())
+                self.handle_append_entries(m)
             }
             MessageType::Heartbeat => {
                 self.become_follower(m.term, m.from);
@@ -1106,7 +1157,7 @@ impl<S: Storage> Raft<S> {
             MessageType::Append => {
                 self.election_elapsed = 0;
                 self.leader_id = m.from;
-                self.handle_append_entries(m);
+                self.handle_append_entries(m)?;
             }
             MessageType::Heartbeat => {
                 self.election_elapsed = 0;
@@ -1148,13 +1199,27 @@ impl<S: Storage> Raft<S> {
         Ok(())
     }
 
-    fn handle_append_entries(&mut self, m: Message) {
+    fn handle_append_entries(&mut self, m: Message) -> Result<()> {
         let mut resp = Message::new(MessageType::AppendResponse, self.id, m.from);
         if m.index < self.raft_log.committed {
             // Already committed here: acknowledge what we know is committed.
             resp.index = self.raft_log.committed;
             self.send(resp);
-            return;
+            return Ok(());
+        }
+        let log = &self.raft_log;
+        if log.match_term(m.index, m.log_term) && log.last_term() >= m.term {
+            // Our last entry is of the sender's term, so it came from the sender: the
+            // one leader of that term, whose log only grows during it. An append that
+            // would truncate it contradicts what that leader sent before. Refuse it:
+            // replacing entries with others of the same index and term would also let
+            // an older write's persistence report count for the new entries.
+            let conflict = log.find_conflict(&m.entries);
+            if conflict != 0 && conflict <= log.last_index() {
+                return Err(Error::MalformedMessage(
+                    "append contradicts entries of its own term",
+                ));
+            }
         }
         match self
             .raft_log
@@ -1176,6 +1241,7 @@ impl<S: Storage> Raft<S> {
                 self.send(resp);
             }
         }
+        Ok(())
     }
 
     fn handle_heartbeat(&mut self, m: Message) {
@@ -1211,7 +1277,7 @@ impl<S: Storage> Raft<S> {
         if self.state != StateRole::Follower {
             // Defence in depth: only followers install snapshots. Move to a new term
             // rather than keep leading on top of a replaced log.
-            let term = self.term + 1;
+            let term = self.term.saturating_add(1);
             self.become_follower(term, 0);
             return false;
         }

@@ -94,7 +94,9 @@ impl<S: Storage> RaftLog<S> {
 
     /// Whether entry `index` has term `term`.
     pub fn match_term(&self, index: u64, term: u64) -> bool {
-        self.term(index).is_ok_and(|t| t == term)
+        // Past the end nothing matches, not even term 0: an append claiming to follow
+        // an entry we do not hold must be rejected, not appended after a gap.
+        index <= self.last_index() && self.term(index).is_ok_and(|t| t == term)
     }
 
     /// Whether a log ending at (`last_index`, `term`) is at least as up to date as ours
@@ -263,19 +265,20 @@ impl<S: Storage> RaftLog<S> {
         self.unstable.snapshot.is_none() && lo <= hi
     }
 
-    /// Committed, durable entries not yet handed to the application.
-    pub fn next_committed_entries(&self) -> Vec<Entry> {
+    /// Committed, durable entries not yet handed to the application. An error means
+    /// the storage could not produce them (entries between applied and committed are
+    /// never compacted, so this is a storage failure): the node cannot go on.
+    pub fn next_committed_entries(&self) -> Result<Vec<Entry>> {
         if !self.has_next_committed_entries() {
-            return Vec::new();
+            return Ok(Vec::new());
         }
         let lo = self.applying.max(self.first_index() - 1) + 1;
         let hi = self.committed.min(self.persisted) + 1;
-        match self.slice(lo, hi, self.max_apply_bytes) {
-            Ok(ents) => ents,
-            // Entries between applied and committed are never compacted: compaction is
-            // bounded by the applied index. Treat a failure as the storage's bug.
-            Err(e) => panic!("committed entries [{lo}, {hi}) unavailable: {e}"),
-        }
+        self.slice(lo, hi, self.max_apply_bytes).map_err(|e| {
+            Error::Store(StorageError::Other(format!(
+                "committed entries [{lo}, {hi}) unavailable: {e}"
+            )))
+        })
     }
 
     /// The snapshot to hand out, if one was received and not yet handed out.

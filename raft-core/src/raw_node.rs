@@ -223,7 +223,7 @@ impl<S: Storage> RawNode<S> {
         if m.msg_type.is_local() {
             return Err(Error::StepLocalMsg);
         }
-        validate_message(&m)?;
+        validate_message(&m, self.raft.id)?;
         if m.msg_type.is_response() && !self.raft.prs.progress.contains_key(&m.from) {
             return Err(Error::StepPeerNotFound);
         }
@@ -267,12 +267,13 @@ impl<S: Storage> RawNode<S> {
             || !raft.msgs_after_persist.is_empty()
             || raft.raft_log.next_unstable_snapshot().is_some()
             || !raft.raft_log.next_unstable_entries().is_empty()
-            || raft.raft_log.has_next_committed_entries()
+            || (raft.fatal_error().is_none() && raft.raft_log.has_next_committed_entries())
     }
 
     /// Collects the pending work. Everything in it is considered handed out: the next
     /// `Ready` will not repeat it.
     pub fn ready(&mut self) -> Ready {
+        self.forget_replaced_writes();
         self.max_number += 1;
         let number = self.max_number;
         let raft = &mut self.raft;
@@ -311,7 +312,7 @@ impl<S: Storage> RawNode<S> {
             record.last_entry = Some((e.index, e.term));
             rd.must_sync = true;
         }
-        rd.committed_entries = raft.raft_log.next_committed_entries();
+        rd.committed_entries = self.next_committed_entries();
         self.hand_out_committed(&rd.committed_entries);
         let raft = &mut self.raft;
         rd.read_states = std::mem::take(&mut raft.read_states);
@@ -320,6 +321,24 @@ impl<S: Storage> RawNode<S> {
         raft.raft_log.unstable.accept_in_progress();
         self.records.push_back(record);
         rd
+    }
+
+    // The Ready path cannot return errors: a failed read is recorded as the node's
+    // fatal error, which every later `step` (and `fatal_error`) reports.
+    fn next_committed_entries(&mut self) -> Vec<Entry> {
+        match self.raft.raft_log.next_committed_entries() {
+            Ok(ents) => ents,
+            Err(e) => {
+                self.raft.set_fatal(e);
+                Vec::new()
+            }
+        }
+    }
+
+    /// The error that stopped this node, if any (see [`Raft::fatal_error`]); the
+    /// application must stop the node when it is set.
+    pub fn fatal_error(&self) -> Option<&Error> {
+        self.raft.fatal_error()
     }
 
     fn hand_out_committed(&mut self, ents: &[Entry]) {
@@ -350,8 +369,7 @@ impl<S: Storage> RawNode<S> {
             light.commit_index = Some(hs.commit);
             self.prev_hs.commit = hs.commit;
         }
-        light.committed_entries = self.raft.raft_log.next_committed_entries();
-        let ents = std::mem::take(&mut light.committed_entries);
+        let ents = self.next_committed_entries();
         self.hand_out_committed(&ents);
         light.committed_entries = ents;
         light.messages = std::mem::take(&mut self.raft.msgs);
@@ -365,8 +383,23 @@ impl<S: Storage> RawNode<S> {
         debug_assert!(self.records.back().is_some_and(|r| r.number == rd.number));
     }
 
+    // Readies handed out before entries they carried were replaced describe a log
+    // that no longer exists: their durability reports must not stabilize entries
+    // (see `Unstable::replaced_in_progress`). The Ready that carries the replacements
+    // comes later, and its report covers everything below it.
+    fn forget_replaced_writes(&mut self) {
+        let unstable = &mut self.raft.raft_log.unstable;
+        if unstable.replaced_in_progress {
+            unstable.replaced_in_progress = false;
+            for r in &mut self.records {
+                r.last_entry = None;
+            }
+        }
+    }
+
     /// Every `Ready` up to and including `number` is durable.
     pub fn on_persist_ready(&mut self, number: u64) {
+        self.forget_replaced_writes();
         let mut last_entry = None;
         let mut snapshot_index = None;
         while let Some(r) = self.records.front() {
@@ -421,12 +454,38 @@ impl<S: Storage> RawNode<S> {
     }
 }
 
+/// Terms and indexes at or above this bound are refused in received messages. A real
+/// cluster never comes near it (a term grows by one per election, an index by one per
+/// entry), and keeping every value far below `u64::MAX` means no `+ 1` on a term or
+/// index derived from a message can overflow.
+pub const MAX_TERM_OR_INDEX: u64 = 1 << 62;
+
 /// Rejects messages whose shape would violate raft-core's invariants, so a damaged or
-/// hostile message becomes an error instead of a panic.
-fn validate_message(m: &Message) -> Result<()> {
+/// hostile message becomes an error instead of a panic. Only checks that need no
+/// state; [`Raft::step`] checks a message against the log before acting on it.
+fn validate_message(m: &Message, self_id: u64) -> Result<()> {
     let bad = |why: &'static str| Err(Error::MalformedMessage(why));
     if m.from == 0 {
         return bad("sender id is 0");
+    }
+    if m.from == self_id && !m.msg_type.is_relayable() {
+        // Relayed requests keep the asker as sender, which may be this node when its
+        // own request comes back to it as the new leader.
+        return bad("message claims to come from this node");
+    }
+    // Term 0 marks a local message; only forwarded proposals and reads travel with it
+    // (they speak for no term). Anything else with term 0 would skip the term checks.
+    if m.term == 0 && !matches!(m.msg_type, MessageType::Propose | MessageType::ReadIndex) {
+        return bad("term is 0");
+    }
+    let too_big = |v: u64| v >= MAX_TERM_OR_INDEX;
+    if too_big(m.term)
+        || too_big(m.log_term)
+        || too_big(m.index)
+        || too_big(m.commit)
+        || too_big(m.reject_hint)
+    {
+        return bad("term or index beyond 2^62");
     }
     if m.msg_type == MessageType::Append {
         if m.log_term > m.term {
@@ -435,13 +494,11 @@ fn validate_message(m: &Message) -> Result<()> {
         let mut expect = m.index;
         let mut prev_term = m.log_term;
         for e in &m.entries {
-            expect = expect
-                .checked_add(1)
-                .ok_or(Error::MalformedMessage("index overflow"))?;
-            if e.index != expect {
+            expect += 1;
+            if e.index != expect || too_big(e.index) {
                 return bad("append entries are not contiguous after the index");
             }
-            if e.term < prev_term || e.term > m.term {
+            if e.term == 0 || e.term < prev_term || e.term > m.term {
                 return bad("append entry terms are not monotonic within the leader term");
             }
             prev_term = e.term;
@@ -449,9 +506,17 @@ fn validate_message(m: &Message) -> Result<()> {
     }
     if m.msg_type == MessageType::Snapshot {
         match &m.snapshot {
-            Some(s) if s.metadata.term <= m.term && !s.is_empty() => {}
+            Some(s)
+                if s.metadata.term <= m.term
+                    && s.metadata.term > 0
+                    && !s.is_empty()
+                    && !too_big(s.metadata.index) => {}
             _ => return bad("snapshot message without a valid snapshot"),
         }
+    }
+    if m.msg_type == MessageType::AppendResponse && m.reject && m.reject_hint > m.index {
+        // A follower's hint is at most the index it rejected.
+        return bad("append rejection hints past the rejected index");
     }
     if matches!(m.msg_type, MessageType::ReadIndex | MessageType::Propose) && m.entries.is_empty() {
         return bad("proposal or read request without entries");

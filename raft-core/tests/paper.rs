@@ -654,7 +654,7 @@ fn leader_commits_entry_replicated_on_majority() {
     }
     assert_eq!(r.raft_log.committed, li + 1);
     assert_eq!(
-        r.raft_log.next_committed_entries(),
+        r.raft_log.next_committed_entries().unwrap(),
         vec![Entry::new(1, li + 1, b"some data".to_vec())]
     );
     let want: Vec<Message> = [2, 3]
@@ -746,7 +746,7 @@ fn leader_commits_preceding_entries() {
         want.push(Entry::new(3, li + 2, b"some data".to_vec()));
         assert_eq!(r.raft_log.committed, li + 2, "prior log {terms:?}");
         assert_eq!(
-            r.raft_log.next_committed_entries(),
+            r.raft_log.next_committed_entries().unwrap(),
             want,
             "prior log {terms:?}"
         );
@@ -782,7 +782,7 @@ fn follower_commits_per_leader_commit() {
         assert_eq!(r.raft_log.committed, commit, "case {i}");
         persist(&mut r);
         assert_eq!(
-            r.raft_log.next_committed_entries(),
+            r.raft_log.next_committed_entries().unwrap(),
             ents[..commit as usize].to_vec(),
             "case {i}"
         );

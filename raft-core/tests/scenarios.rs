@@ -1350,3 +1350,75 @@ fn single_voter_holds_read_index_until_its_term_commits() {
     assert_eq!(rd.read_states()[0].index, 1);
     assert_eq!(rd.read_states()[0].request_ctx, b"r".to_vec());
 }
+
+// ---- forwarded requests keep their sender ----
+
+#[test]
+fn read_index_forwarded_twice_is_answered_to_the_node_that_asked() {
+    let mut nw = Network::new(&[1, 2, 3]);
+    elect(&mut nw, 1);
+    nw.propose(1, b"x").unwrap();
+
+    // 3 asks; its request is on its way to 1 when leadership moves to 2.
+    nw.peer_mut(3).read_index(b"r3".to_vec()).unwrap();
+    let to_old_leader = only(&flush(&mut nw, 3), 1, MessageType::ReadIndex);
+    assert_eq!(to_old_leader.len(), 1);
+    nw.campaign(2);
+    assert_eq!(nw.leader(), Some(2));
+    assert_eq!(nw.peer(1).raft.leader_id, 2);
+
+    // 1 relays it to 2; 2 answers the node that asked, not the relay.
+    let reads = pump(&mut nw, to_old_leader, |_| false);
+    assert_eq!(
+        reads[&3],
+        vec![ReadState {
+            index: committed(&nw, 2),
+            request_ctx: b"r3".to_vec(),
+        }]
+    );
+    assert!(
+        reads[&1].is_empty(),
+        "the relay got the answer: {:?}",
+        reads[&1]
+    );
+}
+
+#[test]
+fn transfer_requested_at_a_follower_moves_leadership_to_the_requested_node() {
+    let mut nw = Network::new(&[1, 2, 3]);
+    elect(&mut nw, 1);
+    nw.propose(1, b"x").unwrap();
+    // Asked at follower 2, which relays the request to leader 1.
+    nw.peer_mut(2).transfer_leader(3);
+    nw.send(Vec::new());
+    assert_eq!(nw.leader(), Some(3), "leadership went to the relay instead");
+}
+
+#[test]
+fn ack_at_the_match_point_of_a_probing_follower_resumes_replication() {
+    let mut nw = Network::new(&[1, 2, 3]);
+    elect(&mut nw, 1);
+    nw.propose(1, b"x").unwrap();
+    let last = last_index(&nw, 1);
+    assert_eq!(progress(&nw, 1, 2).matched, last);
+
+    // 2 goes back to probing although it holds everything.
+    nw.peer_mut(1).report_unreachable(2);
+    assert_eq!(progress(&nw, 1, 2).state, ProgressState::Probe);
+    // A heartbeat response makes the leader probe with an empty append at `last`,
+    // which 2 acknowledges with index == matched.
+    nw.peer_mut(1).tick();
+    let beats = only(&flush(&mut nw, 1), 2, MessageType::Heartbeat);
+    let resp = hop(&mut nw, beats);
+    let probe = only(&hop(&mut nw, resp), 2, MessageType::Append);
+    assert_eq!(probe.len(), 1);
+    assert!(probe[0].entries.is_empty());
+    let ack = hop(&mut nw, probe);
+    assert_eq!(ack[0].index, last);
+    hop(&mut nw, ack);
+
+    // As in etcd, the ack answers the probe: replication resumes at once.
+    assert_eq!(progress(&nw, 1, 2).state, ProgressState::Replicate);
+    nw.peer_mut(1).propose(b"y".to_vec()).unwrap();
+    assert_eq!(only(&flush(&mut nw, 1), 2, MessageType::Append).len(), 1);
+}

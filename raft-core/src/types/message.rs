@@ -124,6 +124,18 @@ impl MessageType {
         )
     }
 
+    /// Whether a node may relay this message on behalf of another: a follower passes
+    /// proposals, read requests and leadership-transfer requests on to its leader with
+    /// `from` left as the node that asked (as etcd does), so the leader answers a read
+    /// to the asker and hands leadership to the requested node. A transport that checks
+    /// `from` against the connection's peer must accept any member as `from` for these.
+    pub fn is_relayable(self) -> bool {
+        matches!(
+            self,
+            MessageType::Propose | MessageType::ReadIndex | MessageType::TransferLeader
+        )
+    }
+
     /// The response type that answers a (pre-)vote request.
     pub fn vote_response(self) -> MessageType {
         match self {

@@ -111,7 +111,9 @@ fn refusal(inner: &Inner, hello: &Hello) -> Option<String> {
 // Checks that a message's head matches the connection it came on.
 fn check_route(inner: &Inner, payload: &[u8], peer: u64, snapshot: bool) -> Result<(), Closed> {
     let route = route_of(payload).ok_or_else(|| Closed::Protocol("undecodable message".into()))?;
-    if route.from != peer {
+    // A relayed request (proposal, read, leadership transfer) keeps the node that
+    // asked as its sender; every other message must come from the connection's peer.
+    if route.from != peer && !route.msg_type.is_relayable() {
         return Err(Closed::Protocol(format!(
             "message from node {} on node {peer}'s connection",
             route.from

@@ -488,8 +488,11 @@ impl Transport for TcpTransport {
         let inner = &self.inner;
         // What the receiver would refuse (closing the whole connection) is refused
         // here instead.
-        let ok_route = route::route_of(&bytes)
-            .is_some_and(|r| r.from == from && r.to == to && r.msg_type != MessageType::Snapshot);
+        let ok_route = route::route_of(&bytes).is_some_and(|r| {
+            (r.from == from || r.msg_type.is_relayable())
+                && r.to == to
+                && r.msg_type != MessageType::Snapshot
+        });
         if from != inner.id || !ok_route || bytes.len() > inner.config.max_frame_bytes as usize {
             log::warn!(
                 "node {}: not sending a {}-byte message from {from} to {to}: not a message \
