@@ -704,6 +704,11 @@ impl RaftStage {
         // Bounded by the in-flight limit: each turn hands out at most that many.
         while st.inflight_readies < self.max_inflight_readies && self.raw.has_ready() {
             let rd = self.raw.ready();
+            // `ready` cannot return an error: one it hit (committed entries the log
+            // cannot read back) is kept by raft-core, which hands out nothing more.
+            if let Some(e) = self.raw.fatal_error() {
+                return Err(Fatal::here(FatalKind::Raft, e.to_string()).into());
+            }
             self.handle_ready(st, rd)?;
         }
         Ok(())
