@@ -312,12 +312,20 @@ fn a_panic_in_the_snapshot_sender_stops_the_node() {
     );
     let leader = c.wait_leader(WAIT).expect("a leader");
     let lagging = ids.iter().copied().find(|&i| i != leader).unwrap();
-    c.stop(lagging).unwrap();
     let db = c.db(leader).unwrap();
+    // Applied on the leader, so in its log after its own first entry of the term; it
+    // proposes nothing more until the writes below, so the lagging follower stops with
+    // at most `held` entries.
+    db.put(b"before", b"stop").unwrap();
+    let held = db.status().last_index;
+    c.stop(lagging).unwrap();
     for i in 0..100 {
         db.put(&key(i), &value(i)).unwrap();
     }
-    wait_until(WAIT, || (db.status().first_index > 30).then_some(()))
+    // Past the follower's log, so only a snapshot can catch it up. Not a fixed index:
+    // snapshots are written at a low priority, so on a busy machine they fall behind
+    // the writes, and with three kept the compaction point trails by two of them.
+    wait_until(WAIT, || (db.status().first_index > held + 1).then_some(()))
         .expect("the leader compacted its log");
     // The lagging follower comes back and can only catch up from a snapshot.
     let sender = arm("snapshotBeforeSend", leader);
