@@ -161,8 +161,12 @@ impl ApplyStage {
         Error::Stopped(self.shared.await_stop_reason())
     }
 
-    // The next task. Meanwhile it finishes a snapshot whose thread is done; bounded:
-    // that branch clears `saving`, so the loop turns at most twice.
+    // The next task. Meanwhile it finishes a snapshot whose thread is done, and starts
+    // the next one if that is due already: entries applied while the thread wrote were
+    // not snapshotted, and when the writes stopped meanwhile no task comes to start it,
+    // so the log would stay uncompacted until the next write. Bounded: a snapshot
+    // started here is as of everything applied, so the one after it is not due before
+    // more entries (a task) arrive; the loop turns at most three times.
     fn next_task(&mut self) -> Option<ApplyTask> {
         loop {
             let Some(done) = self.saving.as_ref().map(|s| s.done.clone()) else {
@@ -174,6 +178,10 @@ impl ApplyStage {
                     let saved = saved.unwrap_or_else(|_| Err(self.saver_vanished()));
                     if let Some(saving) = self.saving.take() {
                         self.finish_saving(saving, saved);
+                    }
+                    // A stopping node starts no new work.
+                    if !self.shared.is_stopped() {
+                        self.maybe_snapshot();
                     }
                 }
             }

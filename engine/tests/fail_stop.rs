@@ -258,6 +258,45 @@ fn a_panic_in_the_snapshot_saver_stops_the_node() {
     assert_failed_as_a_whole(&db, "snapshotBeforeSave", "keel-snapsave-4", written);
 }
 
+/// Not a failure: a snapshot that is still being written when the writes stop. The
+/// entries applied meanwhile are due for the next snapshot, which is taken once the
+/// first is done, not only when another write comes (an idle node's log stayed
+/// uncompacted; the sender test below waited on that compaction).
+#[test]
+fn a_snapshot_due_while_one_was_written_follows_it_without_new_writes() {
+    let id = 8;
+    let (_dir, db) = single_node(id, |c| {
+        c.snapshot_every = 10;
+        c.snapshot_log_percent = 0;
+    });
+    let saver = arm("snapshotBeforeSave", id);
+    for i in 0..12 {
+        db.put(&key(i), &value(i)).unwrap();
+    }
+    saver.wait_reached();
+    // Due again while the first is held; then no more writes.
+    for i in 12..30 {
+        db.put(&key(i), &value(i)).unwrap();
+    }
+    let applied = db.status().applied_index;
+    assert!(
+        applied >= db.status().snapshot_index + 10,
+        "{:?}",
+        db.status()
+    );
+    saver.release(false);
+    let caught_up = wait_until(WAIT, || {
+        let st = db.status();
+        (st.snapshot_index >= applied).then_some(())
+    });
+    assert!(
+        caught_up.is_some(),
+        "no snapshot at {applied}: {:?}",
+        db.status()
+    );
+    db.close().unwrap();
+}
+
 #[test]
 fn a_panic_in_the_snapshot_sender_stops_the_node() {
     let ids = vec![5, 6, 7];
@@ -273,12 +312,20 @@ fn a_panic_in_the_snapshot_sender_stops_the_node() {
     );
     let leader = c.wait_leader(WAIT).expect("a leader");
     let lagging = ids.iter().copied().find(|&i| i != leader).unwrap();
-    c.stop(lagging).unwrap();
     let db = c.db(leader).unwrap();
+    // Applied on the leader, so in its log after its own first entry of the term; it
+    // proposes nothing more until the writes below, so the lagging follower stops with
+    // at most `held` entries.
+    db.put(b"before", b"stop").unwrap();
+    let held = db.status().last_index;
+    c.stop(lagging).unwrap();
     for i in 0..100 {
         db.put(&key(i), &value(i)).unwrap();
     }
-    wait_until(WAIT, || (db.status().first_index > 30).then_some(()))
+    // Past the follower's log, so only a snapshot can catch it up. Not a fixed index:
+    // snapshots are written at a low priority, so on a busy machine they fall behind
+    // the writes, and with three kept the compaction point trails by two of them.
+    wait_until(WAIT, || (db.status().first_index > held + 1).then_some(()))
         .expect("the leader compacted its log");
     // The lagging follower comes back and can only catch up from a snapshot.
     let sender = arm("snapshotBeforeSend", leader);
