@@ -129,6 +129,21 @@ fn a_write_over_the_request_queue_byte_budget_is_refused_busy_at_once() {
     db.close().unwrap();
 }
 
+/// Makes sure node 3 (observed by `gate`) is a follower, then holds its raft stage in
+/// the gate, inside a membership change the leader made. Returns the leader.
+fn hold_node_3(c: &Cluster, gate: &Gate) -> u64 {
+    if c.wait_leader() == 3 {
+        c.db(3).transfer_leadership(1).unwrap();
+    }
+    let leader = c.wait_leader();
+    c.db(leader).put(b"warm", b"up").unwrap();
+    c.wait_converged();
+    gate.arm();
+    c.db(leader).change_membership(add_learner(9)).unwrap();
+    gate.wait_entered();
+    leader
+}
+
 fn inbox_gate() -> &'static Arc<Gate> {
     static GATE: OnceLock<Arc<Gate>> = OnceLock::new();
     GATE.get_or_init(Gate::new)
@@ -146,17 +161,7 @@ fn an_inbox_over_its_byte_budget_drops_and_the_node_catches_up_later() {
         }
         cfg
     });
-    let leader = c.wait_leader();
-    if leader == 3 {
-        c.db(3).transfer_leadership(1).unwrap();
-    }
-    let leader = c.wait_leader();
-    c.db(leader).put(b"warm", b"up").unwrap();
-    c.wait_converged();
-
-    inbox_gate().arm();
-    c.db(leader).change_membership(add_learner(9)).unwrap();
-    inbox_gate().wait_entered();
+    let leader = hold_node_3(&c, inbox_gate());
     // Node 3 is stalled; its inbox fills by bytes long before its 4096 slots.
     let value = vec![1u8; 3 << 10];
     for i in 0..40 {
@@ -314,19 +319,9 @@ fn writes_queued_at_a_follower_are_forwarded_in_messages_the_transport_carries()
         }
         cfg
     });
-    let leader = c.wait_leader();
-    if leader == 3 {
-        c.db(3).transfer_leadership(1).unwrap();
-    }
-    let leader = c.wait_leader();
-    c.db(leader).put(b"warm", b"up").unwrap();
-    c.wait_converged();
-
     // Hold node 3's raft stage so that the writes below queue up behind it and are
     // taken in one turn: 24 writes of 60 KiB, about six times one message's worth.
-    forward_gate().arm();
-    c.db(leader).change_membership(add_learner(9)).unwrap();
-    forward_gate().wait_entered();
+    hold_node_3(&c, forward_gate());
     let value = vec![5u8; 60 << 10];
     let writers: Vec<_> = (0..24)
         .map(|i| {
