@@ -583,7 +583,7 @@ fn config_and_layout() {
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
         .collect();
     names.sort();
-    assert_eq!(names, ["rocksdb", "snap"]);
+    assert_eq!(names, ["LOCK", "rocksdb", "snap"]);
     assert!(dir.path().join("rocksdb/sm/CURRENT").exists());
     assert!(dir.path().join("rocksdb/CURRENT").exists());
 }
