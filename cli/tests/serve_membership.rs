@@ -28,16 +28,7 @@ fn grow_promote_transfer_remove_the_leader_and_shrink() {
     let follower = (1..=3).find(|&i| i != leader).expect("follower");
 
     // Node 4 starts in join mode: no voters, no leader, it never campaigns.
-    let ports = free_ports(2);
-    let client4 = SocketAddr::from(([127, 0, 0, 1], ports[0]));
-    let peer4 = format!("127.0.0.1:{}", ports[1]);
-    let peers: Vec<String> = (1..=3)
-        .map(|i| format!("{i}=127.0.0.1:{}", c.peer_ports[i - 1]))
-        .chain([format!("4={peer4}")])
-        .collect();
-    let args = node::serve_args(c.dir.path(), 4, &peers.join(","), client4, &["--join"]);
-    let n4 = NodeProc::start(4, client4, args, &c.dir.path().join("n4.log"));
-    wait_for("node 4 up", || n4.status());
+    let (n4, peer4) = start_joining_node_4(&c, &[]);
     std::thread::sleep(std::time::Duration::from_secs(2));
     let st = n4.status().expect("status");
     assert_eq!(st["voters"], json!([]), "{st}");
@@ -189,6 +180,24 @@ const SNAPSHOT_OFTEN: [&str; 6] = [
     "0",
 ];
 
+/// Starts node 4 with `--join` (no voters, never campaigns) and `extra` flags; its
+/// `--peers` names nodes 1-3 and itself. Returns it and its peer address.
+fn start_joining_node_4(c: &Cluster, extra: &[&str]) -> (NodeProc, String) {
+    let ports = free_ports(2);
+    let client4 = SocketAddr::from(([127, 0, 0, 1], ports[0]));
+    let peer4 = format!("127.0.0.1:{}", ports[1]);
+    let peers: Vec<String> = (1..=3)
+        .map(|i| format!("{i}=127.0.0.1:{}", c.peer_ports[i - 1]))
+        .chain([format!("4={peer4}")])
+        .collect();
+    let mut flags = vec!["--join"];
+    flags.extend(extra);
+    let args = node::serve_args(c.dir.path(), 4, &peers.join(","), client4, &flags);
+    let n4 = NodeProc::start(4, client4, args, &c.dir.path().join("n4.log"));
+    wait_for("node 4 up", || n4.status());
+    (n4, peer4)
+}
+
 fn u64_of(st: &Value, field: &str) -> u64 {
     st[field].as_u64().unwrap_or(0)
 }
@@ -265,18 +274,7 @@ fn a_member_added_at_runtime_survives_snapshots_and_restarts_of_every_original_n
 
     // Node 4 joins; only it and the API call know its address (the others' --peers
     // name nodes 1-3 only).
-    let ports = free_ports(2);
-    let client4 = SocketAddr::from(([127, 0, 0, 1], ports[0]));
-    let peer4 = format!("127.0.0.1:{}", ports[1]);
-    let peers: Vec<String> = (1..=3)
-        .map(|i| format!("{i}=127.0.0.1:{}", c.peer_ports[i - 1]))
-        .chain([format!("4={peer4}")])
-        .collect();
-    let mut extra = vec!["--join"];
-    extra.extend(SNAPSHOT_OFTEN);
-    let args = node::serve_args(c.dir.path(), 4, &peers.join(","), client4, &extra);
-    let n4 = NodeProc::start(4, client4, args, &c.dir.path().join("n4.log"));
-    wait_for("node 4 up", || n4.status());
+    let (n4, peer4) = start_joining_node_4(&c, &SNAPSHOT_OFTEN);
     let a = post(
         c.node(leader),
         "/cluster/members",

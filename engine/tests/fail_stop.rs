@@ -193,6 +193,21 @@ fn single_node(id: u64, tweak: impl FnOnce(&mut Config)) -> (tempfile::TempDir, 
     (dir, db)
 }
 
+/// A single node `id` (a snapshot every 10 entries) whose first snapshot's saver thread
+/// is held at `snapshotBeforeSave`: the gate holding it.
+fn saving_first_snapshot(id: u64) -> (tempfile::TempDir, Db, Arc<Gate>) {
+    let (dir, db) = single_node(id, |c| {
+        c.snapshot_every = 10;
+        c.snapshot_log_percent = 0;
+    });
+    let saver = arm("snapshotBeforeSave", id);
+    for i in 0..12 {
+        db.put(&key(i), &value(i)).unwrap();
+    }
+    saver.wait_reached();
+    (dir, db, saver)
+}
+
 // A write started in the background; its outcome once the node stopped.
 fn put_in_background(db: &Db, k: &[u8]) -> std::thread::JoinHandle<keel::Result<()>> {
     let (db, k) = (db.clone(), k.to_vec());
@@ -238,15 +253,7 @@ fn a_panic_in_the_apply_stage_stops_the_node() {
 #[test]
 fn a_panic_in_the_snapshot_saver_stops_the_node() {
     let id = 4;
-    let (_dir, db) = single_node(id, |c| {
-        c.snapshot_every = 10;
-        c.snapshot_log_percent = 0;
-    });
-    let saver = arm("snapshotBeforeSave", id);
-    for i in 0..12 {
-        db.put(&key(i), &value(i)).unwrap();
-    }
-    saver.wait_reached();
+    let (_dir, db, saver) = saving_first_snapshot(id);
     // Hold the apply stage so that a write is surely waiting when the saver dies.
     let apply = arm("applyBeforeEntries", id);
     let write = put_in_background(&db, b"doomed");
@@ -265,15 +272,7 @@ fn a_panic_in_the_snapshot_saver_stops_the_node() {
 #[test]
 fn a_snapshot_due_while_one_was_written_follows_it_without_new_writes() {
     let id = 8;
-    let (_dir, db) = single_node(id, |c| {
-        c.snapshot_every = 10;
-        c.snapshot_log_percent = 0;
-    });
-    let saver = arm("snapshotBeforeSave", id);
-    for i in 0..12 {
-        db.put(&key(i), &value(i)).unwrap();
-    }
-    saver.wait_reached();
+    let (_dir, db, saver) = saving_first_snapshot(id);
     // Due again while the first is held; then no more writes.
     for i in 12..30 {
         db.put(&key(i), &value(i)).unwrap();
