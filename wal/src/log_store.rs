@@ -35,7 +35,7 @@ pub enum LogError {
     Backend(String),
 }
 
-/// One atomic unit of log mutation, written and (if asked) synced as a whole.
+/// One atomic unit of log mutation, written (and, if durable, synced) as a whole.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LogBatch {
     /// Entries to append; the first may be at or below the last index, in which case the
@@ -57,12 +57,26 @@ impl LogBatch {
 
 /// A durable Raft log. Every method takes `&self` so concurrent writers can be merged
 /// by the implementation (group commit); implementations are `Send + Sync`.
+///
+/// Whether a write is synced is the store's decision alone: it is opened with a
+/// [`SyncPolicy`](crate::SyncPolicy), and callers only mark the writes that must be
+/// durable before they are acknowledged.
 pub trait LogStore: Send + Sync {
-    /// Writes `batch`; with `sync` it returns only once the batch is durable.
-    /// Returns the highest index durable after the call.
-    fn write(&self, batch: &LogBatch, sync: bool) -> Result<u64, LogError>;
-    /// Forces everything written so far to stable storage.
+    /// Writes `batch`. With `durable`, the batch and everything written before it are
+    /// made durable as the store's sync policy says before the call returns: under
+    /// `SyncPolicy::Always` they are synced (sharing one sync with concurrent durable
+    /// writes), under `SyncPolicy::Never` they are not. An empty durable batch makes
+    /// what was written before durable the same way. Returns the highest index
+    /// durable after the call.
+    fn write(&self, batch: &LogBatch, durable: bool) -> Result<u64, LogError>;
+    /// Forces everything written so far to stable storage, whatever the sync policy
+    /// (for a clean close and for tools). Does nothing when nothing written is
+    /// unsynced, so a sync right after a synced durable write costs no fdatasync.
     fn sync(&self) -> Result<(), LogError>;
+    /// How many times the store synced (fdatasync or the backend's equivalent) since
+    /// it was opened, for whatever reason. Lets a caller tell whether a write it timed
+    /// really synced.
+    fn syncs(&self) -> u64;
     /// The highest index known durable (written and synced, along with every index
     /// before it). Replacing or truncating a suffix lowers it to just below the change
     /// until the next sync makes the change durable.

@@ -1,17 +1,21 @@
 //! [`MemLogStore`]: a [`LogStore`] held entirely in memory, for tests and as the model
 //! the WAL is checked against.
 
+use std::time::Instant;
+
 use parking_lot::RwLock;
 use raft_core::{Entry, HardState, SnapshotMetadata};
 
 use crate::log_index::{Durability, LogIndex};
-use crate::{LogBatch, LogError, LogStore};
+use crate::{LogBatch, LogError, LogStore, SyncPolicy};
 
-/// An in-memory [`LogStore`] with the same Raft semantics as the WAL. "Durable" is
-/// simulated: a write is durable once written with `sync` or followed by
-/// [`LogStore::sync`], so callers can test their handling of `durable_index`.
+/// An in-memory [`LogStore`] with the same Raft semantics as the WAL. "Durable" and
+/// "synced" are simulated with the same rules as the WAL's: a write is durable once a
+/// durable write the [`SyncPolicy`] syncs or a [`LogStore::sync`] follows it, so
+/// callers can test their handling of `durable_index` and of the policy.
 #[derive(Debug, Default)]
 pub struct MemLogStore {
+    sync_policy: SyncPolicy,
     state: RwLock<MemState>,
 }
 
@@ -21,12 +25,28 @@ struct MemState {
     hard_state: HardState,
     snapshot: Option<SnapshotMetadata>,
     durability: Durability,
+    /// Whether something was written since the last (simulated) sync.
+    unsynced: bool,
+    syncs: u64,
+    last_sync: Option<Instant>,
 }
 
 impl MemLogStore {
-    /// An empty log (first index 1, last index 0).
+    /// An empty log (first index 1, last index 0) under [`SyncPolicy::Always`].
     pub fn new() -> MemLogStore {
         MemLogStore::default()
+    }
+
+    /// An empty log whose durable writes follow `sync_policy`.
+    pub fn with_sync_policy(sync_policy: SyncPolicy) -> MemLogStore {
+        MemLogStore {
+            sync_policy,
+            // As the WAL's: `EveryMs` counts from the open.
+            state: RwLock::new(MemState {
+                last_sync: Some(Instant::now()),
+                ..MemState::default()
+            }),
+        }
     }
 }
 
@@ -56,26 +76,40 @@ impl MemState {
         if let Some(hs) = batch.hard_state {
             self.hard_state = hs;
         }
+        self.unsynced |= !batch.is_empty();
         Ok(())
+    }
+
+    /// A simulated sync: everything written becomes durable. Counted only if something
+    /// was unsynced, as the WAL counts only real fdatasyncs.
+    fn sync(&mut self) {
+        if self.unsynced {
+            self.unsynced = false;
+            self.syncs += 1;
+            self.last_sync = Some(Instant::now());
+        }
+        let last = self.log.last_index();
+        self.durability.synced(last);
     }
 }
 
 impl LogStore for MemLogStore {
-    fn write(&self, batch: &LogBatch, sync: bool) -> Result<u64, LogError> {
+    fn write(&self, batch: &LogBatch, durable: bool) -> Result<u64, LogError> {
         let mut s = self.state.write();
         s.apply(batch)?;
-        if sync {
-            let last = s.log.last_index();
-            s.durability.synced(last);
+        if durable && self.sync_policy.syncs_now(s.last_sync) {
+            s.sync();
         }
         Ok(s.durability.get())
     }
 
     fn sync(&self) -> Result<(), LogError> {
-        let mut s = self.state.write();
-        let last = s.log.last_index();
-        s.durability.synced(last);
+        self.state.write().sync();
         Ok(())
+    }
+
+    fn syncs(&self) -> u64 {
+        self.state.read().syncs
     }
 
     fn durable_index(&self) -> u64 {
@@ -87,6 +121,7 @@ impl LogStore for MemLogStore {
         if s.log.check_truncate(index)? {
             s.log.truncate_from(index);
             s.durability.invalidate_from(index);
+            s.unsynced = true;
         }
         Ok(())
     }
@@ -95,6 +130,7 @@ impl LogStore for MemLogStore {
         let mut s = self.state.write();
         if let Some(term) = s.log.check_compact(index)? {
             s.log.compact_to(index, Some(term));
+            s.unsynced = true;
         }
         Ok(())
     }

@@ -1,21 +1,46 @@
-//! How a [`Wal`](crate::Wal) is configured.
+//! How a log store is configured: the [`SyncPolicy`] every store is opened with, and
+//! the [`WalOptions`] of the segmented WAL.
 
-/// When a write asked to be synced is actually fdatasync'ed.
+use std::time::Instant;
+
+/// Whether a `durable` write ([`LogStore::write`](crate::LogStore::write) with
+/// `durable = true`) is synced before it returns. Every store is opened with one, and
+/// the store alone applies it: callers only say which writes must be durable before
+/// they acknowledge them, never whether that means an fdatasync.
+///
+/// Whatever the policy, [`LogStore::sync`](crate::LogStore::sync) syncs (it is for a
+/// clean close and for tools), and the WAL syncs on its own where its format needs it
+/// (at segment rotation, before deleting compacted segments, and what it recovered at
+/// open).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum SyncPolicy {
-    /// Every group containing a write with `sync = true` is synced before any of its
-    /// writers returns. The only policy under which `sync = true` means durable.
+    /// A durable write returns only once it (and everything before it) is synced;
+    /// concurrent durable writes share one sync. The only policy under which a durable
+    /// write is durable when it returns.
     #[default]
     Always,
-    /// A group containing a write with `sync = true` is synced only if at least this
-    /// many milliseconds passed since the last sync; otherwise the write returns
-    /// unsynced (the returned durable index says so). Data written during a quiet
-    /// period stays unsynced until the next write or an explicit `sync()`: the log
-    /// runs no timer thread.
+    /// A durable write is synced only if at least this many milliseconds passed since
+    /// the last sync; otherwise it returns unsynced (the returned durable index says
+    /// so). Data written during a quiet period stays unsynced until the next durable
+    /// write or an explicit `sync()`: the store runs no timer thread.
     EveryMs(u64),
-    /// Writes are never synced, only explicit `sync()`, compaction and segment
-    /// rotation sync. For benchmarks and throwaway logs.
+    /// Durable writes are not synced: they return as soon as they are written, and a
+    /// crash may lose them. For benchmarks and throwaway logs.
     Never,
+}
+
+impl SyncPolicy {
+    /// Whether a durable write arriving now is synced, given when the store last
+    /// synced (`None`: never since it was opened). The one place every store asks.
+    pub(crate) fn syncs_now(self, last_sync: Option<Instant>) -> bool {
+        match self {
+            SyncPolicy::Always => true,
+            SyncPolicy::EveryMs(ms) => {
+                last_sync.is_none_or(|t| t.elapsed().as_millis() >= u128::from(ms))
+            }
+            SyncPolicy::Never => false,
+        }
+    }
 }
 
 /// What to do about damage found when opening a log.
@@ -42,7 +67,7 @@ pub struct WalOptions {
     /// rotated when the next batch would not fit (a single larger batch gets a segment
     /// of its own, grown past this size).
     pub segment_size_bytes: u64,
-    /// When syncs happen.
+    /// Whether durable writes are synced.
     pub sync_policy: SyncPolicy,
     /// How damage found at open is handled.
     pub recovery_mode: RecoveryMode,

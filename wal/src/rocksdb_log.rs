@@ -6,20 +6,21 @@
 //! [`LogBatch`] becomes one `WriteBatch`, so a batch is applied entirely or not at all.
 //!
 //! Group commit: batches are written to RocksDB (unsynced) in the order they arrive,
-//! under the state lock, which keeps RocksDB's log order equal to ours. Writers that
-//! asked for durability then meet at a sync point: the first becomes the sync leader,
+//! under the state lock, which keeps RocksDB's log order equal to ours. Durable writes
+//! the [`SyncPolicy`] syncs then meet at a sync point: the first becomes the sync leader,
 //! syncs RocksDB's WAL once for everything written so far, and wakes the others. This is
 //! the same leader/follower scheme as the segmented WAL's write barrier; RocksDB's own
 //! write groups cannot be used for it because they would reorder our batches.
 
 use std::path::Path;
+use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex, RwLock};
 use raft_core::{codec, Entry, HardState, SnapshotMetadata};
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
 use crate::log_index::{Durability, LogIndex};
-use crate::{LogBatch, LogError, LogStore};
+use crate::{LogBatch, LogError, LogStore, SyncPolicy};
 
 const CF_ENTRIES: &str = "entries";
 const CF_META: &str = "meta";
@@ -30,6 +31,7 @@ const KEY_BASE: &[u8] = b"base";
 /// A [`LogStore`] on RocksDB.
 pub struct RocksLogStore {
     db: DB,
+    sync_policy: SyncPolicy,
     state: RwLock<RocksState>,
     sync: Mutex<SyncPoint>,
     synced: Condvar,
@@ -55,6 +57,8 @@ struct SyncPoint {
     failed: bool,
     // `flush_wal(true)` calls made by writers since open (for benchmarks).
     syncs: u64,
+    // When the last of them finished (`EveryMs` counts from it; from the open before).
+    last_sync: Option<Instant>,
 }
 
 fn key(index: u64) -> [u8; 8] {
@@ -96,10 +100,19 @@ pub fn has_rocksdb_files(path: &Path) -> std::io::Result<bool> {
 }
 
 impl RocksLogStore {
-    /// Opens (or creates) the log in directory `path`, recovering its index. A
-    /// directory with RocksDB files but no `CURRENT` file is refused as corrupt rather
-    /// than silently replaced by an empty log.
+    /// Opens (or creates) the log in directory `path`, recovering its index, with
+    /// durable writes synced ([`SyncPolicy::Always`]). A directory with RocksDB files
+    /// but no `CURRENT` file is refused as corrupt rather than silently replaced by an
+    /// empty log.
     pub fn open(path: impl AsRef<Path>) -> Result<RocksLogStore, LogError> {
+        RocksLogStore::open_with_sync_policy(path, SyncPolicy::Always)
+    }
+
+    /// [`open`](Self::open), with durable writes synced as `sync_policy` says.
+    pub fn open_with_sync_policy(
+        path: impl AsRef<Path>,
+        sync_policy: SyncPolicy,
+    ) -> Result<RocksLogStore, LogError> {
         let path = path.as_ref();
         if !path.join("CURRENT").exists() && has_rocksdb_files(path)? {
             return Err(LogError::Corrupt(format!(
@@ -125,8 +138,12 @@ impl RocksLogStore {
         let state = recover(&db)?;
         Ok(RocksLogStore {
             db,
+            sync_policy,
             state: RwLock::new(state),
-            sync: Mutex::new(SyncPoint::default()),
+            sync: Mutex::new(SyncPoint {
+                last_sync: Some(Instant::now()),
+                ..SyncPoint::default()
+            }),
             synced: Condvar::new(),
         })
     }
@@ -157,6 +174,12 @@ impl RocksLogStore {
         }
         st.written_seq += 1;
         Ok(st.written_seq)
+    }
+
+    /// Whether a durable write arriving now is synced, per the store's policy.
+    fn syncs_now(&self) -> bool {
+        let last_sync = self.sync.lock().last_sync;
+        self.sync_policy.syncs_now(last_sync)
     }
 
     /// Waits until batch `seq` is synced, syncing once for everyone who is waiting.
@@ -199,6 +222,7 @@ impl RocksLogStore {
             sp = self.sync.lock();
             sp.syncing = false;
             sp.syncs += 1;
+            sp.last_sync = Some(Instant::now());
             match result {
                 Ok(()) => sp.synced_seq = sp.synced_seq.max(target_seq),
                 Err(_) => sp.failed = true,
@@ -300,7 +324,7 @@ fn recover(db: &DB) -> Result<RocksState, LogError> {
 }
 
 impl LogStore for RocksLogStore {
-    fn write(&self, batch: &LogBatch, sync: bool) -> Result<u64, LogError> {
+    fn write(&self, batch: &LogBatch, durable: bool) -> Result<u64, LogError> {
         let entries_cf = self.cf(CF_ENTRIES)?;
         let meta_cf = self.cf(CF_META)?;
         let seq = {
@@ -366,7 +390,7 @@ impl LogStore for RocksLogStore {
             }
             seq
         };
-        if sync {
+        if durable && self.syncs_now() {
             self.sync_to(seq)?;
         }
         Ok(self.durable_index())
@@ -377,6 +401,10 @@ impl LogStore for RocksLogStore {
         // (`seq.max(1)` here used to wait forever for a batch that was never written.)
         let seq = self.state.read().written_seq;
         self.sync_to(seq)
+    }
+
+    fn syncs(&self) -> u64 {
+        self.sync.lock().syncs
     }
 
     fn durable_index(&self) -> u64 {

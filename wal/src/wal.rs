@@ -2,10 +2,13 @@
 //!
 //! Writes go through the [`WriteBarrier`]: each caller encodes its own batch (in
 //! parallel), then the group leader frames every queued batch into one buffer, writes
-//! it with one `write_at` and issues one `fdatasync` for the group. The in-memory index
-//! (index → segment, offset, length, CRC) is updated under the state lock together
-//! with the write, so readers never see an index entry whose bytes are not written;
-//! the sync happens after the lock is released, so reads never wait for a sync.
+//! it with one `write_at` and issues at most one `fdatasync` for the group: only if the
+//! group holds a durable write the [`SyncPolicy`](crate::SyncPolicy) syncs, an explicit
+//! `sync()` or a compaction, and only if the active segment holds unsynced bytes. The
+//! in-memory index (index → segment, offset, length, CRC) is updated under the state
+//! lock together with the write, so readers never see an index entry whose bytes are
+//! not written; the sync happens after the lock is released, so reads never wait for
+//! a sync.
 //!
 //! Lock order: barrier (leadership) → `writer` → `state`. Readers take only `state`.
 
@@ -19,7 +22,7 @@ use raft_core::{codec, Entry, HardState, SnapshotMetadata};
 
 use crate::fs::FileSystem;
 use crate::log_index::{Durability, LogIndex};
-use crate::options::{SyncPolicy, WalOptions};
+use crate::options::WalOptions;
 use crate::prealloc::{create_allocated, Preallocator, Prepared};
 use crate::record::{
     encode_entries_payload, encode_small_payload, frame_bytes, push_frame, EntrySpan, FrameAt,
@@ -110,10 +113,14 @@ fn conf_len(m: &SnapshotMetadata) -> usize {
 enum Op {
     Batch {
         batch: Box<PreparedBatch>,
-        sync: bool,
+        durable: bool,
     },
+    /// A durable write of an empty batch: what was written before becomes durable as
+    /// the sync policy says.
+    Durable,
     Truncate(u64),
     Compact(u64),
+    /// An explicit `sync()`: synced whatever the policy.
     Sync,
 }
 
@@ -128,7 +135,8 @@ struct Writer {
     /// Where the active segment's first batch after its preamble starts; a segment is
     /// never rotated before holding at least one batch.
     data_start: u64,
-    /// How far the active segment is known synced.
+    /// How far the active segment is known synced (every earlier segment is synced
+    /// whole); at most `offset`.
     synced_offset: u64,
     next_seq: u64,
     buf: Vec<u8>,
@@ -336,14 +344,14 @@ impl Wal {
         self.inner.poisoned.load(Ordering::Acquire)
     }
 
-    /// Syncs and closes the log.
+    /// Syncs (if anything written is unsynced) and closes the log.
     pub fn close(self) -> Result<(), LogError> {
         self.sync()
     }
 
     /// [`LogStore::write`] for concurrent appenders that assign indexes themselves:
     /// `queued` is called once the batch has its place in the write queue, before the
-    /// call waits for the batch to be written (and synced). Batches are staged in queue
+    /// call waits for the batch to be written (and, if durable, synced). Batches are staged in queue
     /// order, so a caller that picks its batch's indexes under a lock and releases that
     /// lock in `queued` (e.g. `move || drop(guard)`) has its batches applied in index
     /// order while still sharing writes and syncs with the other appenders. `queued` is
@@ -351,7 +359,7 @@ impl Wal {
     pub fn write_queued(
         &self,
         batch: &LogBatch,
-        sync: bool,
+        durable: bool,
         queued: impl FnOnce(),
     ) -> Result<u64, LogError> {
         if self.is_poisoned() {
@@ -360,11 +368,11 @@ impl Wal {
         }
         if batch.is_empty() {
             queued();
-            return self.write(batch, sync);
+            return self.write(batch, durable);
         }
         let op = Op::Batch {
             batch: Box::new(PreparedBatch::new(batch)),
-            sync,
+            durable,
         };
         self.inner
             .barrier
@@ -388,7 +396,8 @@ impl Inner {
     }
 
     /// Performs one group: stage (validate, frame, index) every op, write once, sync
-    /// once if anyone needs it, then purge segments if a compaction asked for it.
+    /// once if an op needs it (a durable write the policy syncs, an explicit sync, a
+    /// compaction), then purge segments if a compaction asked for it.
     fn perform_group(&self, ops: Vec<Op>) -> Vec<OpResult> {
         let n = ops.len();
         if self.poisoned.load(Ordering::Acquire) {
@@ -406,7 +415,8 @@ impl Inner {
             let mut failure = None;
             for (i, op) in ops.iter().enumerate() {
                 match op {
-                    Op::Batch { sync, .. } => wants_sync |= *sync,
+                    Op::Batch { durable, .. } => wants_sync |= *durable,
+                    Op::Durable => wants_sync = true,
                     Op::Sync => force_sync = true,
                     Op::Compact(_) | Op::Truncate(_) => {}
                 }
@@ -440,13 +450,7 @@ impl Inner {
             Ordering::Relaxed,
         );
 
-        let policy_sync = match self.opts.sync_policy {
-            SyncPolicy::Always => wants_sync,
-            SyncPolicy::EveryMs(ms) => {
-                wants_sync && w.last_sync.elapsed().as_millis() >= u128::from(ms)
-            }
-            SyncPolicy::Never => false,
-        };
+        let policy_sync = wants_sync && self.opts.sync_policy.syncs_now(Some(w.last_sync));
         if force_sync || policy_sync {
             if let Err(e) = self.sync_active(&mut w) {
                 return (0..n).map(|_| Err(io_clone(&e))).collect();
@@ -472,10 +476,15 @@ impl Inner {
             .collect()
     }
 
-    /// fdatasync of the active segment; a failure poisons the log (never retried: after
-    /// a failed fsync the kernel may have dropped the dirty pages, so a retry that
-    /// succeeds would claim durability for data that is gone).
+    /// fdatasync of the active segment, unless everything written to it is synced
+    /// already (a second sync of the same bytes is only a cost); a failure poisons the
+    /// log (never retried: after a failed fsync the kernel may have dropped the dirty
+    /// pages, so a retry that succeeds would claim durability for data that is gone).
     fn sync_active(&self, w: &mut Writer) -> std::io::Result<()> {
+        debug_assert!(w.synced_offset <= w.offset, "synced past the write position");
+        if w.synced_offset == w.offset {
+            return Ok(());
+        }
         if let Some(seg) = &w.active {
             if let Err(e) = seg.file.sync_data() {
                 self.poison();
@@ -493,7 +502,7 @@ impl Inner {
     /// Returns whether it was a compaction that changed something.
     fn stage(&self, w: &mut Writer, st: &mut WalState, op: &Op) -> Result<bool, LogError> {
         match op {
-            Op::Sync => Ok(false),
+            Op::Sync | Op::Durable => Ok(false),
             Op::Truncate(index) => {
                 if !st.log.check_truncate(*index)? {
                     return Ok(false);
@@ -827,20 +836,20 @@ impl LogStore for Wal {
         self.inner.writer.lock().prealloc = None;
     }
 
-    fn write(&self, batch: &LogBatch, sync: bool) -> Result<u64, LogError> {
+    fn write(&self, batch: &LogBatch, durable: bool) -> Result<u64, LogError> {
         if self.is_poisoned() {
             return Err(LogError::Poisoned);
         }
         if batch.is_empty() {
-            if sync {
-                self.submit(Op::Sync)?;
+            if durable {
+                return self.submit(Op::Durable);
             }
             return Ok(self.durable_index());
         }
         let prepared = Box::new(PreparedBatch::new(batch));
         self.submit(Op::Batch {
             batch: prepared,
-            sync,
+            durable,
         })
     }
 
@@ -849,6 +858,10 @@ impl LogStore for Wal {
             return Err(LogError::Poisoned);
         }
         self.submit(Op::Sync).map(|_| ())
+    }
+
+    fn syncs(&self) -> u64 {
+        self.inner.syncs.load(Ordering::Relaxed)
     }
 
     fn durable_index(&self) -> u64 {
