@@ -3,7 +3,7 @@
 //! Writes go through the [`WriteBarrier`]: each caller encodes its own batch (in
 //! parallel), then the group leader frames every queued batch into one buffer, writes
 //! it with one `write_at` and issues at most one `fdatasync` for the group: only if the
-//! group holds a durable write the [`SyncPolicy`](crate::SyncPolicy) syncs, an explicit
+//! group holds a durable write the [`SyncPolicy`] syncs, an explicit
 //! `sync()` or a compaction, and only if the active segment holds unsynced bytes. The
 //! in-memory index (index → segment, offset, length, CRC) is updated under the state
 //! lock together with the write, so readers never see an index entry whose bytes are
@@ -22,7 +22,7 @@ use raft_core::{codec, Entry, HardState, SnapshotMetadata};
 
 use crate::fs::FileSystem;
 use crate::log_index::{Durability, LogIndex};
-use crate::options::WalOptions;
+use crate::options::{SyncPolicy, WalOptions};
 use crate::prealloc::{create_allocated, Preallocator, Prepared};
 use crate::record::{
     encode_entries_payload, encode_small_payload, frame_bytes, push_frame, EntrySpan, FrameAt,
@@ -841,7 +841,8 @@ impl LogStore for Wal {
             return Err(LogError::Poisoned);
         }
         if batch.is_empty() {
-            if durable {
+            // Nothing to write: only a policy that may sync has a group to form.
+            if durable && self.inner.opts.sync_policy != SyncPolicy::Never {
                 return self.submit(Op::Durable);
             }
             return Ok(self.durable_index());
