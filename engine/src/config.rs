@@ -77,7 +77,9 @@ pub struct Config {
     /// The state machine.
     pub state_machine: StateMachineKind,
     /// Whether log writes are fsynced before they are acknowledged. Off is only for
-    /// benchmarks and throwaway data: a crash may then lose acknowledged writes.
+    /// benchmarks and throwaway data: a crash may then lose acknowledged writes. The
+    /// log is opened with the matching [`wal::SyncPolicy`] (`Always` or `Never`), and
+    /// only the log acts on it: the node just marks the writes that must be durable.
     pub fsync: bool,
     /// Bytes of a WAL segment file.
     pub wal_segment_size_bytes: u64,
@@ -408,6 +410,15 @@ impl Config {
             pre_vote: true,
             seed: self.seed,
             ..raft_core::Config::new(self.id)
+        }
+    }
+
+    /// The sync policy the log is opened with: the one place the engine acts on `fsync`.
+    pub(crate) fn log_sync_policy(&self) -> wal::SyncPolicy {
+        if self.fsync {
+            wal::SyncPolicy::Always
+        } else {
+            wal::SyncPolicy::Never
         }
     }
 

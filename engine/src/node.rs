@@ -20,7 +20,7 @@ use raft_core::{
     EntryType, HardState, RawNode, StateRole, Storage,
 };
 use snapshot::{LogCache, LogCacheOptions, SnapshotStore, StoreOptions};
-use wal::{LogBatch, LogStore, SyncPolicy, Wal, WalOptions};
+use wal::{LogBatch, LogStore, Wal, WalOptions};
 
 use crate::apply_stage::{snapshot_file_bytes, ApplyStage};
 use crate::config::{Config, LogBackend, StateMachineKind};
@@ -190,11 +190,7 @@ fn open_log(config: &Config) -> Result<Arc<dyn LogStore>> {
         LogBackend::Wal => {
             let opts = WalOptions {
                 segment_size_bytes: config.wal_segment_size_bytes,
-                sync_policy: if config.fsync {
-                    SyncPolicy::Always
-                } else {
-                    SyncPolicy::Never
-                },
+                sync_policy: config.log_sync_policy(),
                 ..WalOptions::default()
             };
             let wal = Wal::open(Arc::clone(&config.fs), config.wal_dir(), opts)?;
@@ -202,7 +198,10 @@ fn open_log(config: &Config) -> Result<Arc<dyn LogStore>> {
         }
         #[cfg(feature = "rocksdb")]
         LogBackend::RocksDb => {
-            let log = wal::RocksLogStore::open(config.data_dir.join("rocksdb"))?;
+            let log = wal::RocksLogStore::open_with_sync_policy(
+                config.data_dir.join("rocksdb"),
+                config.log_sync_policy(),
+            )?;
             Ok(Arc::new(log))
         }
     }
@@ -362,7 +361,6 @@ impl Node {
             done: persisted_tx,
             cache: cache.clone(),
             outbox: outbox.clone(),
-            fsync: config.fsync,
             max_batch: inflight,
         };
         let policy = stage_policy(hints);
@@ -580,10 +578,8 @@ fn bootstrap(config: &Config, log: &dyn LogStore) -> Result<()> {
         entries,
         snapshot: None,
     };
+    // Durable (synced if the log's policy syncs): raft counts these entries committed.
     log.write(&batch, true)?;
-    if config.fsync {
-        log.sync()?;
-    }
     Ok(())
 }
 
@@ -691,9 +687,6 @@ fn recover_log(
     }
     if !batch.is_empty() {
         log.write(&batch, true)?;
-        if config.fsync {
-            log.sync()?;
-        }
     }
     if batch.snapshot.is_some() {
         cache.apply_snapshot(meta.clone())?;
