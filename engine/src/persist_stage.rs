@@ -4,8 +4,8 @@
 //! one `LogBatch` (split only where a snapshot marker must come first) and, if any of
 //! them must be durable before it is acted on, makes the writes durable with one
 //! durable write (whether that syncs is the log's sync policy, not this stage's
-//! business), then mirrors the write into the [`LogCache`] (the cache's protocol: log first,
-//! cache second), sends the messages that had to wait for the disk (a follower's acks
+//! business), then mirrors the write into the [`LogCache`] (the cache's protocol: log
+//! first, cache second), sends the messages that had to wait for the disk (a follower's acks
 //! and votes), and reports the highest durable Ready number to the raft stage.
 //!
 //! A failed write or sync is fatal: the log is poisoned, nothing acknowledged may depend

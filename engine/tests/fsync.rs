@@ -37,7 +37,10 @@ fn with_fsync_each_start_up_state_is_synced_once() {
     assert_eq!(n, 2, "a brand-new node");
     let (closed, n) = on_disk(&fs, || db.close());
     closed.unwrap();
-    assert_eq!(n, 0, "a clean close after synced writes has nothing to sync");
+    assert_eq!(
+        n, 0,
+        "a clean close after synced writes has nothing to sync"
+    );
 
     let (db, n) = on_disk(&fs, || Db::open(quiet_node(&fs, true)).unwrap());
     // What the log recovered; recovery has nothing to correct without a snapshot.

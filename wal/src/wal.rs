@@ -351,11 +351,11 @@ impl Wal {
 
     /// [`LogStore::write`] for concurrent appenders that assign indexes themselves:
     /// `queued` is called once the batch has its place in the write queue, before the
-    /// call waits for the batch to be written (and, if durable, synced). Batches are staged in queue
-    /// order, so a caller that picks its batch's indexes under a lock and releases that
-    /// lock in `queued` (e.g. `move || drop(guard)`) has its batches applied in index
-    /// order while still sharing writes and syncs with the other appenders. `queued` is
-    /// called exactly once, also when the write is refused.
+    /// call waits for the batch to be written (and, if durable, synced). Batches are
+    /// staged in queue order, so a caller that picks its batch's indexes under a lock
+    /// and releases that lock in `queued` (e.g. `move || drop(guard)`) has its batches
+    /// applied in index order while still sharing writes and syncs with the other
+    /// appenders. `queued` is called exactly once, also when the write is refused.
     pub fn write_queued(
         &self,
         batch: &LogBatch,
@@ -481,7 +481,10 @@ impl Inner {
     /// log (never retried: after a failed fsync the kernel may have dropped the dirty
     /// pages, so a retry that succeeds would claim durability for data that is gone).
     fn sync_active(&self, w: &mut Writer) -> std::io::Result<()> {
-        debug_assert!(w.synced_offset <= w.offset, "synced past the write position");
+        debug_assert!(
+            w.synced_offset <= w.offset,
+            "synced past the write position"
+        );
         if w.synced_offset == w.offset {
             return Ok(());
         }

@@ -10,12 +10,14 @@ use common::*;
 use wal::fs::SimFs;
 use wal::{LogBatch, LogStore, MemLogStore, SyncPolicy, WalOptions};
 
-/// A store under test, and how to read the fdatasyncs that really happened (the
-/// store's own count where there is no disk to ask).
+/// A store under test, and how to read the fdatasyncs that really reached its disk
+/// (where there is a simulated disk to ask).
 struct Subject {
     name: &'static str,
     log: Box<dyn LogStore>,
-    disk_syncs: Box<dyn Fn() -> u64>,
+    disk_syncs: Option<Box<dyn Fn() -> u64>>,
+    // Where a store on the real file system lives, removed after the test.
+    _dir: Option<tempfile::TempDir>,
 }
 
 fn subjects(policy: SyncPolicy) -> Vec<Subject> {
@@ -27,29 +29,49 @@ fn subjects(policy: SyncPolicy) -> Vec<Subject> {
             ..small_opts()
         },
     );
-    vec![
+    #[allow(unused_mut)]
+    let mut subjects = vec![
         Subject {
             name: "mem",
             log: Box::new(MemLogStore::with_sync_policy(policy)),
-            disk_syncs: Box::new(|| 0),
+            disk_syncs: None,
+            _dir: None,
         },
         Subject {
             name: "wal",
             log: Box::new(wal),
-            disk_syncs: Box::new(move || fs.sync_count()),
+            disk_syncs: Some(Box::new(move || fs.sync_count())),
+            _dir: None,
         },
-    ]
+    ];
+    #[cfg(feature = "rocksdb")]
+    {
+        let dir = tempfile::tempdir().unwrap();
+        let log = wal::RocksLogStore::open_with_sync_policy(dir.path(), policy).unwrap();
+        subjects.push(Subject {
+            name: "rocksdb",
+            log: Box::new(log),
+            disk_syncs: None,
+            _dir: Some(dir),
+        });
+    }
+    subjects
 }
 
 /// Runs `op` and returns how many syncs the store counted during it, after checking
 /// that the disk (if there is one) saw exactly those.
 fn syncs_during(s: &Subject, op: impl FnOnce(&dyn LogStore)) -> u64 {
-    let (store_before, disk_before) = (s.log.syncs(), (s.disk_syncs)());
+    let disk_before = s.disk_syncs.as_ref().map(|f| f());
+    let store_before = s.log.syncs();
     op(s.log.as_ref());
     let store = s.log.syncs() - store_before;
-    let disk = (s.disk_syncs)() - disk_before;
-    if s.name != "mem" {
-        assert_eq!(store, disk, "{}: the store's count is the disk's", s.name);
+    if let (Some(disk_syncs), Some(before)) = (&s.disk_syncs, disk_before) {
+        assert_eq!(
+            store,
+            disk_syncs() - before,
+            "{}: the store's count is the disk's",
+            s.name
+        );
     }
     store
 }
@@ -102,7 +124,10 @@ fn under_never_a_durable_write_is_not_synced_but_an_explicit_sync_is() {
             log.sync().unwrap();
             log.sync().unwrap();
         });
-        assert_eq!(n, 1, "{name}: sync() syncs whatever the policy, and only once");
+        assert_eq!(
+            n, 1,
+            "{name}: sync() syncs whatever the policy, and only once"
+        );
         assert_eq!(s.log.durable_index(), 5, "{name}");
     }
 }
