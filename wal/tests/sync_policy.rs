@@ -93,8 +93,10 @@ fn under_always_a_durable_write_syncs_once_and_nothing_syncs_twice() {
 
         let n = syncs_during(&s, |log| {
             assert_eq!(log.write(&batch(ents(4, 6, 1, 10)), false).unwrap(), 3);
-            let mut hard_state_only = LogBatch::default();
-            hard_state_only.hard_state = Some(hs(1, 5));
+            let hard_state_only = LogBatch {
+                hard_state: Some(hs(1, 5)),
+                ..LogBatch::default()
+            };
             log.write(&hard_state_only, false).unwrap();
         });
         assert_eq!(n, 0, "{name}: writes not marked durable are not synced");
