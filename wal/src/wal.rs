@@ -3,12 +3,12 @@
 //! Writes go through the [`WriteBarrier`]: each caller encodes its own batch (in
 //! parallel), then the group leader frames every queued batch into one buffer, writes
 //! it with one `write_at` and issues at most one `fdatasync` for the group: only if the
-//! group holds a durable write the [`SyncPolicy`] syncs, an explicit
-//! `sync()` or a compaction, and only if the active segment holds unsynced bytes. The
-//! in-memory index (index → segment, offset, length, CRC) is updated under the state
-//! lock together with the write, so readers never see an index entry whose bytes are
-//! not written; the sync happens after the lock is released, so reads never wait for
-//! a sync.
+//! group holds a durable write the [`SyncPolicy`] syncs, an explicit `sync()` or a
+//! compaction, and only if the active segment holds unsynced bytes. The in-memory
+//! index (index → segment, offset, length, CRC) is updated under the state lock
+//! together with the write, so readers never see an index entry whose bytes are not
+//! written; the sync happens after the lock is released, so reads never wait for a
+//! sync.
 //!
 //! Lock order: barrier (leadership) → `writer` → `state`. Readers take only `state`.
 
