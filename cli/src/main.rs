@@ -8,6 +8,7 @@
 //! | 0 | done; for `verify`, nothing is damaged; for `repair`, the log is clean now |
 //! | 1 | damage found (`wal verify`, `snapshot verify`), `wal repair` refused to cut it, or a `demo` check failed |
 //! | 2 | the command could not run: bad arguments, no WAL or snapshots at PATH, I/O errors |
+//! | 3 | `serve`: the node stopped on a fatal error (after logging the cause) |
 
 mod bench;
 mod cluster_cmd;

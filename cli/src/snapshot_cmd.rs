@@ -1,7 +1,7 @@
 //! `keel snapshot ls|verify PATH`: the snapshots in a node's `snap/` directory, each
 //! checked end to end (chunk CRCs, trailer totals, whole-file checksum, and that the
 //! header names the snapshot the file name says). Reads only; never renames a damaged
-//! file `.broken` as the node's own loader would.
+//! file `.broken` as `SnapshotStore::load_newest` does.
 
 use std::path::{Path, PathBuf};
 

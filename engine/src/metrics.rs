@@ -1,6 +1,9 @@
 //! A node's Prometheus metrics: etcd's leader and proposal series, WAL fsync and
-//! snapshot save latency, and apply lag. Each node has its own registry (several nodes
-//! can share one process); [`Metrics::text`] renders the text exposition.
+//! snapshot save latency, apply lag, the log cache's hits, misses and size (copied from
+//! the cache when the metrics are rendered), and what the node refused or dropped at its
+//! limits (inbox messages, writes over the request queue's bytes, snapshots). Each node
+//! has its own registry (several nodes can share one process); [`Metrics::text`]
+//! renders the text exposition.
 
 use prometheus::{Encoder, Histogram, HistogramOpts, IntCounter, IntGauge, Opts, Registry};
 

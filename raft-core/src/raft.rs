@@ -1,7 +1,10 @@
 //! The Raft state machine: roles, elections, replication, reads, membership and
-//! leadership transfer. Driven only through [`Raft::step`] and [`Raft::tick`]; its
-//! output is the messages it queues and the log it changes, collected by
-//! [`RawNode`](crate::RawNode).
+//! leadership transfer. Driven through [`Raft::step`] (peer messages, and proposals,
+//! campaigns, reads and transfers as local messages) and [`Raft::tick`], and told by
+//! [`RawNode`](crate::RawNode) what the application did with a `Ready`: persisted it
+//! ([`Raft::on_persist_entries`], [`Raft::on_persist_snap`]), applied it
+//! ([`Raft::commit_apply`]), applied a membership change ([`Raft::apply_conf_change`]).
+//! Its output is the messages it queues and the log it changes, collected by `RawNode`.
 
 use std::collections::HashMap;
 

@@ -1,5 +1,10 @@
 //! The application-facing driver: feed it ticks, messages and proposals; take a
-//! [`Ready`] of work; persist, send and apply it; report back with `advance*`.
+//! [`Ready`] of work; persist, send and apply it; report back with `advance*` (or, with
+//! the persisting done on another thread as keel's engine does, `advance_append_async`
+//! now and `on_persist_ready` once it is durable). Every peer message given to `step`
+//! passes the stateless checks here (`validate_message`: sender, term 0,
+//! [`MAX_TERM_OR_INDEX`], the shape of an append) before `Raft::step` checks it against
+//! the log.
 
 use std::collections::VecDeque;
 

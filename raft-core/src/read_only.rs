@@ -1,5 +1,7 @@
-//! Linearizable reads: the queue of pending ReadIndex requests waiting for a quorum of
-//! heartbeat acknowledgements (the "safe" option) and the read states handed back.
+//! Linearizable reads: which way they are confirmed ([`ReadOnlyOption`]: a heartbeat
+//! round to a quorum, or the leader lease), the queue of pending ReadIndex requests
+//! waiting for a quorum of heartbeat acknowledgements (the safe way), and the read
+//! states handed back.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 

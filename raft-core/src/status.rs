@@ -1,4 +1,5 @@
-//! A snapshot of a node's state for observation (the `/status` endpoint, tests).
+//! A copy of a node's Raft state for an application to observe ([`RawNode::status`](crate::RawNode::status)).
+//! (keel's engine publishes a view of its own for `Db::status` and `/status`.)
 
 use std::collections::BTreeMap;
 

@@ -1,4 +1,7 @@
-//! Snapshot bytes for the in-memory state machine (a `BTreeMap<Vec<u8>, Vec<u8>>`).
+//! Snapshot bytes of a map from byte keys to byte values: the record layout both of the
+//! engine's state machines write and read, and [`Map`], a `BTreeMap` that implements the
+//! snapshot traits with it (for tests, benchmarks and examples; the engine's memory
+//! state machine keeps a hash map and sorts its keys when it writes a snapshot).
 //!
 //! Layout, inside the chunk stream's data bytes:
 //!
@@ -7,7 +10,7 @@
 //! { key_len u32 LE | key | value_len u32 LE | value } * count
 //! ```
 //!
-//! The count comes first because a `BTreeMap` knows its length; keys must be strictly
+//! The count comes first because a map knows its length; keys must be strictly
 //! increasing, which both rebuilds the map in order and catches duplicated records.
 //!
 //! The engine's RocksDB state machine writes and reads the same layout one record at a
@@ -19,7 +22,8 @@ use std::io::{self, Read, Write};
 
 use crate::state_machine::{SnapshotConsumer, SnapshotProducer};
 
-/// The in-memory state machine's map.
+/// A map in key order: what [`MapConsumer`] rebuilds and [`write_map`] writes. (The
+/// engine's memory state machine is a hash map; it restores through this type.)
 pub type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
 const MAGIC: &[u8; 4] = b"KMAP";

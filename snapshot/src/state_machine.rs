@@ -1,8 +1,9 @@
 //! The state machine's side of a snapshot: producing and consuming its bytes as a stream.
 //!
 //! The store and the transfer code only ever see a byte stream, so any state machine
-//! plugs in (the memory `BTreeMap` in [`crate::memory`], a RocksDB checkpoint or
-//! iterator dump later) and none of them has to hold its whole image in memory.
+//! plugs in (the reference `BTreeMap` in [`crate::memory`], and the engine's memory and
+//! RocksDB state machines, which stream their records in that module's layout) and none
+//! of them has to hold its whole image in memory.
 
 use std::io::{self, Read, Write};
 

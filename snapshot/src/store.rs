@@ -9,8 +9,10 @@
 //! `.partial` files of resumable transfers are kept until [`SnapshotStore::retain`]
 //! finds them stale.
 //!
-//! Loading tries the newest snapshot first; one that fails any check is renamed
-//! `.broken` (kept for inspection), logged, and the next older one is tried.
+//! [`SnapshotStore::load_newest`] tries the newest snapshot first; one that fails any
+//! check is renamed `.broken` (kept for inspection), logged, and the next older one is
+//! tried. (A node's start walks [`SnapshotStore::list`] itself and skips a damaged
+//! snapshot without renaming it.)
 
 use std::io::BufReader;
 use std::path::{Path, PathBuf};

@@ -1,10 +1,17 @@
-//! The pluggable Raft log: the one trait the engine's persist stage writes through and
-//! the log cache reads through. Implemented by the segmented WAL and (feature `rocksdb`)
-//! by RocksDB.
+//! The pluggable Raft log: the one trait every log backend implements and the engine
+//! writes and reads the log through. Implemented by the segmented WAL, by the in-memory
+//! model, and (feature `rocksdb`) by RocksDB.
+//!
+//! Who calls what on a running node: the persist stage writes every batch (entries,
+//! hard state, snapshot markers) and syncs; the apply stage compacts behind a
+//! snapshot; the log cache reads entries and terms that have left its window; closing
+//! the node syncs a last time. Before
+//! the stages start, the engine's recovery writes a new node's bootstrap entries and
+//! brings the log in line with the newest snapshot.
 //!
 //! It lives here, in the crate that owns durable log storage, rather than in raft-core
-//! (which must stay free of I/O concerns) or in the engine (which would force the
-//! snapshot crate's log cache to depend on the whole engine).
+//! (which must stay free of I/O concerns) or in the engine (which every backend and
+//! the log cache would then have to depend on).
 
 use raft_core::{Entry, HardState, SnapshotMetadata};
 

@@ -1,6 +1,6 @@
 //! The read-only scanner: walks segment files and reports every record or the exact
-//! damage found, without locks and without writing. Recovery is built on it, and so
-//! will be the `keel wal dump/verify/stat/repair` tools.
+//! damage found, without locks and without writing. Recovery is built on it, and so are
+//! the `keel wal dump|verify|stat|repair` tools.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

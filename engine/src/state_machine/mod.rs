@@ -1,7 +1,8 @@
 //! The state machine the apply stage drives, and its snapshots.
 //!
-//! The apply stage is the only writer; readers (`Db::get`, `Db::get_local`) share it
-//! behind a read-write lock. Applying is idempotent by index: an entry at or below
+//! Once the node runs, the apply stage is the only writer (before the stages start,
+//! recovery restores the newest snapshot into it); readers (`Db::get`, `Db::get_local`)
+//! share it behind a read-write lock. Applying is idempotent by index: an entry at or below
 //! [`StateMachine::applied_index`] is skipped, so replaying the log after a restart
 //! (or a duplicated hand-out) never applies anything twice.
 //!

@@ -1,7 +1,8 @@
-//! The accept loop (`keel-listen-<id>`): takes connections off the listening
-//! socket, registers each in the handshaking pool (`max_handshaking_conns`, see
-//! `conns`), and gives each one registered a thread of its own (see `inbound`). The socket is non-blocking and polled, so the
-//! loop notices shutdown within one poll interval without any wake-up trick.
+//! The accept loop (`keel-listen-<id>`): takes connections off the listening socket,
+//! registers each in the handshaking pool (`max_handshaking_conns`, see `conns`), and
+//! gives each one registered a thread of its own (see `inbound`). The socket is
+//! non-blocking and polled, so the loop notices shutdown within one poll interval
+//! without any wake-up trick.
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -14,10 +14,9 @@
 //!   connection to that peer. [`Transport::send`] puts the message in the peer's
 //!   queue, bounded in count (`queue_len`) and bytes (`queue_max_bytes`), and never
 //!   blocks: a full queue drops it (Raft retransmits), a peer without a live
-//!   connection is reported unreachable. The
-//!   writer drains everything queued into one buffer (up to `write_batch_max_bytes`)
-//!   per write, pings an idle connection, and redials with capped, jittered
-//!   exponential backoff.
+//!   connection is reported unreachable. The writer drains everything queued into one
+//!   buffer (up to `write_batch_max_bytes`) per write, pings an idle connection, and
+//!   redials with capped, jittered exponential backoff.
 //! - A snapshot goes out on a connection dialled for it on the caller's thread (the
 //!   node's snapshot sender), so heartbeats and appends never wait behind one.
 //!
@@ -26,8 +25,8 @@
 //! (`write_timeout_ms`), reading (`read_timeout_ms`: a connection that stays silent
 //! that long is dropped, and a dialer waits that long for the acceptor's answer;
 //! writers ping every quarter of it, so give every node the same value), and waiting
-//! for a snapshot's result (`snapshot_timeout_ms`). [`TcpTransport::shutdown`] (also run on drop) stops and
-//! joins every thread.
+//! for a snapshot's result (`snapshot_timeout_ms`). [`TcpTransport::shutdown`] (also
+//! run on drop) stops and joins every thread.
 //!
 //! # Wire format
 //!

@@ -1,7 +1,8 @@
 //! One outbound message connection per peer, owned by its writer thread
 //! (`keel-out-<id>-<peer>`). `send` only ever `try_send`s into the peer's queue,
 //! bounded in count (`queue_len`) and in bytes (`queue_max_bytes`, a [`ByteBudget`]
-//! each queued message holds its share of until the writer has framed it); the writer drains whatever queued while it was busy into one buffer (up to
+//! each queued message holds its share of until the writer has framed it); the writer
+//! drains whatever queued while it was busy into one buffer (up to
 //! `write_batch_max_bytes`) and writes it with one call, pings when idle so the
 //! receiver's read deadline holds only for dead peers, and redials with capped,
 //! jittered exponential backoff when the connection breaks.
