@@ -61,10 +61,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
+use keel_fs::StdFs;
+use keel_log_cache::{LogCache, LogCacheOptions};
 use raft_core::{Entry, SnapshotMetadata, Storage};
-use snapshot::{LogCache, LogCacheOptions, SnapshotConsumer, SnapshotProducer, SnapshotStore};
+use snapshot::{SnapshotConsumer, SnapshotProducer, SnapshotStore};
 use snapshot::{SnapshotId, StoreOptions};
-use wal::fs::StdFs;
 use wal::{LogBatch, LogStore, MemLogStore, SyncPolicy, Wal, WalOptions};
 
 const MIB: usize = 1 << 20;

@@ -3,8 +3,8 @@
 //! by RocksDB.
 //!
 //! It lives here, in the crate that owns durable log storage, rather than in raft-core
-//! (which must stay free of I/O concerns) or in the engine (which would force the
-//! snapshot crate's log cache to depend on the whole engine).
+//! (which must stay free of I/O concerns) or in the engine (which would force the log
+//! cache, `keel_log_cache`, to depend on the whole engine).
 
 use raft_core::{Entry, HardState, SnapshotMetadata};
 
