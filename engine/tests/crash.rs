@@ -1,4 +1,4 @@
-//! Power loss on wal's simulated file system: unsynced bytes are dropped, torn or
+//! Power loss on keel-fs's simulated file system: unsynced bytes are dropped, torn or
 //! garbled, and directory changes not synced are undone. Nothing acknowledged may be
 //! lost, and a failed fsync must stop the node rather than be retried.
 
