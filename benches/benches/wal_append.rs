@@ -15,8 +15,8 @@
 //! * `rocks_log` (feature `rocksdb`): [`wal::RocksLogStore`], the RocksDB `LogStore`
 //!   (ordered unsynced write, then a shared `flush_wal(true)`).
 //!
-//! The targets and the writer loop are [`keel_benches::load`], which `keel bench wal`
-//! runs too.
+//! The targets and the writer loop are [`keel_load`]'s, which `keel bench wal` runs
+//! too.
 //!
 //! Criterion measures one iteration as "every writer appends one entry" (throughput in
 //! entries). Beside criterion's output the bench prints a table with entries/s, syncs/s,
@@ -37,7 +37,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, SamplingMode, Throughput};
 use hdrhistogram::Histogram;
-use keel_benches::load::{self, payload, LoadError, RawFile, Target, WalTarget};
+use keel_load::{payload, LoadError, RawFile, Target, WalTarget};
 use tempfile::TempDir;
 use wal::WalOptions;
 
@@ -94,7 +94,7 @@ mod rocks {
     use super::*;
     use std::sync::atomic::Ordering;
 
-    use keel_benches::load::StoreTarget;
+    use keel_load::StoreTarget;
     use raft_core::{codec, Entry};
     use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
@@ -174,12 +174,12 @@ fn run(
     per_writer: u64,
     data: &[u8],
 ) -> (Duration, Histogram<u64>) {
-    let load = load::Load {
+    let load = keel_load::Load {
         writers,
         entries: per_writer * writers as u64,
         max_duration: None,
     };
-    let r = load::run(target.as_ref(), load, data, &AtomicU64::new(0)).expect("append");
+    let r = keel_load::run(target.as_ref(), load, data, &AtomicU64::new(0)).expect("append");
     (r.wall, r.latency_ns)
 }
 
@@ -311,7 +311,10 @@ fn print_table(tallies: &BTreeMap<Key, Tally>) {
     println!("|---|---:|---:|---:|---:|---:|---:|---:|");
     let mut rate: BTreeMap<(&str, usize, usize), f64> = BTreeMap::new();
     for ((_, name, writers, size), t) in tallies {
-        let lat = t.latency_ns.clone().unwrap_or_else(load::new_histogram);
+        let lat = t
+            .latency_ns
+            .clone()
+            .unwrap_or_else(keel_load::new_histogram);
         let secs = t.wall.as_secs_f64().max(1e-9);
         let eps = t.entries as f64 / secs;
         rate.insert((name, *writers, *size), eps);

@@ -6,11 +6,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use keel_fs::StdFs;
 use raft_core::{
     codec, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState,
     SnapshotMetadata,
 };
-use wal::fs::StdFs;
 use wal::{LogBatch, LogStore, Wal, WalOptions};
 
 fn main() -> ExitCode {

@@ -130,7 +130,7 @@ struct ClientResult {
 
 fn client(c: usize, s: &Shared<'_>) -> ClientResult {
     let mut acked = Vec::new();
-    let mut lat = keel_benches::load::new_histogram();
+    let mut lat = keel_load::new_histogram();
     let mut i = 0u64;
     // Bounded: runs until the demo sets `stop`; every request has a timeout.
     while !s.stop.load(Ordering::Relaxed) {
@@ -144,7 +144,7 @@ fn client(c: usize, s: &Shared<'_>) -> ClientResult {
         drop(leader);
         match put {
             Ok(()) => {
-                keel_benches::load::record(&mut lat, t.elapsed());
+                keel_load::record(&mut lat, t.elapsed());
                 acked.push(i);
                 s.acked.fetch_add(1, Ordering::Relaxed);
             }
@@ -358,7 +358,7 @@ fn demo(o: &DemoOptions, cluster: &InProcCluster, r: &Reporter) -> Result<Status
         converged.is_some(),
         "the nodes did not apply everything committed within 30 s",
     );
-    let mut latency = keel_benches::load::new_histogram();
+    let mut latency = keel_load::new_histogram();
     let mut acked: Vec<(usize, u64)> = Vec::new();
     for (c, res) in results.iter().enumerate() {
         match res {

@@ -69,7 +69,7 @@ pub enum CliError {
         /// What was being measured.
         context: String,
         /// The underlying error.
-        source: keel_benches::load::LoadError,
+        source: keel_load::LoadError,
     },
     /// The engine failed (opening, closing or driving an in-process node).
     #[error("{context}: {source}")]

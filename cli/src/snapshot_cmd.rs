@@ -5,8 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+use keel_fs::StdFs;
 use snapshot::{list_snapshots, verify_file, SnapshotError, SnapshotId};
-use wal::fs::StdFs;
 
 use crate::error::{CliError, Result, Status};
 use crate::output::{self, Out};

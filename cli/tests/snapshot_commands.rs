@@ -4,10 +4,10 @@
 mod common;
 
 use common::{contents, flip_byte, keel_at, make_wal};
+use keel_fs::StdFs;
 use raft_core::{ConfState, SnapshotMetadata};
 use snapshot::memory::Map;
 use snapshot::{SnapshotStore, StoreOptions};
-use wal::fs::StdFs;
 
 fn meta(index: u64, term: u64) -> SnapshotMetadata {
     SnapshotMetadata {

@@ -17,9 +17,10 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use crossbeam_channel::{bounded, select, Receiver, Sender};
+use keel_log_cache::LogCache;
 use parking_lot::{RwLock, RwLockWriteGuard};
 use raft_core::{codec, ConfChange, ConfChangeV2, ConfState, Entry, EntryType, SnapshotMetadata};
-use snapshot::{LogCache, SavedSnapshot, SnapshotId, SnapshotInfo, SnapshotStore};
+use snapshot::{SavedSnapshot, SnapshotId, SnapshotInfo, SnapshotStore};
 use wal::LogStore;
 
 use crate::command::Command;

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use wal::fs::{FileSystem, StdFs};
+use keel_fs::{FileSystem, StdFs};
 
 use crate::error::{Error, Result};
 use crate::transport::Transport;

@@ -17,7 +17,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use wal::fs::{FileLock, FileSystem};
+use keel_fs::{FileLock, FileSystem};
 
 use crate::error::{Error, Result};
 

@@ -14,12 +14,13 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
+use keel_log_cache::{LogCache, LogCacheOptions};
 use parking_lot::{Condvar, Mutex, RwLock};
 use raft_core::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
     EntryType, HardState, RawNode, StateRole, Storage,
 };
-use snapshot::{LogCache, LogCacheOptions, SnapshotStore, StoreOptions};
+use snapshot::{SnapshotStore, StoreOptions};
 use wal::{LogBatch, LogStore, Wal, WalOptions};
 
 use crate::apply_stage::{snapshot_file_bytes, ApplyStage};

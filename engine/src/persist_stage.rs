@@ -15,8 +15,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
+use keel_log_cache::LogCache;
 use raft_core::{Entry, HardState, Message, SnapshotMetadata, StorageError};
-use snapshot::LogCache;
 use wal::{LogBatch, LogStore};
 
 use crate::error::{Fatal, FatalKind, StopReason};

@@ -26,11 +26,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver, Sender};
+use keel_log_cache::LogCache;
 use raft_core::{
     codec, ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, RawNode,
     Ready, SnapshotMetadata, SnapshotStatus, StateRole,
 };
-use snapshot::LogCache;
 use wal::LogStore;
 
 use crate::apply_stage::ApplyTask;

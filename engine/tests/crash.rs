@@ -1,4 +1,4 @@
-//! Power loss on wal's simulated file system: unsynced bytes are dropped, torn or
+//! Power loss on keel-fs's simulated file system: unsynced bytes are dropped, torn or
 //! garbled, and directory changes not synced are undone. Nothing acknowledged may be
 //! lost, and a failed fsync must stop the node rather than be retried.
 
@@ -11,7 +11,7 @@ use std::time::Duration;
 use common::sim::ProcessFs;
 use common::{key, single, value};
 use keel::{Config, Db, Error, FatalKind};
-use wal::fs::{CrashMode, SimFault, SimFs};
+use keel_fs::{CrashMode, SimFault, SimFs};
 
 // A run of the node's process on `fs` (see `ProcessFs`: a crash also ends the run's
 // I/O, as it ends the process).

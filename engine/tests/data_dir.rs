@@ -5,7 +5,7 @@ mod common;
 
 use common::{key, single, value};
 use keel::{Db, Error};
-use wal::fs::{CrashMode, SimFs};
+use keel_fs::{CrashMode, SimFs};
 
 #[test]
 fn a_second_open_of_a_data_directory_is_refused_until_the_first_closes() {

@@ -340,7 +340,7 @@ fn a_panic_in_the_snapshot_sender_stops_the_node() {
     let thread = format!("keel-snapsend-{leader}");
     assert_failed_as_a_whole(&db, "snapshotBeforeSend", &thread, written);
     // The others go on without it.
-    c.crash(leader, wal::fs::CrashMode::DropUnsynced);
+    c.crash(leader, keel_fs::CrashMode::DropUnsynced);
     let survivors: Vec<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
     let new_leader = c.wait_leader(WAIT).expect("a new leader");
     assert!(survivors.contains(&new_leader));

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use common::sim::{ProcessFs, SimCluster};
 use common::{key, single, value, wait_until};
 use keel::{Config, Db};
-use wal::fs::{CrashMode, SimFs};
+use keel_fs::{CrashMode, SimFs};
 
 #[derive(Default)]
 struct Armed {

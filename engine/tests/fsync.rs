@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use keel::transport::InProcessNetwork;
 use keel::{Config, Db};
-use wal::fs::SimFs;
+use keel_fs::SimFs;
 
 /// Node 1 of two voters on `fs`, whose peer never answers. With ticks an hour apart
 /// it never campaigns, so the only log writes are the start-up ones.

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use common::linearizable::{check_all, check_final, check_key, KvOp, Outcome, Record};
 use common::sim::{SimCluster, Tweak};
 use keel::{Config, Db, Error};
-use wal::fs::{CrashMode, SimFault};
+use keel_fs::{CrashMode, SimFault};
 
 // How long a client waits for one operation: mostly long enough for an election, and
 // sometimes short, so writes also time out while they are still in flight.

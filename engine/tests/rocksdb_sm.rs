@@ -10,9 +10,9 @@ use std::time::Duration;
 use common::{fast, key, single, value, wait_until, Cluster};
 use keel::state_machine::{MemoryStateMachine, RocksStateMachine, StateMachine};
 use keel::{Config, Db, Error, LogBackend, Op, StateMachineKind};
+use keel_fs::StdFs;
 use raft_core::SnapshotMetadata;
 use snapshot::{SnapshotInfo, SnapshotStore, StoreOptions};
-use wal::fs::StdFs;
 
 fn put(k: &[u8], v: &[u8]) -> Op {
     Op::Put {

@@ -1,10 +1,10 @@
-//! `std::io` adapters over `wal::fs` files, so the chunk stream code (written against
+//! `std::io` adapters over `keel_fs` files, so the chunk stream code (written against
 //! `Read`/`Write`) runs on the real and the simulated file system alike.
 
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::sync::Arc;
 
-use wal::fs::FsFile;
+use keel_fs::FsFile;
 
 /// Appends to a file through positional writes, remembering whether the file itself
 /// failed so a caller can tell a disk error from a producer's own error.

@@ -1,8 +1,8 @@
 //! keel's snapshots.
 //!
-//! Owns: the durable snapshot store, chunked snapshot transfer and the bounded in-memory
-//! log cache that serves raft-core's `Storage`. Must not: write the Raft log (it only
-//! reads it through `wal::LogStore`) or run threads of its own.
+//! Owns: the durable snapshot store and chunked snapshot transfer. Must not: touch the
+//! Raft log (it does not depend on `wal`; the caller purges the log through
+//! [`Retention::wal_purge_through`]) or run threads of its own.
 //!
 //! | module | holds |
 //! |---|---|
@@ -12,18 +12,17 @@
 //! | [`transfer`] | sending a stored snapshot chunk by chunk and receiving one into a store |
 //! | [`state_machine`] | the traits a state machine implements to produce and consume snapshot bytes |
 //! | [`memory`] | those traits for the in-memory `BTreeMap` state machine |
-//! | [`log_cache`] | [`LogCache`], raft-core's `Storage` over a `wal::LogStore` with a bounded window |
 //!
-//! All file I/O goes through `wal::fs`, so the crash tests run on its simulated file
+//! All file I/O goes through `keel_fs`, so the crash tests run on its simulated file
 //! system. Nothing here holds a whole snapshot in memory: at most one chunk
 //! ([`StoreOptions::chunk_size_bytes`], default 1 MiB) per stream.
 //!
 //! ```
 //! use std::sync::Arc;
+//! use keel_fs::SimFs;
 //! use raft_core::SnapshotMetadata;
 //! use snapshot::memory::{Map, MapConsumer};
 //! use snapshot::{ReceiveStatus, SnapshotStore, StoreOptions};
-//! use wal::fs::SimFs;
 //!
 //! # fn main() -> snapshot::Result<()> {
 //! let leader = SnapshotStore::open(SimFs::new(1).shared(), "/n1/snap", StoreOptions::default())?;
@@ -60,7 +59,6 @@ pub mod chunk;
 mod error;
 mod file_io;
 pub mod info;
-pub mod log_cache;
 pub mod memory;
 pub mod state_machine;
 pub mod store;
@@ -68,7 +66,6 @@ pub mod transfer;
 
 pub use error::{Result, SnapshotError};
 pub use info::{MemberAddresses, SnapshotInfo};
-pub use log_cache::{CacheStats, LogCache, LogCacheOptions};
 pub use state_machine::{SnapshotConsumer, SnapshotProducer};
 pub use store::{
     list_snapshots, verify_file, Loaded, Retention, SavedSnapshot, SnapshotId, SnapshotStore,

@@ -19,9 +19,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use keel_fs::FileSystem;
 use parking_lot::Mutex;
 use raft_core::SnapshotMetadata;
-use wal::fs::FileSystem;
 
 use crate::chunk::DEFAULT_CHUNK_SIZE_BYTES;
 use crate::chunk::{ChunkWriter, SnapshotReader, StreamHeader, StreamTrailer};

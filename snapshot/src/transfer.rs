@@ -23,8 +23,8 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use keel_fs::FsFile;
 use raft_core::SnapshotMetadata;
-use wal::fs::FsFile;
 
 use crate::chunk::{
     Accepted, Chunk, ChunkKind, FrameReader, StreamHeader, StreamValidator, FRAME_OVERHEAD_BYTES,

@@ -6,8 +6,8 @@ mod common;
 use std::path::Path;
 
 use common::{meta, sample_map};
+use keel_fs::{CrashMode, SimFs};
 use snapshot::{SnapshotStore, StoreOptions};
-use wal::fs::{CrashMode, SimFs};
 
 #[test]
 fn a_crash_right_after_creating_the_store_keeps_its_directories() {

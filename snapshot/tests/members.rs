@@ -8,6 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::{meta, sample_map};
+use keel_fs::SimFs;
 use raft_core::{ConfState, SnapshotMetadata};
 use snapshot::info::MAX_MEMBER_ADDRESS_BYTES;
 use snapshot::memory::{Map, MapConsumer};
@@ -15,7 +16,6 @@ use snapshot::{
     MemberAddresses, ReceiveStatus, SnapshotError, SnapshotId, SnapshotInfo, SnapshotStore,
     StoreOptions,
 };
-use wal::fs::SimFs;
 
 const DIR: &str = "/data/snap";
 

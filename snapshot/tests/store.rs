@@ -7,9 +7,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::{meta, sample_map, CrashFs};
+use keel_fs::{CrashMode, FileSystem, SimFs};
 use snapshot::memory::{Map, MapConsumer};
 use snapshot::{SnapshotError, SnapshotId, SnapshotStore, StoreOptions};
-use wal::fs::{CrashMode, FileSystem, SimFs};
 
 const DIR: &str = "/data/snap";
 
@@ -268,11 +268,11 @@ fn leftover_temporary_files_are_removed_on_open() {
 fn io_errors_are_reported_not_hidden() {
     let sim = SimFs::new(8);
     let store = open(sim.shared(), small_chunks());
-    sim.fail_sync_after(0, wal::fs::SimFault::Eio);
+    sim.fail_sync_after(0, keel_fs::SimFault::Eio);
     let err = store.save(&meta(1, 10), &sample_map(1, 50)).unwrap_err();
     assert!(matches!(err, SnapshotError::Io { .. }), "{err}");
     assert!(store.list().unwrap().is_empty());
-    sim.fail_write_after(3, wal::fs::SimFault::Enospc);
+    sim.fail_write_after(3, keel_fs::SimFault::Enospc);
     let err = store.save(&meta(1, 10), &sample_map(1, 50)).unwrap_err();
     assert!(matches!(err, SnapshotError::Io { .. }), "{err}");
 }
@@ -370,7 +370,7 @@ fn a_crash_at_every_step_of_saving_leaves_old_or_new_loadable() {
 fn works_on_the_real_file_system() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("snap");
-    let fs = wal::fs::StdFs::shared();
+    let fs = keel_fs::StdFs::shared();
     let store = Arc::new(SnapshotStore::open(fs.clone(), &dir, small_chunks()).unwrap());
     let map = sample_map(9, 300);
     let saved = store.save(&meta(4, 44), &map).unwrap();

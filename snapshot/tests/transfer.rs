@@ -7,10 +7,10 @@ use std::path::Path;
 use std::sync::Arc;
 
 use common::{meta, sample_map};
+use keel_fs::SimFs;
 use snapshot::chunk::{Chunk, ChunkKind};
 use snapshot::memory::MapConsumer;
 use snapshot::{ReceiveStatus, SnapshotError, SnapshotId, SnapshotStore, StoreOptions};
-use wal::fs::SimFs;
 
 const DIR: &str = "/data/snap";
 
@@ -305,7 +305,7 @@ fn garbage_frames_are_rejected_without_panicking() {
 mod crash {
     use super::*;
     use common::CrashFs;
-    use wal::fs::CrashMode;
+    use keel_fs::CrashMode;
 
     /// Receives the whole stream on a file system that dies after `limit` mutating
     /// calls, crashes it, and checks the destination's older snapshot or the new one
@@ -452,7 +452,7 @@ mod mangled {
 
 mod resume {
     use super::*;
-    use wal::fs::CrashMode;
+    use keel_fs::CrashMode;
 
     #[test]
     fn a_resumable_receiver_survives_being_dropped() {
@@ -604,4 +604,13 @@ mod resume {
             .file_name()]
         );
     }
+}
+
+#[test]
+fn the_store_and_its_streams_can_cross_threads() {
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<snapshot::SnapshotStore>();
+    fn assert_send<T: Send>() {}
+    assert_send::<snapshot::SnapshotReceiver>();
+    assert_send::<snapshot::SnapshotSender>();
 }

@@ -1,10 +1,11 @@
 //! keel's Raft log storage.
 //!
-//! Owns: the [`LogStore`] trait every log backend implements; the file-system seam
-//! ([`fs`]) through which all of the log's durable I/O goes (with a simulated file
-//! system for crash tests); an in-memory reference log ([`MemLogStore`]); and the
-//! segmented, CRC-checked write-ahead log ([`Wal`]) with group commit, preallocation,
-//! recovery, and a read-only scanner ([`WalScanner`]) for inspection tools.
+//! Owns: the [`LogStore`] trait every log backend implements; an in-memory reference
+//! log ([`MemLogStore`]); and the segmented, CRC-checked write-ahead log ([`Wal`]) with
+//! group commit, preallocation, recovery, and a read-only scanner ([`WalScanner`]) for
+//! inspection tools. All of the WAL's durable I/O goes through `keel_fs`'s
+//! [`FileSystem`](keel_fs::FileSystem), so the crash tests run it on a simulated file
+//! system.
 //!
 //! Must not: know about Raft's rules beyond "replace a conflicting suffix, compact,
 //! restart after a snapshot"; spawn anything but its own preallocation thread; or hide
@@ -38,11 +39,10 @@
 //! - **Not protected against:** loss of the newest segment file(s) as a whole (it looks
 //!   like a shorter log, as in every WAL), and two processes opening one directory:
 //!   the log takes no lock itself; a node locks its data directory (the engine's
-//!   `data_dir` module, through [`fs::FileSystem::lock_file`]).
+//!   `data_dir` module, through [`keel_fs::FileSystem::lock_file`]).
 
 #![deny(missing_docs)]
 
-pub mod fs;
 mod log_index;
 mod log_store;
 mod mem_log;

@@ -10,8 +10,8 @@
 //! brings the log in line with the newest snapshot.
 //!
 //! It lives here, in the crate that owns durable log storage, rather than in raft-core
-//! (which must stay free of I/O concerns) or in the engine (which every backend and
-//! the log cache would then have to depend on).
+//! (which must stay free of I/O concerns) or in the engine (which would force the log
+//! cache, `keel_log_cache`, to depend on the whole engine).
 
 use raft_core::{Entry, HardState, SnapshotMetadata};
 

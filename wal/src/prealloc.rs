@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{Receiver, Sender};
+use keel_fs::{FileSystem, FsFile};
 
-use crate::fs::{FileSystem, FsFile};
 use crate::segment::PREALLOC_SUFFIX;
 
 /// A preallocated file ready to become a segment.

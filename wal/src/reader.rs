@@ -5,7 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::fs::FileSystem;
+use keel_fs::FileSystem;
+
 use crate::record::{
     decode_payload, parse_frame, EntrySpan, FrameAt, SegmentHeader, WalRecord, FRAME_HEADER_BYTES,
     SEGMENT_HEADER_BYTES,

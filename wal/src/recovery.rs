@@ -9,9 +9,9 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use keel_fs::{write_file_durably, FileSystem, FsFile};
 use raft_core::{HardState, SnapshotMetadata};
 
-use crate::fs::{write_file_durably, FileSystem, FsFile};
 use crate::log_index::LogIndex;
 use crate::options::RecoveryMode;
 use crate::reader::{list_dir, scan_segment_bytes, Damage, ScanEvent, ScannedRecord};

@@ -122,7 +122,7 @@ impl RocksLogStore {
         }
         // RocksDB syncs the files it creates in its directory, not the directory's own
         // entry in its parent: create it durably first.
-        crate::fs::FileSystem::create_dir_all_durably(&crate::fs::StdFs, path)?;
+        keel_fs::FileSystem::create_dir_all_durably(&keel_fs::StdFs, path)?;
         let mut opts = Options::default();
         opts.create_if_missing(true);
         opts.create_missing_column_families(true);

@@ -4,9 +4,8 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
+use keel_fs::{FsFile, ReadView};
 use parking_lot::RwLock;
-
-use crate::fs::{FsFile, ReadView};
 
 /// Suffix of a live segment file.
 pub const SEGMENT_SUFFIX: &str = ".wal";

@@ -17,10 +17,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+use keel_fs::FileSystem;
 use parking_lot::{Mutex, RwLock};
 use raft_core::{codec, Entry, HardState, SnapshotMetadata};
 
-use crate::fs::FileSystem;
 use crate::log_index::{Durability, LogIndex};
 use crate::options::{SyncPolicy, WalOptions};
 use crate::prealloc::{create_allocated, Preallocator, Prepared};

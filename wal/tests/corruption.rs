@@ -8,8 +8,8 @@ mod common;
 use std::path::{Path, PathBuf};
 
 use common::*;
+use keel_fs::{FileSystem, SimFs};
 use raft_core::Entry;
-use wal::fs::{FileSystem, SimFs};
 use wal::{LogError, LogStore, RecoveryMode, Wal, WalOptions, WalScanner};
 
 /// A cleanly closed WAL of several segments, as (file name, bytes) pairs, and the

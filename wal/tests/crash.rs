@@ -10,8 +10,8 @@
 mod common;
 
 use common::*;
+use keel_fs::{CrashMode, SimFault};
 use raft_core::{Entry, HardState, SnapshotMetadata};
-use wal::fs::{CrashMode, SimFault};
 use wal::{LogBatch, LogStore, MemLogStore, SyncPolicy, Wal, WalOptions};
 
 /// Everything observable about a log.

@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 
 use common::{batch, ents, hs, small_opts};
-use wal::fs::{CrashMode, FileSystem, SimFs};
+use keel_fs::{CrashMode, FileSystem, SimFs};
 use wal::{LogBatch, LogStore, Wal};
 
 #[test]
@@ -48,7 +48,7 @@ fn stopping_background_work_leaves_nothing_behind_and_writes_go_on() {
         preallocate: true,
         ..small_opts()
     };
-    let wal = Wal::open(wal::fs::StdFs::shared(), tmp.path(), opts).unwrap();
+    let wal = Wal::open(keel_fs::StdFs::shared(), tmp.path(), opts).unwrap();
     wal.write(&batch(ents(1, 2, 1, 8)), true).unwrap();
     let prealloc_files = || {
         std::fs::read_dir(tmp.path())

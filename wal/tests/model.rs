@@ -7,9 +7,9 @@ mod common;
 use std::path::Path;
 
 use common::*;
+use keel_fs::FileSystem;
 use proptest::prelude::*;
 use raft_core::Entry;
-use wal::fs::FileSystem;
 use wal::{LogBatch, LogStore, MemLogStore, SegmentName, Wal};
 
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use common::*;
-use wal::fs::{FileSystem, SimFault, StdFs};
+use keel_fs::{FileSystem, SimFault, StdFs};
 use wal::{LogBatch, LogError, LogStore, MemLogStore, SyncPolicy, Wal, WalOptions};
 
 /// The generic suite: Raft-log semantics any backend must have.

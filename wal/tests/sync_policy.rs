@@ -7,7 +7,7 @@
 mod common;
 
 use common::*;
-use wal::fs::SimFs;
+use keel_fs::SimFs;
 use wal::{LogBatch, LogStore, MemLogStore, SyncPolicy, WalOptions};
 
 /// A store under test, and how to read the fdatasyncs that really reached its disk

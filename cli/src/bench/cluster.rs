@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use keel_benches::load::{self, Load, WalTarget};
+use keel_load::{Load, WalTarget};
 use serde::Serialize;
 use wal::WalOptions;
 
@@ -192,7 +192,7 @@ fn drive(o: &ClusterBenchOptions, clients: usize, cluster: &InProcCluster) -> Re
         )));
     }
     let duration = Duration::from_secs_f64(o.duration_secs);
-    let value = load::payload(o.size);
+    let value = keel_load::payload(o.size);
     let errors = AtomicU64::new(0);
     let syncs_before = cluster.metric_sum("keel_disk_wal_fsync_duration_seconds_count");
     let cpu_before = super::cpu_time();
@@ -209,7 +209,7 @@ fn drive(o: &ClusterBenchOptions, clients: usize, cluster: &InProcCluster) -> Re
                         s.spawn(move || client(c, cluster, value, started + duration, errors))
                     })
                     .collect();
-                let mut all = load::new_histogram();
+                let mut all = keel_load::new_histogram();
                 for h in handles {
                     if let Ok(lat) = h.join() {
                         // Both auto-resize, so adding cannot fail.
@@ -261,7 +261,7 @@ fn client(
     until: Instant,
     errors: &AtomicU64,
 ) -> Histogram<u64> {
-    let mut lat = load::new_histogram();
+    let mut lat = keel_load::new_histogram();
     let mut leader = cluster.leader();
     let mut i = 0u64;
     while Instant::now() < until {
@@ -275,7 +275,7 @@ fn client(
         let t = Instant::now();
         match db.put_timeout(key.as_bytes(), value, PUT_TIMEOUT) {
             Ok(()) => {
-                load::record(&mut lat, t.elapsed());
+                keel_load::record(&mut lat, t.elapsed());
             }
             Err(_) => {
                 errors.fetch_add(1, Ordering::Relaxed);
@@ -306,7 +306,7 @@ fn run_baseline(o: &ClusterBenchOptions, writers: usize, dir: &Path) -> Result<f
     let r = with_progress(
         &progress,
         || tenths_since(started),
-        || load::run(&target, load, &load::payload(o.size), &done),
+        || keel_load::run(&target, load, &keel_load::payload(o.size), &done),
     );
     progress.finish();
     let r = r.map_err(load_err(format!(

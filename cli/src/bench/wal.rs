@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use keel_benches::load::{self, Load, RawFile, Target, WalTarget};
+use keel_load::{Load, RawFile, Target, WalTarget};
 use serde::Serialize;
 use wal::WalOptions;
 
@@ -238,12 +238,12 @@ fn open_target(o: &WalBenchOptions, backend: Backend, dir: &Path) -> Result<Box<
         #[cfg(feature = "rocksdb")]
         Backend::Rocksdb => {
             let log = wal::RocksLogStore::open(dir.join("rocksdb")).map_err(|e| {
-                load_err(load::LoadError::Log {
+                load_err(keel_load::LoadError::Log {
                     what: "open RocksDB".into(),
                     source: e,
                 })
             })?;
-            Box::new(load::StoreTarget::new(log, |l| Some(l.syncs())))
+            Box::new(keel_load::StoreTarget::new(log, |l| Some(l.syncs())))
         }
         #[cfg(not(feature = "rocksdb"))]
         Backend::Rocksdb => {
@@ -257,7 +257,7 @@ fn open_target(o: &WalBenchOptions, backend: Backend, dir: &Path) -> Result<Box<
 
 fn run_one(o: &WalBenchOptions, backend: Backend, writers: usize, dir: &Path) -> Result<WalRow> {
     let target = open_target(o, backend, dir)?;
-    let data = load::payload(o.size);
+    let data = keel_load::payload(o.size);
     let done = AtomicU64::new(0);
     let progress = Progress::new(o.entries, &format!("{} {writers}w", backend.name()), o.json);
     let syncs_before = target.syncs().unwrap_or(0);
@@ -270,7 +270,7 @@ fn run_one(o: &WalBenchOptions, backend: Backend, writers: usize, dir: &Path) ->
     let result = with_progress(
         &progress,
         || done.load(Ordering::Relaxed),
-        || load::run(target.as_ref(), load, &data, &done),
+        || keel_load::run(target.as_ref(), load, &data, &done),
     );
     progress.finish();
     let r = result.map_err(|source| CliError::Load {

@@ -328,7 +328,7 @@ fn start(args: &ServeArgs) -> Result<Running, CliError> {
     // peer port the live one holds, which does not say why. Only a probe: the lock is
     // released at once, and `Db::open` takes it for good.
     if let Err(e @ keel::Error::DataDirLocked { .. }) =
-        keel::data_dir::lock(&wal::fs::StdFs, &args.data_dir)
+        keel::data_dir::lock(&keel_fs::StdFs, &args.data_dir)
     {
         return Err(fail(format!("cannot start node {}: {e}", args.id)));
     }

@@ -9,8 +9,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use keel_fs::StdFs;
 use raft_core::{HardState, SnapshotMetadata};
-use wal::fs::StdFs;
 use wal::{Damage, LogError, LogStore, RecoveryMode, TailCut, Wal, WalOptions};
 
 use super::overlay::OverlayFs;

@@ -11,7 +11,7 @@ pub mod verify;
 
 use std::path::{Path, PathBuf};
 
-use wal::fs::StdFs;
+use keel_fs::StdFs;
 use wal::{Damage, SegmentName, SegmentScan, WalDirListing, WalScanner};
 
 use crate::error::{CliError, Result};

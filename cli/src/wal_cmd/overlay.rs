@@ -12,7 +12,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use wal::fs::{FileSystem, FsFile, ReadView};
+use keel_fs::{FileSystem, FsFile, ReadView};
 
 /// The copy-on-write file system; see the module docs.
 #[derive(Debug)]
@@ -269,7 +269,7 @@ impl ReadView for MemView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use wal::fs::StdFs;
+    use keel_fs::StdFs;
 
     #[test]
     fn changes_stay_in_memory() {

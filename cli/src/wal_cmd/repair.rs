@@ -16,7 +16,7 @@
 
 use std::path::Path;
 
-use wal::fs::StdFs;
+use keel_fs::StdFs;
 use wal::{LogError, Wal};
 
 use super::check::{inspect, recovery_options, view, Verdict};

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use keel_fs::StdFs;
 use raft_core::{Entry, HardState};
-use wal::fs::StdFs;
 use wal::{LogBatch, LogStore, ScanEvent, SegmentName, Wal, WalOptions, WalScanner};
 
 /// What a `keel` run produced.

@@ -273,7 +273,7 @@ mod tests {
     fn written_and_restored(image: &dyn FrozenState) -> MemoryStateMachine {
         let dir = tempfile::tempdir().unwrap();
         let store = SnapshotStore::open(
-            wal::fs::StdFs::shared(),
+            keel_fs::StdFs::shared(),
             dir.path(),
             snapshot::StoreOptions::default(),
         )
@@ -293,7 +293,7 @@ mod tests {
     fn a_snapshot_hands_back_the_member_addresses_it_was_written_with() {
         let dir = tempfile::tempdir().unwrap();
         let store = SnapshotStore::open(
-            wal::fs::StdFs::shared(),
+            keel_fs::StdFs::shared(),
             dir.path(),
             snapshot::StoreOptions::default(),
         )

@@ -112,7 +112,7 @@ impl RocksStateMachine {
     pub fn open(path: impl AsRef<Path>) -> Result<RocksStateMachine> {
         let path = path.as_ref().to_path_buf();
         // Durably: RocksDB syncs the files in its directory, not the directory's entry.
-        wal::fs::FileSystem::create_dir_all_durably(&wal::fs::StdFs, &path)?;
+        keel_fs::FileSystem::create_dir_all_durably(&keel_fs::StdFs, &path)?;
         let opts = db_options();
         let existing = if path.join("CURRENT").exists() {
             DB::list_cf(&opts, &path).map_err(|e| backend("listing column families", e))?

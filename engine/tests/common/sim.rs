@@ -1,5 +1,5 @@
 //! A cluster whose nodes each write to their own simulated file system
-//! (`wal::fs::SimFs`), so a node can crash the way a machine does: its unsynced
+//! (`keel_fs::SimFs`), so a node can crash the way a machine does: its unsynced
 //! writes are dropped or torn, its threads stop, and it restarts from what its disk
 //! kept. Shared between threads (clients, a nemesis) through `&SimCluster`.
 #![allow(dead_code)]
@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use keel::transport::InProcessNetwork;
 use keel::{Config, Db, Role};
+use keel_fs::{CrashMode, FileSystem, FsFile, SimFs};
 use parking_lot::{Mutex, RwLock};
-use wal::fs::{CrashMode, FileSystem, FsFile, SimFs};
 
 use super::{fast, wait_until};
 

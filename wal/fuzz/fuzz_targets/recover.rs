@@ -6,9 +6,9 @@
 
 use std::path::Path;
 
+use keel_fs::{FileSystem, SimFs};
 use libfuzzer_sys::fuzz_target;
 use raft_core::Entry;
-use wal::fs::{FileSystem, SimFs};
 use wal::{LogBatch, LogStore, RecoveryMode, SyncPolicy, Wal, WalOptions};
 
 fuzz_target!(|data: &[u8]| {

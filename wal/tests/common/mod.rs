@@ -4,8 +4,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use keel_fs::{FileSystem, SimFs};
 use raft_core::{Entry, HardState, SnapshotMetadata};
-use wal::fs::{FileSystem, SimFs};
 use wal::{LogBatch, LogStore, RecoveryMode, SyncPolicy, Wal, WalOptions};
 
 pub const DIR: &str = "/wal";

@@ -1,11 +1,24 @@
-//! The file-system seam: every byte the WAL (and the snapshot store) reads or writes goes
-//! through [`FileSystem`] and [`FsFile`], so tests can swap the real file system
-//! ([`StdFs`]) for a simulated one ([`SimFs`]) that loses unsynced data, tears writes,
-//! flips bytes and fails writes or syncs on demand.
+//! keel's file-system seam.
+//!
+//! Owns: the [`FileSystem`] and [`FsFile`] traits through which keel's own storage code
+//! reads and writes every byte it keeps on disk (the WAL, the snapshot store, a node's
+//! data directory and its lock; RocksDB, behind the `rocksdb` feature, does its own
+//! I/O); their implementation over the real file system ([`StdFs`]: `pread` and
+//! `pwrite`, `fdatasync`, `fallocate`, memory maps, `flock`); a simulated file system
+//! ([`SimFs`]) that loses unsynced data on a [`crash`](SimFs::crash), tears writes, flips
+//! bytes and fails writes or syncs on demand, so the crash tests of every crate above it
+//! run in one process and replay from a seed; and [`write_file_durably`] (write a
+//! temporary file, sync it, rename it into place, sync the directory).
+//!
+//! Must not: depend on any other keel crate or know any of keel's file formats (`wal`,
+//! `snapshot` and the engine all build on it); retry or hide a failed write or sync (the
+//! caller decides what a failure means); or start threads.
 //!
 //! The traits are object-safe (`Arc<dyn FileSystem>`) so callers don't become generic
 //! over the file system. Paths are ordinary `Path`s; the simulated file system treats
 //! them as plain keys.
+
+#![deny(missing_docs)]
 
 mod sim;
 mod std_fs;

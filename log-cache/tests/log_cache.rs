@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
+use keel_log_cache::{LogCache, LogCacheOptions};
 use proptest::prelude::*;
 use raft_core::util::limit_size;
 use raft_core::{ConfState, Entry, Error, SnapshotMetadata, Storage, StorageError};
-use snapshot::{LogCache, LogCacheOptions};
 use wal::{LogBatch, LogStore, MemLogStore};
 
 /// The model: entries `compacted + 1 ..= compacted + entries.len()`.
@@ -525,10 +525,6 @@ fn handles_are_shareable_across_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<LogCache<dyn LogStore>>();
     assert_send_sync::<LogCache<MemLogStore>>();
-    assert_send_sync::<snapshot::SnapshotStore>();
-    fn assert_send<T: Send>() {}
-    assert_send::<snapshot::SnapshotReceiver>();
-    assert_send::<snapshot::SnapshotSender>();
 }
 
 #[test]

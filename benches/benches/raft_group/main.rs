@@ -5,8 +5,10 @@
 
 use std::time::Duration;
 
+mod group;
+
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use keel_benches::raft_group::Group;
+use group::Group;
 
 fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("raft_group_3_nodes");

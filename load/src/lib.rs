@@ -1,10 +1,17 @@
-//! Synced-append load generation, shared by the criterion `wal_append` bench and
-//! `keel bench wal` / `keel bench cluster`: the logs under test ([`Target`]s), a loop
-//! of concurrent writers that each append one entry at a time and wait until it is
-//! durable ([`run`]), and what it measured ([`RunResult`]).
+//! keel's synced-append load generator.
 //!
-//! Owns no policy about where files go: every target is created in a directory the
-//! caller chose (and, for the raw loop, sized by the caller).
+//! Owns: the logs under test ([`Target`]s: a raw `write` + `fdatasync` loop on a
+//! preallocated file, the WAL, any `LogStore`), a loop of concurrent writers that each
+//! append one entry at a time and wait until it is durable ([`run`]), what it measured
+//! ([`RunResult`]) and the latency histogram both use ([`new_histogram`], [`record`]).
+//! `keel bench wal`, `keel bench cluster`, `keel demo` and the criterion `wal_append`
+//! bench all use it, so the command line and `cargo bench` measure the same thing.
+//!
+//! Must not: decide where files go (every target is created in a directory the caller
+//! chose and, for the raw loop, sized by the caller), print anything, or start threads
+//! other than [`run`]'s writers, which end before it returns.
+
+#![deny(missing_docs)]
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -15,8 +22,8 @@ use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use keel_fs::StdFs;
 use raft_core::Entry;
-use wal::fs::StdFs;
 use wal::{LogBatch, LogError, LogStore, Wal, WalOptions};
 
 /// Why a load could not be set up or run.
