@@ -272,15 +272,14 @@ fn a_lossy_slow_network_still_commits_and_converges() {
         "only {} of 30 writes acknowledged",
         acks.len()
     );
-    // Every acknowledged write is committed, yet no status need show it yet: a node
-    // answers its caller before it publishes its new applied index, its raft stage
-    // publishes the commit index once per loop turn, and the followers learn that the
-    // last write committed only from the leader's next message. So the highest commit
-    // index the statuses report may stop short of the last write (it did, under load:
-    // every node at commit 33, the last write at 34 not yet applied on the followers).
-    // A linearizable read is answered only once the node applied everything committed
-    // before the read began: after it, that node's applied index covers every
-    // acknowledged write, and every node must reach it.
+    // Every acknowledged write is committed, but the followers learn that the last one
+    // committed only from the leader's next message: the check must wait for an index
+    // at or past every acknowledged write. Not the highest commit index the statuses
+    // show: they are views published by other threads (a node used to answer a writer
+    // before publishing its applied index, and under load every status still showed
+    // 33 with the last write, at 34, not applied on the followers). A linearizable read
+    // is answered once its node applied everything committed before the read began:
+    // that node's applied index after it is such an index, and every node must reach it.
     let through = committed_so_far(&c, via);
     wait_until(Duration::from_secs(30), || {
         c.dbs
@@ -385,6 +384,81 @@ fn lossy_report(c: &Cluster, acks: &[Ack]) -> String {
         );
     }
     out
+}
+
+// Regression: a node answered its writers before it published its applied index, so a
+// status read just after a write was acknowledged could show less than the write (and
+// the lossy-network test, waiting for the highest index the statuses showed, checked
+// the followers too early). Here a one-voter node's apply stage is held at the end of
+// the batch that applied a write, after it answered the writer: the write must be in
+// the node's applied and commit index already.
+#[cfg(feature = "failpoints")]
+#[test]
+fn an_acknowledged_write_is_in_the_applied_index_at_once() {
+    use std::sync::{Arc, Condvar, Mutex};
+
+    // Fail points are process-wide: the callbacks act only on the apply thread of a node
+    // whose id no other test in this file uses.
+    const ID: u64 = 77;
+    fn on_its_apply_thread() -> bool {
+        std::thread::current().name() == Some(format!("keel-apply-{ID}").as_str())
+    }
+    #[derive(Default)]
+    struct Gate {
+        // Set by the test: hold the next batch.
+        armed: bool,
+        // Set by the apply stage: it started the batch to hold.
+        in_batch: bool,
+        // Set by the test once it looked.
+        released: bool,
+    }
+    let gate = Arc::new((Mutex::new(Gate::default()), Condvar::new()));
+    let g = Arc::clone(&gate);
+    fail::cfg_callback("applyBeforeEntries", move || {
+        let mut gate = g.0.lock().unwrap();
+        if on_its_apply_thread() && gate.armed {
+            gate.in_batch = true;
+        }
+    })
+    .unwrap();
+    let g = Arc::clone(&gate);
+    fail::cfg_callback("applyAfterBatch", move || {
+        if !on_its_apply_thread() {
+            return;
+        }
+        let (lock, opened) = &*g;
+        let gate = lock.lock().unwrap();
+        // Bounded, so a test that failed before releasing does not hang the node.
+        let _held = opened
+            .wait_timeout_while(gate, Duration::from_secs(10), |g| g.in_batch && !g.released)
+            .unwrap();
+    })
+    .unwrap();
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut cfg = common::fast(Config::single_node(dir.path()));
+    cfg.id = ID;
+    cfg.peers = vec![ID];
+    let db = Db::open(cfg).expect("open node");
+    wait_until(Duration::from_secs(10), || {
+        (db.status().role == keel::Role::Leader).then_some(())
+    })
+    .expect("the single voter leads");
+    // Answered, and its batch applied before arming: the batch held is the next one.
+    db.put(b"before", b"1").unwrap();
+    gate.0.lock().unwrap().armed = true;
+    db.put(b"k", b"v").unwrap();
+    let st = db.status();
+    gate.0.lock().unwrap().released = true;
+    gate.1.notify_all();
+    fail::remove("applyBeforeEntries");
+    fail::remove("applyAfterBatch");
+    db.close().unwrap();
+    // Nothing else is appended on a lone voter: its last entry is the write.
+    assert!(
+        st.applied_index >= st.last_index && st.commit_index >= st.last_index,
+        "acknowledged write not in the applied index: {st:?}"
+    );
 }
 
 #[test]
