@@ -129,6 +129,7 @@ impl Stage for ApplyStage {
                     return StopReason::Fatal(fatal);
                 }
             }
+            fail::fail_point!("applyAfterBatch");
             let applied = self.applied_through;
             self.shared.applied.advance(applied);
             let commit = self.commit_index.load(Ordering::Relaxed);
@@ -256,6 +257,9 @@ impl ApplyStage {
         }
         sm.skip_to(self.applied_through);
         drop(sm);
+        // Published before anyone is answered: a caller told its write was applied
+        // finds it in this node's applied index (status, reads) as well.
+        self.shared.applied.advance(self.applied_through);
         self.shared.proposals.on_applied(my_id, &answers);
         Ok(())
     }
