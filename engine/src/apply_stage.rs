@@ -26,7 +26,7 @@ use crate::command::Command;
 use crate::config::MembershipObserver;
 use crate::error::{Error, Fatal, FatalKind, StopReason};
 use crate::members::Members;
-use crate::node::Shared;
+use crate::shared::Shared;
 use crate::proposals::Applied;
 use crate::state_machine::StateMachine;
 use crate::supervisor::{self, Stage};

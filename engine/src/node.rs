@@ -8,164 +8,34 @@
 //! takes snapshots. Shared, lock-protected: the waiting-proposal registry, the
 //! published status, the state machine for readers, and the `LogCache` (its own lock).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Sender};
-use parking_lot::{Condvar, Mutex, RwLock};
-use raft_core::{
-    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
-    EntryType, HardState, RawNode, StateRole, Storage,
-};
+use parking_lot::{Mutex, RwLock};
+use raft_core::{RawNode, Storage};
 use snapshot::{LogCache, LogCacheOptions, SnapshotStore, StoreOptions};
-use wal::{LogBatch, LogStore, SyncPolicy, Wal, WalOptions};
+use wal::LogStore;
 
 use crate::apply_stage::{snapshot_file_bytes, ApplyStage};
-use crate::config::{Config, LogBackend, StateMachineKind};
-use crate::error::{Error, Fatal, FatalKind, Result, StopReason};
+use crate::config::Config;
+use crate::error::{Error, Fatal, FatalKind, Result};
 use crate::members::Members;
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 use crate::persist_stage::PersistStage;
 use crate::proposals::{AppliedWatch, Proposals};
 use crate::raft_stage::{RaftStage, Request};
+use crate::recovery::{
+    bootstrap, is_brand_new, load_snapshot, open_log, open_state_machine, recover_log,
+};
+use crate::shared::Shared;
 use crate::snapshot_transfer::{NodeSink, SnapshotSenderStage};
-use crate::state_machine::{MemoryStateMachine, StateMachine};
+use crate::state_machine::StateMachine;
 use crate::supervisor::spawn_stage;
 use crate::thread_policy::ThreadPolicy;
 use crate::transport::MessageSink;
-
-/// What the raft stage publishes for `status()`.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct RaftView {
-    pub(crate) role: StateRole,
-    pub(crate) term: u64,
-    pub(crate) leader: u64,
-    pub(crate) commit: u64,
-    pub(crate) conf_state: ConfState,
-}
-
-/// State every stage and every `Db` handle of one node shares.
-pub(crate) struct Shared {
-    pub(crate) id: u64,
-    pub(crate) metrics: Metrics,
-    pub(crate) proposals: Proposals,
-    pub(crate) applied: AppliedWatch,
-    view: RwLock<RaftView>,
-    stopped: AtomicBool,
-    // Why the node stopped; set once (a fatal cause may still replace `Closed`).
-    stop: Mutex<Option<StopReason>>,
-    stop_known: Condvar,
-    // Wakes the raft stage (its stop channel) so a fatal error elsewhere ends it now
-    // rather than at its next tick.
-    wake_raft: Sender<()>,
-}
-
-// Longest a caller whose request channel closed waits for the reason to be recorded:
-// the supervisor records it right after the stage's unwinding, so this is only a
-// bound against a bug.
-const STOP_REASON_WAIT: Duration = Duration::from_secs(1);
-
-impl Shared {
-    /// Stops the node because of `fatal`: logged at error level, kept for every later
-    /// call to report (the first fatal cause wins; it replaces a clean close in
-    /// progress), every waiter woken, and the raft stage told to end.
-    pub(crate) fn fail(&self, fatal: Fatal) {
-        let mut stop = self.stop.lock();
-        match &*stop {
-            // Passed on by the stage it woke: already said.
-            Some(StopReason::Fatal(first)) if *first == fatal => {}
-            Some(StopReason::Fatal(first)) => {
-                log::error!("node {}: also, after {first}: {fatal}", self.id);
-            }
-            _ => {
-                log::error!("node {} stopping: {fatal}", self.id);
-                *stop = Some(StopReason::Fatal(fatal));
-            }
-        }
-        self.set_stopped(stop);
-        let _ = self.wake_raft.try_send(());
-    }
-
-    /// Marks the node closed (by `Db::close` or the last handle), unless it stopped
-    /// already.
-    pub(crate) fn close(&self) {
-        let mut stop = self.stop.lock();
-        if stop.is_none() {
-            *stop = Some(StopReason::Closed);
-        }
-        self.set_stopped(stop);
-    }
-
-    fn set_stopped(&self, stop: parking_lot::MutexGuard<'_, Option<StopReason>>) {
-        self.stopped.store(true, Ordering::Release);
-        drop(stop);
-        self.stop_known.notify_all();
-        self.applied.stop();
-    }
-
-    /// Why the node stopped; `None` while it runs.
-    pub(crate) fn stop_reason(&self) -> Option<StopReason> {
-        self.stop.lock().clone()
-    }
-
-    /// The fatal error that stopped the node, if one did.
-    pub(crate) fn fatal(&self) -> Option<Fatal> {
-        match &*self.stop.lock() {
-            Some(StopReason::Fatal(fatal)) => Some(fatal.clone()),
-            _ => None,
-        }
-    }
-
-    pub(crate) fn is_stopped(&self) -> bool {
-        self.stopped.load(Ordering::Acquire)
-    }
-
-    /// Why the node stopped, for a caller that saw a stage's channel close: that
-    /// happens only after the reason is recorded, so the wait is a bound, not a delay.
-    pub(crate) fn await_stop_reason(&self) -> StopReason {
-        let deadline = Instant::now() + STOP_REASON_WAIT;
-        let mut stop = self.stop.lock();
-        // Bounded by the deadline.
-        loop {
-            if let Some(reason) = &*stop {
-                return reason.clone();
-            }
-            if self.stop_known.wait_until(&mut stop, deadline).timed_out() {
-                return stop.clone().unwrap_or_else(|| {
-                    StopReason::Fatal(Fatal::here(
-                        FatalKind::Invariant,
-                        "a stage's channel closed but the node recorded no reason",
-                    ))
-                });
-            }
-        }
-    }
-
-    /// The error a call on a stopped node returns (the call was never proposed).
-    pub(crate) fn stopped_error(&self) -> Error {
-        Error::Stopped(self.await_stop_reason())
-    }
-
-    pub(crate) fn publish<S: Storage>(&self, raw: &RawNode<S>) {
-        let r = &raw.raft;
-        let mut v = self.view.write();
-        v.role = r.state;
-        v.term = r.term;
-        v.leader = r.leader_id;
-        v.commit = r.raft_log.committed;
-    }
-
-    pub(crate) fn set_conf_state(&self, cs: &ConfState) {
-        self.view.write().conf_state = cs.clone();
-    }
-
-    pub(crate) fn view(&self) -> RaftView {
-        self.view.read().clone()
-    }
-}
 
 /// A running node: its shared state, the handles callers use, and its threads.
 pub(crate) struct Node {
@@ -183,67 +53,6 @@ pub(crate) struct Node {
     threads: Mutex<Vec<JoinHandle<()>>>,
     // Given up by `shutdown`, once nothing of this node writes the directory.
     lock: Mutex<Option<crate::data_dir::DataDirLock>>,
-}
-
-fn open_log(config: &Config) -> Result<Arc<dyn LogStore>> {
-    match config.log_backend {
-        LogBackend::Wal => {
-            let opts = WalOptions {
-                segment_size_bytes: config.wal_segment_size_bytes,
-                sync_policy: if config.fsync {
-                    SyncPolicy::Always
-                } else {
-                    SyncPolicy::Never
-                },
-                ..WalOptions::default()
-            };
-            let wal = Wal::open(Arc::clone(&config.fs), config.wal_dir(), opts)?;
-            Ok(Arc::new(wal))
-        }
-        #[cfg(feature = "rocksdb")]
-        LogBackend::RocksDb => {
-            let log = wal::RocksLogStore::open(config.data_dir.join("rocksdb"))?;
-            Ok(Arc::new(log))
-        }
-    }
-}
-
-fn open_state_machine(config: &Config) -> Result<Arc<RwLock<dyn StateMachine>>> {
-    Ok(match config.state_machine {
-        StateMachineKind::Memory => Arc::new(RwLock::new(MemoryStateMachine::new())),
-        #[cfg(feature = "rocksdb")]
-        StateMachineKind::RocksDb => Arc::new(RwLock::new(
-            crate::state_machine::RocksStateMachine::open(config.rocksdb_sm_dir())?,
-        )),
-    })
-}
-
-/// Brings the state machine up to the newest snapshot that passes every check and
-/// returns that snapshot's description (metadata and member addresses). Damaged
-/// snapshots are skipped (the log still reaches back to an older one, see the apply
-/// stage). A persistent state machine that already holds a snapshot's index only reads
-/// its checked header.
-fn load_snapshot(
-    id: u64,
-    sm: &mut dyn StateMachine,
-    store: &SnapshotStore,
-) -> Result<Option<snapshot::SnapshotInfo>> {
-    let held = sm.applied_index();
-    for snap_id in store.list()? {
-        let outcome = if snap_id.index <= held {
-            store.info(snap_id).map_err(Error::from)
-        } else {
-            sm.restore_snapshot(store, snap_id)
-        };
-        match outcome {
-            Ok(meta) => return Ok(Some(meta)),
-            Err(Error::Snapshot(e @ snapshot::SnapshotError::Damaged { .. })) => {
-                log::error!("node {id}: skipping damaged snapshot {snap_id:?}: {e}");
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(None)
 }
 
 // The scheduler hint of a stage thread, if hints are on.
@@ -327,20 +136,14 @@ impl Node {
         }
 
         let (stop_tx, stop_rx) = bounded(1);
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Shared::new(
             id,
-            metrics: Metrics::new(id)?,
-            proposals: Proposals::new(config.max_pending_requests),
-            applied: AppliedWatch::new(applied),
-            view: RwLock::new(RaftView {
-                conf_state: conf_state.clone(),
-                ..RaftView::default()
-            }),
-            stopped: AtomicBool::new(false),
-            stop: Mutex::new(None),
-            stop_known: Condvar::new(),
-            wake_raft: stop_tx.clone(),
-        });
+            Metrics::new(id)?,
+            Proposals::new(config.max_pending_requests),
+            AppliedWatch::new(applied),
+            conf_state.clone(),
+            stop_tx.clone(),
+        ));
         shared.publish(&raw);
 
         let inflight = config.max_inflight_readies;
@@ -532,173 +335,3 @@ fn read_ctx_seed() -> u64 {
     nanos << 16
 }
 
-// A node that has never written anything: no log, no hard state, no snapshot.
-fn is_brand_new(log: &dyn LogStore, store: &SnapshotStore) -> Result<bool> {
-    Ok(log.last_index() == 0
-        && log.snapshot_marker().is_none()
-        && log.hard_state().is_empty()
-        && store.list()?.is_empty())
-}
-
-/// Writes the initial membership as the first entries of the log, as etcd does: one
-/// `AddNode` per initial voter (sorted), all at term 1 and committed. Every node of a
-/// new cluster writes the same entries, so their logs agree; a node added later
-/// receives them from the leader and rebuilds the membership from the log. A joining
-/// node writes nothing: its log comes from the leader.
-fn bootstrap(config: &Config, log: &dyn LogStore) -> Result<()> {
-    if config.join || config.peers.is_empty() {
-        return Ok(());
-    }
-    let mut voters = config.peers.clone();
-    voters.sort_unstable();
-    let entries: Vec<Entry> = voters
-        .iter()
-        .enumerate()
-        .map(|(i, &node_id)| {
-            let cc = ConfChangeV2 {
-                transition: ConfChangeTransition::Auto,
-                changes: vec![ConfChangeSingle {
-                    change_type: ConfChangeType::AddNode,
-                    node_id,
-                }],
-                context: Vec::new(),
-            };
-            Entry {
-                term: 1,
-                index: i as u64 + 1,
-                entry_type: EntryType::ConfChangeV2,
-                data: raft_core::codec::encode(&cc),
-            }
-        })
-        .collect();
-    let batch = LogBatch {
-        hard_state: Some(HardState {
-            term: 1,
-            vote: 0,
-            commit: entries.len() as u64,
-        }),
-        entries,
-        snapshot: None,
-    };
-    log.write(&batch, true)?;
-    if config.fsync {
-        log.sync()?;
-    }
-    Ok(())
-}
-
-// Most initial voters read back from the bootstrap entries.
-const MAX_BOOTSTRAP_ENTRIES: u64 = 1024;
-
-/// The membership the bootstrap entries at the head of the log establish, and how many
-/// there are (0 when the log does not start with them, e.g. a joining node's empty log).
-fn bootstrap_membership(log: &dyn LogStore) -> Result<(Vec<u64>, u64)> {
-    let committed = log.hard_state().commit.min(log.last_index());
-    if log.first_index() != 1 || committed == 0 {
-        return Ok((Vec::new(), 0));
-    }
-    let hi = committed.min(MAX_BOOTSTRAP_ENTRIES) + 1;
-    let mut voters = Vec::new();
-    for e in log.entries(1, hi, u64::MAX)? {
-        let add = (e.term == 1 && e.entry_type == EntryType::ConfChangeV2)
-            .then(|| raft_core::codec::decode::<ConfChangeV2>(&e.data).ok())
-            .flatten()
-            .filter(|cc| cc.context.is_empty())
-            .and_then(|cc| match cc.changes.as_slice() {
-                [c] if c.change_type == ConfChangeType::AddNode => Some(c.node_id),
-                _ => None,
-            });
-        match add {
-            Some(id) if e.index == voters.len() as u64 + 1 => voters.push(id),
-            _ => break,
-        }
-    }
-    let n = voters.len() as u64;
-    Ok((voters, n))
-}
-
-/// Brings the log in line with the snapshot the state machine was loaded from, and
-/// returns the membership to start with and the number of bootstrap entries it
-/// already includes (to be counted as applied).
-fn recover_log(
-    config: &Config,
-    log: &dyn LogStore,
-    cache: &LogCache<dyn LogStore>,
-    loaded: Option<&raft_core::SnapshotMetadata>,
-) -> Result<(ConfState, u64)> {
-    let marker = cache.snapshot_metadata();
-    let loaded_index = loaded.map_or(0, |m| m.index);
-    if marker.index > loaded_index {
-        // The log restarts after a snapshot we could not load: entries between are gone.
-        return Err(Error::Config(format!(
-            "the log starts after snapshot {} but the newest loadable snapshot is at {loaded_index}; \
-             the snapshot directory is missing or damaged",
-            marker.index
-        )));
-    }
-    let Some(meta) = loaded else {
-        if log.first_index() > 1 {
-            return Err(Error::Config(format!(
-                "the log is compacted to {} but there is no snapshot",
-                log.first_index() - 1
-            )));
-        }
-        let (voters, bootstrapped) = bootstrap_membership(log)?;
-        if bootstrapped > 0 {
-            return Ok((
-                ConfState {
-                    voters,
-                    ..ConfState::default()
-                },
-                bootstrapped,
-            ));
-        }
-        // A log from before bootstrap entries, or a joining node's (empty) one.
-        let voters = if config.join {
-            Vec::new()
-        } else {
-            config.peers.clone()
-        };
-        return Ok((
-            ConfState {
-                voters,
-                ..ConfState::default()
-            },
-            0,
-        ));
-    };
-    let mut hs = log.hard_state();
-    let in_log = meta.index <= cache.last_index().unwrap_or(0)
-        && cache.term(meta.index).is_ok_and(|t| t == meta.term);
-    let mut batch = LogBatch::default();
-    if meta.index > marker.index && !in_log {
-        // A snapshot received from the leader whose marker never reached the log: the
-        // log restarts after it, as it would have.
-        batch.snapshot = Some(meta.clone());
-    }
-    if hs.term < meta.term {
-        // A term below the last entry's would confuse the next election; moving to a
-        // later term (with no vote in it) is always safe.
-        hs.term = meta.term;
-        hs.vote = 0;
-        batch.hard_state = Some(hs);
-    }
-    if hs.commit < meta.index {
-        // Everything in a snapshot was committed; the hard state may lag because the
-        // apply stage can snapshot before the persist stage writes the newer commit.
-        hs.commit = meta.index;
-        batch.hard_state = Some(hs);
-    }
-    if !batch.is_empty() {
-        log.write(&batch, true)?;
-        if config.fsync {
-            log.sync()?;
-        }
-    }
-    if batch.snapshot.is_some() {
-        cache.apply_snapshot(meta.clone())?;
-    } else if meta.index > marker.index {
-        cache.record_snapshot(meta.clone())?;
-    }
-    Ok((meta.conf_state.clone(), 0))
-}

@@ -18,7 +18,7 @@ use snapshot::LogCache;
 use wal::{LogBatch, LogStore};
 
 use crate::error::{Fatal, FatalKind, StopReason};
-use crate::node::Shared;
+use crate::shared::Shared;
 use crate::outbox::Outbox;
 use crate::supervisor::Stage;
 

@@ -36,7 +36,7 @@ use wal::LogStore;
 use crate::apply_stage::ApplyTask;
 use crate::config::MembershipObserver;
 use crate::error::{Error, Fatal, FatalKind, Result, StopReason};
-use crate::node::Shared;
+use crate::shared::Shared;
 use crate::outbox::{Outbox, SendFailures};
 use crate::persist_stage::{PersistTask, Persisted};
 use crate::reply;

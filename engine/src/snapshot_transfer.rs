@@ -15,7 +15,7 @@ use snapshot::{ReceiveStatus, SnapshotId, SnapshotSender, SnapshotStore};
 use crate::budget::{ByteBudget, Charged};
 use crate::error::StopReason;
 use crate::metrics::Metrics;
-use crate::node::Shared;
+use crate::shared::Shared;
 use crate::supervisor::Stage;
 use crate::transport::{ChunkSource, MessageSink, Transport, TransportError};
 
