@@ -102,6 +102,13 @@ impl Error {
     }
 }
 
+/// The fatal stop raft-core's error `e` calls for, if it is one
+/// ([`raft_core::Error::is_fatal`]): the node's own log or storage is broken.
+pub(crate) fn fatal_raft(e: &raft_core::Error) -> Option<Fatal> {
+    e.is_fatal()
+        .then(|| Fatal::here(FatalKind::Raft, e.to_string()))
+}
+
 /// Why a node stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StopReason {
@@ -204,3 +211,29 @@ pub enum UnknownOutcome {
 
 /// Result alias for the engine.
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_fatal_raft_errors_stop_the_node() {
+        let lost = raft_core::Error::CommitBeyondLog {
+            commit: 9,
+            last_index: 3,
+        };
+        let fatal = fatal_raft(&lost).expect("a lost log stops the node");
+        assert_eq!(fatal.kind, FatalKind::Raft);
+        assert!(fatal.detail.contains("was the log lost"), "{fatal}");
+        let broken = raft_core::Error::Store(raft_core::StorageError::Other("EIO".into()));
+        assert_eq!(fatal_raft(&broken).map(|f| f.kind), Some(FatalKind::Raft));
+        // Refusals of one message or request change nothing.
+        for refused in [
+            raft_core::Error::ProposalDropped("no leader"),
+            raft_core::Error::MalformedMessage("term 0"),
+            raft_core::Error::StepPeerNotFound,
+        ] {
+            assert!(fatal_raft(&refused).is_none(), "{refused}");
+        }
+    }
+}

@@ -45,13 +45,38 @@ pub(crate) struct Persisted {
 }
 
 pub(crate) struct PersistStage {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) tasks: Receiver<PersistTask>,
-    pub(crate) done: Sender<Persisted>,
-    pub(crate) cache: LogCache<dyn LogStore>,
-    pub(crate) outbox: Outbox,
-    pub(crate) fsync: bool,
-    pub(crate) max_batch: usize,
+    shared: Arc<Shared>,
+    tasks: Receiver<PersistTask>,
+    done: Sender<Persisted>,
+    cache: LogCache<dyn LogStore>,
+    outbox: Outbox,
+    fsync: bool,
+    max_batch: usize,
+}
+
+impl PersistStage {
+    /// The persist stage of the node `shared` describes: takes Readies from `tasks`
+    /// (at most `max_batch` per write), writes them to `cache`'s log (syncing when
+    /// `fsync`), sends their waiting messages through `outbox`, and reports to `done`.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        tasks: Receiver<PersistTask>,
+        done: Sender<Persisted>,
+        cache: LogCache<dyn LogStore>,
+        outbox: Outbox,
+        fsync: bool,
+        max_batch: usize,
+    ) -> PersistStage {
+        PersistStage {
+            shared,
+            tasks,
+            done,
+            cache,
+            outbox,
+            fsync,
+            max_batch,
+        }
+    }
 }
 
 impl Stage for PersistStage {

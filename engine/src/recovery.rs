@@ -1,19 +1,22 @@
 //! Recovery and bootstrap: opening a node's log, snapshot store and state machine,
 //! writing a brand-new cluster's initial membership into the log, and bringing the log
-//! in line with the newest loadable snapshot.
+//! in line with the newest loadable snapshot ([`recover`]). Runs before any stage
+//! thread starts.
 
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 use raft_core::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
-    EntryType, HardState, Storage,
+    EntryType, HardState, SnapshotMetadata, Storage,
 };
-use snapshot::{LogCache, SnapshotStore};
+use snapshot::{LogCache, LogCacheOptions, SnapshotStore, StoreOptions};
 use wal::{LogBatch, LogStore, SyncPolicy, Wal, WalOptions};
 
 use crate::config::{Config, LogBackend, StateMachineKind};
+use crate::data_dir::DataDirLock;
 use crate::error::{Error, Result};
+use crate::members::Members;
 use crate::state_machine::{MemoryStateMachine, StateMachine};
 
 pub(crate) fn open_log(config: &Config) -> Result<Arc<dyn LogStore>> {
@@ -246,4 +249,103 @@ pub(crate) fn recover_log(
         cache.record_snapshot(meta.clone())?;
     }
     Ok((meta.conf_state.clone(), 0))
+}
+
+/// A node's storage, opened and brought in line with itself: what the stages start
+/// from.
+pub(crate) struct Recovered {
+    /// The data directory's lock, held until the node has stopped writing.
+    pub(crate) lock: DataDirLock,
+    pub(crate) store: Arc<SnapshotStore>,
+    pub(crate) sm: Arc<RwLock<dyn StateMachine>>,
+    pub(crate) cache: LogCache<dyn LogStore>,
+    /// The membership to start with.
+    pub(crate) conf_state: ConfState,
+    /// What raft counts as applied at start (the snapshot's index, or the bootstrap
+    /// entries).
+    pub(crate) applied: u64,
+    /// The snapshot the state machine was loaded from, if any.
+    pub(crate) loaded: Option<SnapshotMetadata>,
+    /// The member address book as of `applied`.
+    pub(crate) members: Arc<RwLock<Members>>,
+}
+
+/// Opens (creating, and bootstrapping a brand-new cluster's) the storage of the node
+/// `config` describes: the data directory's lock, the log, the snapshot store, the
+/// state machine loaded from the newest good snapshot, and the log cache, with the log
+/// made to agree with that snapshot.
+pub(crate) fn recover(config: &Config) -> Result<Recovered> {
+    let id = config.id;
+    config.fs.create_dir_all_durably(&config.data_dir)?;
+    let lock = crate::data_dir::lock(config.fs.as_ref(), &config.data_dir)?;
+    let log = open_log(config)?;
+    let store = Arc::new(SnapshotStore::open(
+        Arc::clone(&config.fs),
+        config.snap_dir(),
+        StoreOptions {
+            retain_count: config.snapshots_retained,
+            max_receive_bytes: config.max_snapshot_receive_bytes,
+            ..StoreOptions::default()
+        },
+    )?);
+    if is_brand_new(log.as_ref(), &store)? {
+        bootstrap(config, log.as_ref())?;
+    }
+    let sm = open_state_machine(config)?;
+    let loaded_info = load_snapshot(id, &mut *sm.write(), &store)?;
+    let loaded = loaded_info.as_ref().map(|i| i.metadata.clone());
+    let cache = LogCache::open(
+        Arc::clone(&log),
+        LogCacheOptions {
+            max_bytes: config.log_cache_max_bytes,
+        },
+    )?;
+    let (conf_state, bootstrapped) = recover_log(config, log.as_ref(), &cache, loaded.as_ref())?;
+    cache.set_conf_state(conf_state.clone());
+    let held = sm.read().applied_index();
+    let log_end = cache
+        .last_index()?
+        .max(loaded.as_ref().map_or(0, |m| m.index));
+    if held > log_end {
+        // Entries at or below `held` would be skipped as already applied, yet the
+        // log and snapshots no longer have them: new entries there would be lost.
+        return Err(Error::Config(format!(
+            "the state machine has applied index {held} but the log and snapshots end \
+             at {log_end}; they were removed or lost writes (to rebuild the state \
+             machine from them, remove {})",
+            config.rocksdb_sm_dir().display()
+        )));
+    }
+    // Raft hands out everything after the snapshot again, even what a persistent
+    // state machine already holds, so membership changes after the snapshot are
+    // applied to raft; the apply stage skips their operations by index.
+    // The bootstrap entries are membership changes already folded into `conf_state`
+    // and change nothing in the state machine: raft counts them applied, so a lone
+    // voter can campaign at once.
+    let applied = loaded
+        .as_ref()
+        .map_or(bootstrapped, |m| m.index.max(bootstrapped));
+    // The address book as of `applied`; the log above it replays into it.
+    let members = match loaded_info {
+        Some(info) => Members::from_snapshot(info),
+        None => Members {
+            index: applied,
+            conf_state: conf_state.clone(),
+            ..Members::default()
+        },
+    };
+    if let (Some(observer), Some(_)) = (&config.membership_observer, &loaded) {
+        // Before the raft thread replays the changes above the snapshot.
+        observer.restored(&members);
+    }
+    Ok(Recovered {
+        lock,
+        store,
+        sm,
+        cache,
+        conf_state,
+        applied,
+        loaded,
+        members: Arc::new(RwLock::new(members)),
+    })
 }
