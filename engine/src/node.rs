@@ -150,7 +150,12 @@ impl Node {
             )?);
         }
         // Last: `shutdown` joins in reverse, the raft stage first.
-        threads.push(spawn_stage(Arc::clone(&shared), name("raft"), policy, raft)?);
+        threads.push(spawn_stage(
+            Arc::clone(&shared),
+            name("raft"),
+            policy,
+            raft,
+        )?);
 
         let sink: Arc<dyn MessageSink> = Arc::new(NodeSink::new(
             id,

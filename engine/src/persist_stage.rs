@@ -18,8 +18,8 @@ use snapshot::LogCache;
 use wal::{LogBatch, LogStore};
 
 use crate::error::{Fatal, FatalKind, StopReason};
-use crate::shared::Shared;
 use crate::outbox::Outbox;
+use crate::shared::Shared;
 use crate::supervisor::Stage;
 
 /// One Ready's share of durable work.

@@ -1,19 +1,20 @@
 //! The raft stage's membership work: admitting a membership change (refused before
 //! anything is proposed when raft would drop it or it would leave the cluster unable
-//! to commit), the changes proposed and waiting to be applied, their answers, and
-//! leadership transfer. Applying a committed change to raft is Ready handling
-//! (`mod.rs`); keeping the member address book is the apply stage's.
+//! to commit), the changes proposed and waiting to be applied, applying a committed
+//! change to raft and their answers, and leadership transfer. When that happens in a
+//! Ready is `mod.rs`'s; keeping the member address book is the apply stage's.
 
 use std::collections::BTreeSet;
 
-use raft_core::{ConfChangeType, ConfChangeV2, ConfState, Raft, RawNode, StateRole, Storage};
+use raft_core::{
+    codec, ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Raft, RawNode,
+    StateRole, Storage,
+};
+use snapshot::LogCache;
+use wal::LogStore;
 
-use crate::error::{fatal_raft, Error, Result, StopReason};
+use crate::error::{fatal_raft, Error, Fatal, MembershipRefusal, Result, StopReason};
 use crate::reply;
-
-/// How a membership change refused for want of reachable voters begins; `Db` retries
-/// those for a while, as a leader learns who is reachable only from their answers.
-pub(crate) const QUORUM_REFUSAL: &str = "the change would lose quorum";
 
 // Most entries a learner may lag the leader's commit index and still be promoted: a
 // voter that is far behind would stall commits until it caught up.
@@ -119,48 +120,71 @@ impl ConfChanges {
     }
 }
 
+/// Decodes the committed membership change `e` and applies it to raft (raft-core
+/// requires that on the raft thread) and to the log cache's membership. Returns the
+/// change, if it decoded, and the membership after it or why raft refused it (every
+/// replica refuses the same entry the same way, so it is skipped). Errs only on a
+/// raft-core error that stops the node.
+pub(super) fn apply_committed(
+    raw: &mut RawNode<LogCache<dyn LogStore>>,
+    e: &Entry,
+) -> std::result::Result<(Option<ConfChangeV2>, Result<ConfState>), Fatal> {
+    let cc = match e.entry_type {
+        EntryType::ConfChange => codec::decode::<ConfChange>(&e.data).map(ConfChange::into_v2),
+        _ => codec::decode::<ConfChangeV2>(&e.data),
+    };
+    let outcome: std::result::Result<ConfState, raft_core::Error> = match &cc {
+        Ok(cc) => raw.apply_conf_change(cc),
+        Err(err) => Err(err.clone().into()),
+    };
+    if let Some(fatal) = outcome.as_ref().err().and_then(fatal_raft) {
+        return Err(fatal);
+    }
+    if let Ok(cs) = &outcome {
+        raw.mut_store().set_conf_state(cs.clone());
+    }
+    Ok((cc.ok(), outcome.map_err(Error::from)))
+}
+
 /// Refuses, before anything is proposed, a change raft would drop or one that would
 /// leave the cluster unable to commit: another change still pending, a node that is
 /// not a member, a learner that has not caught up, or fewer reachable voters than a
 /// majority of the new configuration.
 pub(super) fn check<S: Storage>(r: &Raft<S>, cc: &ConfChangeV2) -> Result<()> {
     if r.pending_conf_index > r.raft_log.applied {
-        return Err(Error::Conflict(
-            "another membership change is still pending; retry once it is applied".into(),
-        ));
+        return Err(refused(MembershipRefusal::ChangePending));
     }
     if r.prs.conf.voters.is_joint() && !cc.leave_joint() {
-        return Err(Error::Conflict(
-            "the cluster is in a joint configuration; it must leave it first".into(),
-        ));
+        return Err(refused(MembershipRefusal::JointConfiguration));
     }
     let mut voters: BTreeSet<u64> = r.prs.conf.voters.ids();
     let learners = &r.prs.conf.learners;
     for c in &cc.changes {
         let id = c.node_id;
         if id == 0 {
-            return Err(Error::Conflict("node id 0 is reserved".into()));
+            return Err(refused(MembershipRefusal::ReservedId));
         }
         match c.change_type {
             ConfChangeType::AddNode => {
                 if voters.contains(&id) {
-                    return Err(Error::Conflict(format!("node {id} is already a voter")));
+                    return Err(refused(MembershipRefusal::AlreadyVoter(id)));
                 }
                 if learners.contains(&id) {
                     let matched = r.prs.progress.get(&id).map_or(0, |p| p.matched);
                     let committed = r.raft_log.committed;
                     if matched + MAX_PROMOTION_LAG_ENTRIES < committed {
-                        return Err(Error::Conflict(format!(
-                            "learner {id} has not caught up (at {matched}, commit index \
-                             {committed}); promote it once it has"
-                        )));
+                        return Err(refused(MembershipRefusal::LearnerBehind {
+                            id,
+                            matched,
+                            committed,
+                        }));
                     }
                 }
                 voters.insert(id);
             }
             ConfChangeType::AddLearnerNode => {
                 if learners.contains(&id) {
-                    return Err(Error::Conflict(format!("node {id} is already a learner")));
+                    return Err(refused(MembershipRefusal::AlreadyLearner(id)));
                 }
                 voters.remove(&id);
             }
@@ -173,9 +197,7 @@ pub(super) fn check<S: Storage>(r: &Raft<S>, cc: &ConfChangeV2) -> Result<()> {
         }
     }
     if voters.is_empty() {
-        return Err(Error::Conflict(
-            "the change would leave the cluster without voters".into(),
-        ));
+        return Err(refused(MembershipRefusal::NoVoters));
     }
     // A voter counts as reachable if it answered within the last election timeout
     // or is being replicated to normally (check-quorum clears `recent_active` once
@@ -190,10 +212,10 @@ pub(super) fn check<S: Storage>(r: &Raft<S>, cc: &ConfChangeV2) -> Result<()> {
         })
         .count();
     if reachable * 2 <= voters.len() {
-        return Err(Error::Conflict(format!(
-            "{QUORUM_REFUSAL}: only {reachable} of the {} voters it leaves are reachable",
-            voters.len()
-        )));
+        return Err(refused(MembershipRefusal::WouldLoseQuorum {
+            reachable,
+            voters: voters.len(),
+        }));
     }
     Ok(())
 }
@@ -207,9 +229,7 @@ pub(super) fn transfer_leader<S: Storage>(raw: &mut RawNode<S>, target: u64) -> 
     }
     let cs = r.prs.conf.to_conf_state();
     if cs.learners.contains(&target) {
-        return Err(Error::Conflict(format!(
-            "node {target} is a learner and cannot lead"
-        )));
+        return Err(refused(MembershipRefusal::LearnerCannotLead(target)));
     }
     if !r.prs.conf.voters.contains(target) {
         return Err(Error::UnknownNode(target));
@@ -219,4 +239,8 @@ pub(super) fn transfer_leader<S: Storage>(raw: &mut RawNode<S>, target: u64) -> 
     }
     raw.transfer_leader(target);
     Ok(())
+}
+
+fn refused(why: MembershipRefusal) -> Error {
+    Error::MembershipRefused(why)
 }

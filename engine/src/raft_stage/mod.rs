@@ -30,8 +30,7 @@ use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver, Sender};
 use raft_core::{
-    codec, ConfChange, ConfChangeV2, Entry, EntryType, Message, RawNode, Ready,
-    SnapshotMetadata, SnapshotStatus, StateRole,
+    codec, Entry, Message, RawNode, Ready, SnapshotMetadata, SnapshotStatus, StateRole,
 };
 use snapshot::LogCache;
 use wal::LogStore;
@@ -39,42 +38,19 @@ use wal::LogStore;
 use crate::apply_stage::ApplyTask;
 use crate::config::{Config, MembershipObserver};
 use crate::error::{fatal_raft, Error, Fatal, FatalKind, Result, StopReason};
-use crate::shared::Shared;
 use crate::outbox::{Outbox, SendFailures};
 use crate::persist_stage::{PersistTask, Persisted};
 use crate::recovery::Recovered;
-use crate::reply;
+use crate::shared::Shared;
 use crate::supervisor::Stage;
 
 mod membership;
 mod read_index;
+mod request;
 
-pub(crate) use membership::QUORUM_REFUSAL;
-use membership::{ConfChangeReply, ConfChanges};
+use membership::ConfChanges;
 use read_index::{ReadQueue, ReadReply};
-
-/// What callers ask of the raft stage.
-pub(crate) enum Request {
-    /// Propose a write registered in `Proposals` under `id`; `data` is its encoded
-    /// [`Command`](crate::command::Command).
-    Propose {
-        id: u64,
-        data: crate::budget::Charged<Vec<u8>>,
-    },
-    /// A linearizable read: answered with the index the read may be served at.
-    Read { reply: ReadReply },
-    /// A membership change: answered with the membership once it is applied to raft.
-    ConfChange {
-        cc: ConfChangeV2,
-        reply: ConfChangeReply,
-    },
-    /// Hand leadership to `target`: answered once the request was passed to raft (the
-    /// caller watches the status for the outcome).
-    TransferLeader {
-        target: u64,
-        reply: reply::Sender<Result<()>>,
-    },
-}
+pub(crate) use request::Request;
 
 // Inbound messages and requests handled per loop turn before a Ready is taken, at most.
 const MAX_DRAIN: usize = 1024;
@@ -282,7 +258,7 @@ impl Stage for RaftStage {
         // another leader: their callers are told the outcome is unknown.
         let requests = std::mem::replace(&mut self.requests, crossbeam_channel::never());
         while let Ok(r) = requests.try_recv() {
-            self.reject(r, || Error::Stopped(why.clone()));
+            r.reject(&self.shared.proposals, || Error::Stopped(why.clone()));
         }
         drop(requests);
         // Also answers a write whose request slipped in after the queue was emptied.
@@ -318,21 +294,6 @@ impl RaftStage {
     // recorded that before the channel's end was dropped.
     fn lost(&self) -> StopReason {
         self.shared.await_stop_reason()
-    }
-
-    fn reject(&self, r: Request, err: impl Fn() -> Error) {
-        match r {
-            Request::Propose { id, .. } => self.shared.proposals.fail(id, err()),
-            Request::Read { reply } => {
-                let _ = reply.try_send(Err(err()));
-            }
-            Request::ConfChange { reply, .. } => {
-                let _ = reply.try_send(Err(err()));
-            }
-            Request::TransferLeader { reply, .. } => {
-                let _ = reply.try_send(Err(err()));
-            }
-        }
     }
 
     fn on_tick(&mut self, st: &mut Loop) {
@@ -595,28 +556,12 @@ impl RaftStage {
         }
         let mut conf_states = Vec::new();
         for e in committed.iter().filter(|e| e.is_conf_change()) {
-            let cc = match e.entry_type {
-                EntryType::ConfChange => {
-                    codec::decode::<ConfChange>(&e.data).map(ConfChange::into_v2)
-                }
-                _ => codec::decode::<ConfChangeV2>(&e.data),
-            };
-            let outcome = match &cc {
-                Ok(cc) => self.raw.apply_conf_change(cc).map_err(Error::from),
-                Err(err) => Err(Error::Raft(err.clone().into())),
-            };
-            if let Some(fatal) = outcome.as_ref().err().and_then(|e| match e {
-                Error::Raft(e) => fatal_raft(e),
-                _ => None,
-            }) {
-                return Err(fatal.into());
-            }
+            let (cc, outcome) = membership::apply_committed(&mut self.raw, e)?;
             match &outcome {
                 Ok(cs) => {
-                    self.raw.mut_store().set_conf_state(cs.clone());
                     conf_states.push((e.index, cs.clone()));
                     self.shared.set_conf_state(cs);
-                    if let (Some(observer), Ok(cc)) = (&self.observer, &cc) {
+                    if let (Some(observer), Some(cc)) = (&self.observer, &cc) {
                         observer.changed(e.index, cc, cs);
                     }
                 }
