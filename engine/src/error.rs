@@ -94,7 +94,7 @@ impl From<raft_core::Error> for Error {
     /// raft-core's error as keel's: a dropped proposal is [`Error::ProposalDropped`],
     /// an invalid raft configuration [`Error::Config`], anything else [`Error::Raft`]
     /// with raft-core's message. (Whether it stops the node is decided before this,
-    /// by [`fatal_raft`].)
+    /// by `fatal_raft`.)
     fn from(e: raft_core::Error) -> Error {
         match e {
             raft_core::Error::ProposalDropped(why) => Error::ProposalDropped(why.to_string()),
@@ -127,7 +127,8 @@ pub enum MembershipRefusal {
     /// The learner to promote lags the leader's commit index too far: as a voter it
     /// would stall commits until it caught up.
     #[error(
-        "learner {id} has not caught up (at {matched}, commit index {committed}); promote          it once it has"
+        "learner {id} has not caught up (at {matched}, commit index {committed}); promote \
+         it once it has"
     )]
     LearnerBehind {
         /// The learner.
@@ -145,7 +146,8 @@ pub enum MembershipRefusal {
     /// up to two election timeouts before reporting this: a leader learns who is
     /// reachable only from their answers.
     #[error(
-        "the change would lose quorum: only {reachable} of the {voters} voters it leaves          are reachable"
+        "the change would lose quorum: only {reachable} of the {voters} voters it leaves \
+         are reachable"
     )]
     WouldLoseQuorum {
         /// Voters of the new configuration that answered recently (this node counts).
