@@ -24,11 +24,12 @@ use snapshot::{SavedSnapshot, SnapshotId, SnapshotInfo, SnapshotStore};
 use wal::LogStore;
 
 use crate::command::Command;
-use crate::config::MembershipObserver;
+use crate::config::{Config, MembershipObserver};
 use crate::error::{Error, Fatal, FatalKind, StopReason};
 use crate::members::Members;
-use crate::node::Shared;
 use crate::proposals::Applied;
+use crate::recovery::Recovered;
+use crate::shared::Shared;
 use crate::state_machine::StateMachine;
 use crate::supervisor::{self, Stage};
 use crate::thread_policy::{self, ThreadPolicy};
@@ -55,43 +56,82 @@ pub(crate) struct SavingSnapshot {
 }
 
 pub(crate) struct ApplyStage {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) tasks: Receiver<ApplyTask>,
+    shared: Arc<Shared>,
+    tasks: Receiver<ApplyTask>,
     /// Wakes the raft stage after progress (capacity 1: one pending wake-up is enough).
-    pub(crate) wake_raft: Sender<()>,
-    pub(crate) sm: Arc<RwLock<dyn StateMachine>>,
-    pub(crate) cache: LogCache<dyn LogStore>,
-    pub(crate) store: Arc<SnapshotStore>,
+    wake_raft: Sender<()>,
+    sm: Arc<RwLock<dyn StateMachine>>,
+    cache: LogCache<dyn LogStore>,
+    store: Arc<SnapshotStore>,
     /// Membership as of the entry at `conf_index`.
-    pub(crate) conf_state: ConfState,
-    pub(crate) conf_index: u64,
+    conf_state: ConfState,
+    conf_index: u64,
     /// The last entry handed to this stage and processed (applied, or skipped because
     /// the state already held it), or the last snapshot installed: what raft is told was
     /// applied. A persistent state machine may be further on after a restart; raft then
     /// hands out the entries in between again, so their membership changes reach raft.
-    pub(crate) applied_through: u64,
-    pub(crate) snapshot_every: u64,
-    pub(crate) snapshot_log_percent: u64,
+    applied_through: u64,
+    snapshot_every: u64,
+    snapshot_log_percent: u64,
     /// Whether the snapshot thread asks for a lower priority (`Config::scheduler_hints`).
-    pub(crate) scheduler_hints: bool,
+    scheduler_hints: bool,
     /// Bytes of entry payloads applied since the newest snapshot was started or
     /// installed.
-    pub(crate) logged_bytes_since_snapshot: u64,
+    logged_bytes_since_snapshot: u64,
     /// File size of the newest snapshot taken or installed (0: none).
-    pub(crate) last_snapshot_bytes: u64,
-    pub(crate) catch_up_entries: u64,
+    last_snapshot_bytes: u64,
+    catch_up_entries: u64,
     /// Index of the newest snapshot taken or installed.
-    pub(crate) last_snapshot_index: u64,
+    last_snapshot_index: u64,
     /// Term of the entry at `applied_through` (for the next snapshot's metadata).
-    pub(crate) applied_term: u64,
-    pub(crate) max_batch: usize,
-    pub(crate) commit_index: Arc<AtomicU64>,
+    applied_term: u64,
+    max_batch: usize,
+    commit_index: Arc<AtomicU64>,
     /// The snapshot being written, at most one at a time.
-    pub(crate) saving: Option<SavingSnapshot>,
+    saving: Option<SavingSnapshot>,
     /// The member address book as of `conf_index` (shared with `Db::members`).
-    pub(crate) members: Arc<RwLock<Members>>,
+    members: Arc<RwLock<Members>>,
     /// Told the book restored from each installed snapshot.
-    pub(crate) observer: Option<Arc<dyn MembershipObserver>>,
+    observer: Option<Arc<dyn MembershipObserver>>,
+}
+
+impl ApplyStage {
+    /// The apply stage of the node `shared` describes, starting from what recovery
+    /// loaded (`rec`): takes work from `tasks` and wakes the raft stage through
+    /// `wake_raft` after progress.
+    pub(crate) fn new(
+        config: &Config,
+        rec: &Recovered,
+        shared: Arc<Shared>,
+        tasks: Receiver<ApplyTask>,
+        wake_raft: Sender<()>,
+    ) -> ApplyStage {
+        let loaded = rec.loaded.as_ref();
+        ApplyStage {
+            shared,
+            tasks,
+            wake_raft,
+            sm: Arc::clone(&rec.sm),
+            cache: rec.cache.clone(),
+            store: Arc::clone(&rec.store),
+            conf_state: rec.conf_state.clone(),
+            conf_index: rec.applied,
+            applied_through: rec.applied,
+            snapshot_every: config.snapshot_every,
+            snapshot_log_percent: config.snapshot_log_percent,
+            scheduler_hints: config.scheduler_hints,
+            logged_bytes_since_snapshot: 0,
+            last_snapshot_bytes: loaded.map_or(0, |m| snapshot_file_bytes(&rec.store, m)),
+            catch_up_entries: config.catch_up_entries,
+            last_snapshot_index: loaded.map_or(0, |m| m.index),
+            applied_term: loaded.map_or(0, |m| m.term),
+            max_batch: 16,
+            commit_index: Arc::new(AtomicU64::new(0)),
+            saving: None,
+            members: Arc::clone(&rec.members),
+            observer: config.membership_observer.clone(),
+        }
+    }
 }
 
 impl Stage for ApplyStage {
@@ -493,6 +533,6 @@ impl ApplyStage {
 
 /// The file size of the snapshot `meta` names, or 0 if it cannot be read (the next
 /// snapshot is then taken on the entry count alone).
-pub(crate) fn snapshot_file_bytes(store: &SnapshotStore, meta: &SnapshotMetadata) -> u64 {
+fn snapshot_file_bytes(store: &SnapshotStore, meta: &SnapshotMetadata) -> u64 {
     store.file_bytes(SnapshotId::of(meta)).unwrap_or(0)
 }

@@ -4,14 +4,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::SendTimeoutError;
-use raft_core::{ConfChangeV2, ConfState, StateRole};
+use raft_core::{
+    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, StateRole,
+};
 
 use crate::command::{self, OpRef};
 use crate::config::Config;
-use crate::error::{Error, Fatal, Result, StopReason, UnknownOutcome};
+use crate::error::{Error, Fatal, MembershipRefusal, Result, StopReason, UnknownOutcome};
+use crate::members::member_context;
 use crate::node::Node;
 use crate::proposals::Waited;
-use crate::raft_stage::{Request, QUORUM_REFUSAL};
+use crate::raft_stage::Request;
 use crate::reply::{self, RecvTimeoutError};
 
 /// A node's role, as [`Db::status`] reports it.
@@ -116,6 +119,38 @@ impl Db {
         Ok(())
     }
 
+    // Queues `request` for the raft stage, waiting for room until `deadline`;
+    // `timeout` is what a timeout reports. A closed queue means the node stopped, and
+    // the request was never proposed.
+    fn send(&self, request: Request, deadline: Instant, timeout: Duration) -> Result<()> {
+        let room = deadline.saturating_duration_since(Instant::now());
+        match self.node.requests.send_timeout(request, room) {
+            Ok(()) => Ok(()),
+            Err(SendTimeoutError::Timeout(_)) => Err(Error::Timeout(timeout)),
+            Err(SendTimeoutError::Disconnected(_)) => Err(self.node.shared.stopped_error()),
+        }
+    }
+
+    // Sends the raft stage the request `ask` builds around a fresh reply slot and
+    // waits for the answer, both until `deadline`; `timeout` is what a timeout
+    // reports. Only for requests that change nothing when their answer is lost (reads,
+    // membership changes, leadership transfers): a stopped node is reported as
+    // `Stopped`.
+    fn ask<T>(
+        &self,
+        ask: impl FnOnce(reply::Sender<Result<T>>) -> Request,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Result<T> {
+        let (reply, answer) = reply::channel();
+        self.send(ask(reply), deadline, timeout)?;
+        match answer.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(result) => result,
+            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(timeout)),
+            Err(RecvTimeoutError::Disconnected) => Err(self.node.shared.stopped_error()),
+        }
+    }
+
     // Proposes `op` and waits until it is applied; returns its index.
     fn write(&self, op: OpRef<'_>, timeout: Duration) -> Result<u64> {
         self.check_running()?;
@@ -140,24 +175,19 @@ impl Db {
             shared.metrics.requests_over_queue_bytes.inc();
             return Err(Error::Busy(self.node.requests.len()));
         };
-        let outcome = match self
-            .node
-            .requests
-            .send_timeout(Request::Propose { id, data }, timeout)
-        {
-            Ok(()) => match answer.recv_timeout(deadline.saturating_duration_since(Instant::now()))
-            {
-                Ok(result) => result,
-                Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(timeout)),
-                // Handed to the raft stage, so possibly proposed: not known to have
-                // failed.
-                Err(RecvTimeoutError::Disconnected) => Err(Error::Indeterminate(
-                    UnknownOutcome::Stopped(shared.await_stop_reason()),
-                )),
-            },
-            Err(SendTimeoutError::Timeout(_)) => Err(Error::Timeout(timeout)),
-            Err(SendTimeoutError::Disconnected(_)) => Err(shared.stopped_error()),
-        };
+        let outcome = self
+            .send(Request::Propose { id, data }, deadline, timeout)
+            .and_then(|()| {
+                match answer.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                    Ok(result) => result,
+                    Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(timeout)),
+                    // Handed to the raft stage, so possibly proposed: not known to have
+                    // failed.
+                    Err(RecvTimeoutError::Disconnected) => Err(Error::Indeterminate(
+                        UnknownOutcome::Stopped(shared.await_stop_reason()),
+                    )),
+                }
+            });
         if outcome.is_err() {
             shared.proposals.cancel(id);
             shared.metrics.proposals_failed.inc();
@@ -185,23 +215,11 @@ impl Db {
         // Bounded by the deadline: every attempt waits at most until it.
         loop {
             self.check_running()?;
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            if remaining.is_zero() {
+            if Instant::now() >= deadline {
                 return Err(Error::Timeout(timeout));
             }
-            let (reply, answer) = reply::channel();
-            match self
-                .node
-                .requests
-                .send_timeout(Request::Read { reply }, remaining)
-            {
-                Ok(()) => {}
-                Err(SendTimeoutError::Timeout(_)) => return Err(Error::Timeout(timeout)),
-                Err(SendTimeoutError::Disconnected(_)) => return Err(shared.stopped_error()),
-            }
-            let remaining = deadline.saturating_duration_since(Instant::now());
-            match answer.recv_timeout(remaining) {
-                Ok(Ok(index)) => {
+            match self.ask(|reply| Request::Read { reply }, deadline, timeout) {
+                Ok(index) => {
                     return match shared.applied.wait_for(index, deadline) {
                         Waited::Reached => Ok(index),
                         Waited::TimedOut => Err(Error::Timeout(timeout)),
@@ -209,10 +227,8 @@ impl Db {
                     };
                 }
                 // The round was lost to a leader change or a lost message: try again.
-                Ok(Err(Error::ProposalLost(_))) => std::thread::sleep(READ_RETRY_PAUSE),
-                Ok(Err(e)) => return Err(e),
-                Err(RecvTimeoutError::Timeout) => return Err(Error::Timeout(timeout)),
-                Err(RecvTimeoutError::Disconnected) => return Err(shared.stopped_error()),
+                Err(Error::ProposalLost(_)) => std::thread::sleep(READ_RETRY_PAUSE),
+                Err(e) => return Err(e),
             }
         }
     }
@@ -228,7 +244,8 @@ impl Db {
     /// once the change is committed and in effect here. A node being added is started
     /// with [`Config::join`](crate::Config::join) and receives the log from the leader.
     ///
-    /// Refused before anything is proposed ([`Error::Conflict`], [`Error::UnknownNode`])
+    /// Refused before anything is proposed ([`Error::MembershipRefused`],
+    /// [`Error::UnknownNode`])
     /// when another change is pending, the node is not a member (removal) or already
     /// has the wanted role, a learner to promote lags far behind, or the voters left
     /// that are reachable could not form a majority. `cc.context` travels with the
@@ -245,8 +262,8 @@ impl Db {
         // Bounded by `retry_until`: each turn sleeps a poll interval.
         loop {
             match self.change_membership_once(cc.clone(), timeout) {
-                Err(Error::Conflict(why))
-                    if why.starts_with(QUORUM_REFUSAL) && Instant::now() < retry_until =>
+                Err(Error::MembershipRefused(MembershipRefusal::WouldLoseQuorum { .. }))
+                    if Instant::now() < retry_until =>
                 {
                     std::thread::sleep(TRANSFER_POLL);
                 }
@@ -257,26 +274,58 @@ impl Db {
 
     fn change_membership_once(&self, cc: ConfChangeV2, timeout: Duration) -> Result<ConfState> {
         self.check_running()?;
-        let (reply, answer) = reply::channel();
-        match self
-            .node
-            .requests
-            .send_timeout(Request::ConfChange { cc, reply }, timeout)
-        {
-            Ok(()) => {}
-            Err(SendTimeoutError::Timeout(_)) => return Err(Error::Timeout(timeout)),
-            Err(SendTimeoutError::Disconnected(_)) => return Err(self.node.shared.stopped_error()),
-        }
-        match answer.recv_timeout(timeout) {
-            Ok(result) => result,
-            Err(RecvTimeoutError::Timeout) => Err(Error::Timeout(timeout)),
-            Err(RecvTimeoutError::Disconnected) => Err(self.node.shared.stopped_error()),
-        }
+        let deadline = Instant::now() + timeout;
+        self.ask(|reply| Request::ConfChange { cc, reply }, deadline, timeout)
+    }
+
+    /// Adds node `id` as a voter (etcd's `member add`), or promotes it if it is a
+    /// learner; returns the membership once the change is in effect here. `address`
+    /// is its peer address, carried by the change into every member's address book
+    /// (see [`Members`](crate::Members)); `None` carries none (a member keeps the one
+    /// it has). The new node is started with [`Config::join`](crate::Config::join).
+    /// Refused as [`change_membership`](Self::change_membership) describes.
+    pub fn add_member(&self, id: u64, address: Option<&str>) -> Result<ConfState> {
+        self.change_one(ConfChangeType::AddNode, id, address)
+    }
+
+    /// Adds node `id` as a learner (etcd's `member add --learner`): it receives the
+    /// log but does not vote. A voter named here becomes a learner. `address` as in
+    /// [`add_member`](Self::add_member).
+    pub fn add_learner(&self, id: u64, address: Option<&str>) -> Result<ConfState> {
+        self.change_one(ConfChangeType::AddLearnerNode, id, address)
+    }
+
+    /// Promotes learner `id` to a voter (etcd's `member promote`); refused with
+    /// [`MembershipRefusal::LearnerBehind`] while it lags far behind the leader.
+    pub fn promote_learner(&self, id: u64) -> Result<ConfState> {
+        self.change_one(ConfChangeType::AddNode, id, None)
+    }
+
+    /// Removes member `id`, voter or learner (etcd's `member remove`);
+    /// [`Error::UnknownNode`] if it is not a member.
+    pub fn remove_member(&self, id: u64) -> Result<ConfState> {
+        self.change_one(ConfChangeType::RemoveNode, id, None)
+    }
+
+    fn change_one(
+        &self,
+        change_type: ConfChangeType,
+        id: u64,
+        address: Option<&str>,
+    ) -> Result<ConfState> {
+        self.change_membership(ConfChangeV2 {
+            transition: ConfChangeTransition::Auto,
+            changes: vec![ConfChangeSingle {
+                change_type,
+                node_id: id,
+            }],
+            context: address.map_or_else(Vec::new, |addr| member_context(id, addr)),
+        })
     }
 
     /// Hands leadership to voter `target` and returns once this node sees `target`
     /// leading. Works from any node (a follower passes the request to the leader).
-    /// [`Error::UnknownNode`] if `target` is not a voter, [`Error::Conflict`] for a
+    /// [`Error::UnknownNode`] if `target` is not a voter, [`Error::MembershipRefused`] for a
     /// learner, [`Error::NotLeader`] while there is no leader, [`Error::Timeout`] if
     /// leadership did not move in time (raft abandons a transfer after an election
     /// timeout, e.g. when the target is unreachable).
@@ -308,32 +357,24 @@ impl Db {
             // Ask again after an election timeout: raft abandons a transfer that did
             // not finish in that time, and a new leader may have appeared meanwhile.
             if asked_at.is_none_or(|t| now.duration_since(t) >= election) {
-                let (reply, answer) = reply::channel();
-                let remaining = deadline.saturating_duration_since(now);
-                match self
-                    .node
-                    .requests
-                    .send_timeout(Request::TransferLeader { target, reply }, remaining)
-                {
+                let asked = self.ask(
+                    |reply| Request::TransferLeader { target, reply },
+                    deadline,
+                    timeout,
+                );
+                match asked {
                     Ok(()) => {}
-                    Err(SendTimeoutError::Timeout(_)) => return Err(Error::Timeout(timeout)),
-                    Err(SendTimeoutError::Disconnected(_)) => return Err(shared.stopped_error()),
-                }
-                match answer.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                    Ok(Ok(())) => {}
                     // No leader yet: one may be elected before the deadline.
-                    Ok(Err(Error::NotLeader { .. })) if asked_at.is_some() => {}
+                    Err(Error::NotLeader { .. }) if asked_at.is_some() => {}
                     // A follower learns a membership change a heartbeat after the
                     // leader: give its view that long to catch up before believing it.
-                    Ok(Err(Error::Conflict(_) | Error::UnknownNode(_)))
+                    Err(Error::MembershipRefused(_) | Error::UnknownNode(_))
                         if view.role != Role::Leader && now < lenient_until =>
                     {
                         std::thread::sleep(TRANSFER_POLL);
                         continue;
                     }
-                    Ok(Err(e)) => return Err(e),
-                    Err(RecvTimeoutError::Timeout) => return Err(Error::Timeout(timeout)),
-                    Err(RecvTimeoutError::Disconnected) => return Err(shared.stopped_error()),
+                    Err(e) => return Err(e),
                 }
                 asked_at = Some(now);
             }

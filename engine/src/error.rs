@@ -33,19 +33,26 @@ pub enum Error {
     /// Too many requests are waiting already; retry later.
     #[error("too many pending requests ({0})")]
     Busy(usize),
-    /// The proposal will never commit: raft dropped it, or another leader's entry
-    /// replaced it at its index. It was not applied.
+    /// The proposal will never commit: another leader's entry replaced it at its
+    /// index, or (for a read) its round was lost to a leader change. It was not
+    /// applied.
     #[error("proposal lost: {0}")]
     ProposalLost(String),
+    /// raft dropped the proposal before appending it (no leader, a leadership
+    /// transfer or another membership change in progress, the uncommitted-size limit):
+    /// it will never commit and was not applied; retry. The reason is raft's.
+    #[error("raft error: proposal dropped: {0}")]
+    ProposalDropped(String),
     /// The proposal's outcome cannot be known (a snapshot from the leader jumped over its
     /// index, or the node stopped while it waited): it may or may not have been applied.
     #[error("proposal outcome unknown: {0}")]
     Indeterminate(UnknownOutcome),
     /// A membership change or leadership transfer was refused before anything was
-    /// proposed: another change is still pending, the node is already in the wanted
-    /// role, or the change would leave the cluster without a quorum.
+    /// proposed; the [`MembershipRefusal`] says why (another change is still pending,
+    /// the node is already in the wanted role, the change would leave the cluster
+    /// without a quorum, ...).
     #[error("refused: {0}")]
-    Conflict(String),
+    MembershipRefused(MembershipRefusal),
     /// The request names a node that is not a member.
     #[error("node {0} is not a member")]
     UnknownNode(u64),
@@ -76,9 +83,81 @@ pub enum Error {
     /// something this build cannot use.
     #[error("state machine error: {0}")]
     StateMachine(String),
-    /// raft-core refused something (e.g. an invalid membership change).
+    /// raft-core failed or refused in a way no other variant names (its storage failed,
+    /// a stored value did not decode, an invalid membership change): raft-core's
+    /// message. raft-core's own error type never leaves the engine.
     #[error("raft error: {0}")]
-    Raft(#[from] raft_core::Error),
+    Raft(String),
+}
+
+impl From<raft_core::Error> for Error {
+    /// raft-core's error as keel's: a dropped proposal is [`Error::ProposalDropped`],
+    /// an invalid raft configuration [`Error::Config`], anything else [`Error::Raft`]
+    /// with raft-core's message. (Whether it stops the node is decided before this,
+    /// by `fatal_raft`.)
+    fn from(e: raft_core::Error) -> Error {
+        match e {
+            raft_core::Error::ProposalDropped(why) => Error::ProposalDropped(why.to_string()),
+            raft_core::Error::ConfigInvalid(why) => Error::Config(why),
+            other => Error::Raft(other.to_string()),
+        }
+    }
+}
+
+/// Why a membership change (or a leadership transfer) was refused before anything was
+/// proposed ([`Error::MembershipRefused`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum MembershipRefusal {
+    /// Another membership change is proposed and not applied yet.
+    #[error("another membership change is still pending; retry once it is applied")]
+    ChangePending,
+    /// The cluster is in a joint configuration; only the change leaving it is taken.
+    #[error("the cluster is in a joint configuration; it must leave it first")]
+    JointConfiguration,
+    /// Node id 0 means "none" to raft.
+    #[error("node id 0 is reserved")]
+    ReservedId,
+    /// The node to add as a voter is one already.
+    #[error("node {0} is already a voter")]
+    AlreadyVoter(u64),
+    /// The node to add as a learner is one already.
+    #[error("node {0} is already a learner")]
+    AlreadyLearner(u64),
+    /// The learner to promote lags the leader's commit index too far: as a voter it
+    /// would stall commits until it caught up.
+    #[error(
+        "learner {id} has not caught up (at {matched}, commit index {committed}); promote \
+         it once it has"
+    )]
+    LearnerBehind {
+        /// The learner.
+        id: u64,
+        /// The last index the leader knows it holds.
+        matched: u64,
+        /// The leader's commit index.
+        committed: u64,
+    },
+    /// The change would remove the last voter.
+    #[error("the change would leave the cluster without voters")]
+    NoVoters,
+    /// Fewer than a majority of the voters the change leaves are reachable, so the
+    /// cluster could commit nothing after it. `Db::change_membership` asks again for
+    /// up to two election timeouts before reporting this: a leader learns who is
+    /// reachable only from their answers.
+    #[error(
+        "the change would lose quorum: only {reachable} of the {voters} voters it leaves \
+         are reachable"
+    )]
+    WouldLoseQuorum {
+        /// Voters of the new configuration that answered recently (this node counts).
+        reachable: usize,
+        /// Voters of the new configuration.
+        voters: usize,
+    },
+    /// Leadership was to move to a learner, which cannot lead.
+    #[error("node {0} is a learner and cannot lead")]
+    LearnerCannotLead(u64),
 }
 
 impl Error {
@@ -100,6 +179,13 @@ impl Error {
             _ => None,
         }
     }
+}
+
+/// The fatal stop raft-core's error `e` calls for, if it is one
+/// ([`raft_core::Error::is_fatal`]): the node's own log or storage is broken.
+pub(crate) fn fatal_raft(e: &raft_core::Error) -> Option<Fatal> {
+    e.is_fatal()
+        .then(|| Fatal::here(FatalKind::Raft, e.to_string()))
 }
 
 /// Why a node stopped.
@@ -204,3 +290,67 @@ pub enum UnknownOutcome {
 
 /// Result alias for the engine.
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raft_errors_become_keel_variants() {
+        let dropped = Error::from(raft_core::Error::ProposalDropped("no leader"));
+        assert!(
+            matches!(&dropped, Error::ProposalDropped(why) if why == "no leader"),
+            "{dropped:?}"
+        );
+        // The message `keel serve` answers with, as before the mapping.
+        assert_eq!(
+            dropped.to_string(),
+            "raft error: proposal dropped: no leader"
+        );
+        let config = Error::from(raft_core::Error::ConfigInvalid("tick 0".into()));
+        assert!(
+            matches!(&config, Error::Config(why) if why == "tick 0"),
+            "{config:?}"
+        );
+        let other = Error::from(raft_core::Error::StepPeerNotFound);
+        assert!(matches!(other, Error::Raft(_)), "{other:?}");
+        assert_eq!(
+            other.to_string(),
+            format!("raft error: {}", raft_core::Error::StepPeerNotFound)
+        );
+    }
+
+    #[test]
+    fn a_quorum_refusal_reads_as_before_and_carries_its_numbers() {
+        let e = Error::MembershipRefused(MembershipRefusal::WouldLoseQuorum {
+            reachable: 1,
+            voters: 3,
+        });
+        assert_eq!(
+            e.to_string(),
+            "refused: the change would lose quorum: only 1 of the 3 voters it leaves are \
+             reachable"
+        );
+    }
+
+    #[test]
+    fn only_fatal_raft_errors_stop_the_node() {
+        let lost = raft_core::Error::CommitBeyondLog {
+            commit: 9,
+            last_index: 3,
+        };
+        let fatal = fatal_raft(&lost).expect("a lost log stops the node");
+        assert_eq!(fatal.kind, FatalKind::Raft);
+        assert!(fatal.detail.contains("was the log lost"), "{fatal}");
+        let broken = raft_core::Error::Store(raft_core::StorageError::Other("EIO".into()));
+        assert_eq!(fatal_raft(&broken).map(|f| f.kind), Some(FatalKind::Raft));
+        // Refusals of one message or request change nothing.
+        for refused in [
+            raft_core::Error::ProposalDropped("no leader"),
+            raft_core::Error::MalformedMessage("term 0"),
+            raft_core::Error::StepPeerNotFound,
+        ] {
+            assert!(fatal_raft(&refused).is_none(), "{refused}");
+        }
+    }
+}

@@ -64,7 +64,9 @@ mod outbox;
 mod persist_stage;
 mod proposals;
 mod raft_stage;
+mod recovery;
 mod reply;
+mod shared;
 mod snapshot_transfer;
 pub mod state_machine;
 mod supervisor;
@@ -77,7 +79,7 @@ pub use config::{
     DEFAULT_MAX_SNAPSHOT_RECEIVE_BYTES,
 };
 pub use db::{Db, Role, Status};
-pub use error::{Error, Fatal, FatalKind, Result, StopReason, UnknownOutcome};
+pub use error::{Error, Fatal, FatalKind, MembershipRefusal, Result, StopReason, UnknownOutcome};
 pub use members::{member_address, member_context, Members};
 /// Membership types used by [`Db::change_membership`], from raft-core.
 pub use raft_core::{

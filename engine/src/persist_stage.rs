@@ -20,8 +20,8 @@ use raft_core::{Entry, HardState, Message, SnapshotMetadata, StorageError};
 use wal::{LogBatch, LogStore};
 
 use crate::error::{Fatal, FatalKind, StopReason};
-use crate::node::Shared;
 use crate::outbox::Outbox;
+use crate::shared::Shared;
 use crate::supervisor::Stage;
 
 /// One Ready's share of durable work.
@@ -47,12 +47,36 @@ pub(crate) struct Persisted {
 }
 
 pub(crate) struct PersistStage {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) tasks: Receiver<PersistTask>,
-    pub(crate) done: Sender<Persisted>,
-    pub(crate) cache: LogCache<dyn LogStore>,
-    pub(crate) outbox: Outbox,
-    pub(crate) max_batch: usize,
+    shared: Arc<Shared>,
+    tasks: Receiver<PersistTask>,
+    done: Sender<Persisted>,
+    cache: LogCache<dyn LogStore>,
+    outbox: Outbox,
+    max_batch: usize,
+}
+
+impl PersistStage {
+    /// The persist stage of the node `shared` describes: takes Readies from `tasks`
+    /// (at most `max_batch` per write), writes them to `cache`'s log (durably where a
+    /// Ready asks; the log's sync policy decides what that costs), sends their waiting
+    /// messages through `outbox`, and reports to `done`.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        tasks: Receiver<PersistTask>,
+        done: Sender<Persisted>,
+        cache: LogCache<dyn LogStore>,
+        outbox: Outbox,
+        max_batch: usize,
+    ) -> PersistStage {
+        PersistStage {
+            shared,
+            tasks,
+            done,
+            cache,
+            outbox,
+            max_batch,
+        }
+    }
 }
 
 impl Stage for PersistStage {

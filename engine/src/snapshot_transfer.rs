@@ -15,7 +15,7 @@ use snapshot::{ReceiveStatus, SnapshotId, SnapshotSender, SnapshotStore};
 use crate::budget::{ByteBudget, Charged};
 use crate::error::StopReason;
 use crate::metrics::Metrics;
-use crate::node::Shared;
+use crate::shared::Shared;
 use crate::supervisor::Stage;
 use crate::transport::{ChunkSource, MessageSink, Transport, TransportError};
 
@@ -47,12 +47,34 @@ impl ChunkSource for StoredChunks<'_> {
 /// stage. Ends when every sender of `requests` is gone (the raft and persist stages
 /// ended) or the raft stage stopped taking reports.
 pub(crate) struct SnapshotSenderStage {
-    pub(crate) shared: Arc<Shared>,
-    pub(crate) id: u64,
-    pub(crate) transport: Arc<dyn Transport>,
-    pub(crate) store: Arc<SnapshotStore>,
-    pub(crate) requests: Receiver<Message>,
-    pub(crate) reports: Sender<(u64, SnapshotStatus)>,
+    shared: Arc<Shared>,
+    id: u64,
+    transport: Arc<dyn Transport>,
+    store: Arc<SnapshotStore>,
+    requests: Receiver<Message>,
+    reports: Sender<(u64, SnapshotStatus)>,
+}
+
+impl SnapshotSenderStage {
+    /// The sender of the node `shared` describes: streams the snapshots of `store`
+    /// named by the messages in `requests` over `transport`, and reports each outcome
+    /// to `reports`.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        transport: Arc<dyn Transport>,
+        store: Arc<SnapshotStore>,
+        requests: Receiver<Message>,
+        reports: Sender<(u64, SnapshotStatus)>,
+    ) -> SnapshotSenderStage {
+        SnapshotSenderStage {
+            id: shared.id,
+            shared,
+            transport,
+            store,
+            requests,
+            reports,
+        }
+    }
 }
 
 impl Stage for SnapshotSenderStage {
@@ -99,15 +121,33 @@ impl SnapshotSenderStage {
 
 /// What a transport delivers a node's inbound traffic to.
 pub(crate) struct NodeSink {
-    pub(crate) id: u64,
-    pub(crate) inbox: Sender<Charged<Vec<u8>>>,
+    id: u64,
+    inbox: Sender<Charged<Vec<u8>>>,
     /// Bytes of the messages in `inbox`, at most (`inbox_queue_max_bytes`).
-    pub(crate) inbox_budget: Arc<ByteBudget>,
-    pub(crate) store: Arc<SnapshotStore>,
-    pub(crate) metrics: Metrics,
+    inbox_budget: Arc<ByteBudget>,
+    store: Arc<SnapshotStore>,
+    metrics: Metrics,
 }
 
 impl NodeSink {
+    /// The sink of node `id`: messages go to `inbox` (at most `inbox_max_bytes` of
+    /// them queued), snapshot streams into `store`.
+    pub(crate) fn new(
+        id: u64,
+        inbox: Sender<Charged<Vec<u8>>>,
+        inbox_max_bytes: u64,
+        store: Arc<SnapshotStore>,
+        metrics: Metrics,
+    ) -> NodeSink {
+        NodeSink {
+            id,
+            inbox,
+            inbox_budget: ByteBudget::new(inbox_max_bytes),
+            store,
+            metrics,
+        }
+    }
+
     fn inbox_dropped(&self, why: &str) {
         self.metrics.inbox_dropped.inc();
         log::debug!("node {}: {why}, dropping a message", self.id);

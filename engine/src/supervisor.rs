@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::error::{Fatal, FatalKind, StopReason};
-use crate::node::Shared;
+use crate::shared::Shared;
 use crate::thread_policy::{self, ThreadPolicy};
 
 /// A long-running thread of a node.

@@ -13,7 +13,8 @@ use std::time::Duration;
 use common::{fast, wait_until, Cluster};
 use keel::{
     member_address, member_context, ConfChangeSingle, ConfChangeTransition, ConfChangeType,
-    ConfChangeV2, ConfState, Config, Db, Error, Members, MembershipObserver, Role,
+    ConfChangeV2, ConfState, Config, Db, Error, Members, MembershipObserver, MembershipRefusal,
+    Role,
 };
 use parking_lot::Mutex;
 
@@ -107,7 +108,12 @@ fn a_joining_node_is_added_promoted_made_leader_and_restarts() {
 
     // Refusals, before anything is proposed.
     let l = c.db(leader);
-    assert!(matches!(l.transfer_leadership(4), Err(Error::Conflict(_))));
+    assert!(matches!(
+        l.transfer_leadership(4),
+        Err(Error::MembershipRefused(
+            MembershipRefusal::LearnerCannotLead(4)
+        ))
+    ));
     assert!(matches!(
         l.transfer_leadership(9),
         Err(Error::UnknownNode(9))
@@ -118,7 +124,7 @@ fn a_joining_node_is_added_promoted_made_leader_and_restarts() {
     ));
     assert!(matches!(
         l.change_membership(change(ConfChangeType::AddNode, leader, b"")),
-        Err(Error::Conflict(_))
+        Err(Error::MembershipRefused(MembershipRefusal::AlreadyVoter(id))) if id == leader
     ));
     let follower = c.followers(leader)[0];
     assert!(matches!(
@@ -306,4 +312,86 @@ fn a_node_starts_from_a_snapshot_written_before_member_addresses() {
     assert_eq!(db.get_local(b"b").expect("read"), Some(b"2".to_vec()));
     assert_eq!(db.status().snapshot_index, 10);
     db.close().expect("close");
+}
+
+// `change`'s outcome once no earlier change is pending any more (a change is answered
+// when raft applied it, a moment before the apply stage lets raft take the next).
+fn settled<T>(change: impl Fn() -> keel::Result<T>) -> keel::Result<T> {
+    wait_until(Duration::from_secs(10), || match change() {
+        Err(Error::MembershipRefused(MembershipRefusal::ChangePending)) => None,
+        outcome => Some(outcome),
+    })
+    .expect("the earlier change is applied")
+}
+
+#[test]
+fn members_are_added_promoted_and_removed_by_the_db_methods() {
+    let mut c = Cluster::new(3);
+    let leader = c.wait_leader();
+    let l = c.db(leader);
+    let n4 = Db::open(joiner(&c, Arc::new(Recorder::default()))).expect("open joiner");
+
+    let cs = l.add_learner(4, Some(ADDR4)).expect("add learner");
+    assert_eq!(
+        (cs.voters.as_slice(), cs.learners.as_slice()),
+        (&[1, 2, 3][..], &[4][..])
+    );
+    wait_until(Duration::from_secs(10), || {
+        (l.members().addresses.get(&4).map(String::as_str) == Some(ADDR4)).then_some(())
+    })
+    .expect("the change carried the address");
+    assert!(matches!(
+        settled(|| l.add_learner(4, None)),
+        Err(Error::MembershipRefused(MembershipRefusal::AlreadyLearner(
+            4
+        )))
+    ));
+
+    let cs = settled(|| l.promote_learner(4)).expect("promote");
+    assert_eq!(cs.voters, vec![1, 2, 3, 4]);
+    assert!(cs.learners.is_empty(), "{cs:?}");
+    assert!(matches!(
+        settled(|| l.add_member(4, Some(ADDR4))),
+        Err(Error::MembershipRefused(MembershipRefusal::AlreadyVoter(4)))
+    ));
+    assert!(matches!(
+        settled(|| l.add_member(0, None)),
+        Err(Error::MembershipRefused(MembershipRefusal::ReservedId))
+    ));
+
+    let cs = settled(|| l.remove_member(4)).expect("remove");
+    assert_eq!(cs.voters, vec![1, 2, 3]);
+    assert!(matches!(
+        settled(|| l.remove_member(4)),
+        Err(Error::UnknownNode(4))
+    ));
+    l.put(b"k", b"v").expect("write after the removal");
+    n4.close().expect("close");
+    c.stop(1);
+}
+
+#[test]
+fn a_change_that_would_lose_quorum_is_refused_with_its_numbers() {
+    let c = Cluster::new(1);
+    let leader = c.wait_leader();
+    // Node 2 never starts: as a second voter it could not answer, and one of two
+    // voters is no majority. Refused (after the retries for voters that have not
+    // answered yet), and nothing was proposed.
+    let refused = c.db(leader).add_member(2, Some("10.0.0.2:7002"));
+    assert!(
+        matches!(
+            refused,
+            Err(Error::MembershipRefused(
+                MembershipRefusal::WouldLoseQuorum {
+                    reachable: 1,
+                    voters: 2
+                }
+            ))
+        ),
+        "{refused:?}"
+    );
+    let err = refused.unwrap_err();
+    assert!(err.to_string().contains("would lose quorum"), "{err}");
+    assert_eq!(c.db(leader).status().voters, vec![1]);
+    c.db(leader).put(b"k", b"v").expect("still serves");
 }

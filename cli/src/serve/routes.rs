@@ -11,13 +11,10 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use keel::{
-    ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Db, Error, Fatal,
-};
+use keel::{ConfState, Db, Error, Fatal};
 use serde_json::{json, Value};
 
 use super::http::{Handler, Request, Response};
-use super::peers::encode_context;
 
 /// Longest key, in bytes after percent-decoding.
 pub const MAX_KEY_BYTES: usize = 4096;
@@ -66,14 +63,15 @@ fn error_response(e: &Error, write: bool) -> Response {
             format!("this node is not the leader; send this request to node {l}"),
             not_applied(),
         ),
-        // A stopped node never proposed the request.
-        Error::Busy(_) | Error::ProposalLost(_) | Error::Stopped(_) => (503, msg, not_applied()),
+        // A stopped node never proposed the request; raft never appended a dropped one.
+        Error::Busy(_) | Error::ProposalLost(_) | Error::ProposalDropped(_) | Error::Stopped(_) => {
+            (503, msg, not_applied())
+        }
         Error::TooLarge { .. } => (413, msg, not_applied()),
         Error::Timeout(_) | Error::Indeterminate(_) => (504, msg, unknown()),
-        Error::Conflict(_) => (409, msg, not_applied()),
+        Error::MembershipRefused(_) => (409, msg, not_applied()),
         Error::UnknownNode(_) => (404, msg, not_applied()),
         Error::Config(_) => (400, msg, not_applied()),
-        Error::Raft(keel_raft) if is_dropped(keel_raft) => (503, msg, not_applied()),
         _ => (500, msg, unknown()),
     };
     let mut v = json!({ "error": message });
@@ -87,10 +85,6 @@ fn error_response(e: &Error, write: bool) -> Response {
         v["fatal"] = fatal_json(fatal);
     }
     Response::json(status, &v)
-}
-
-fn is_dropped(e: &raft_core::Error) -> bool {
-    matches!(e, raft_core::Error::ProposalDropped(_))
 }
 
 /// Percent-decodes a path segment. `None` on a malformed escape.
@@ -338,18 +332,12 @@ impl Api {
                 not_applied(),
             );
         }
-        let change_type = if learner {
-            ConfChangeType::AddLearnerNode
-        } else {
-            ConfChangeType::AddNode
-        };
-        self.change(ConfChangeV2 {
-            transition: ConfChangeTransition::Auto,
-            changes: vec![ConfChangeSingle {
-                change_type,
-                node_id: id,
-            }],
-            context: encode_context(id, addr),
+        self.change(|db| {
+            if learner {
+                db.add_learner(id, addr)
+            } else {
+                db.add_member(id, addr)
+            }
         })
     }
 
@@ -361,21 +349,14 @@ impl Api {
                 not_applied(),
             );
         };
-        self.change(ConfChangeV2 {
-            transition: ConfChangeTransition::Auto,
-            changes: vec![ConfChangeSingle {
-                change_type: ConfChangeType::RemoveNode,
-                node_id: id,
-            }],
-            context: Vec::new(),
-        })
+        self.change(|db| db.remove_member(id))
     }
 
-    fn change(&self, cc: ConfChangeV2) -> Response {
+    fn change(&self, change: impl FnOnce(&Db) -> keel::Result<ConfState>) -> Response {
         if self.shutting_down.load(Ordering::Acquire) {
             return Response::error(503, "the node is shutting down", not_applied());
         }
-        match self.db.change_membership(cc) {
+        match change(&self.db) {
             Ok(cs) => Response::json(
                 200,
                 &json!({ "voters": cs.voters, "learners": cs.learners }),

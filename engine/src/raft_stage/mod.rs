@@ -20,78 +20,71 @@
 //! Readies in flight to the persist stage are bounded by `max_inflight_readies`, which
 //! also sizes both channels between the two stages, so neither ever blocks the other
 //! into a deadlock.
+//!
+//! This file owns the loop and the Ready handling; the reads waiting on raft are
+//! `read_index.rs`'s, membership admission and leadership transfer `membership.rs`'s.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver, Sender};
 use keel_log_cache::LogCache;
 use raft_core::{
-    codec, ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, RawNode,
-    Ready, SnapshotMetadata, SnapshotStatus, StateRole,
+    codec, Entry, Message, RawNode, Ready, SnapshotMetadata, SnapshotStatus, StateRole,
 };
 use wal::LogStore;
 
 use crate::apply_stage::ApplyTask;
-use crate::config::MembershipObserver;
-use crate::error::{Error, Fatal, FatalKind, Result, StopReason};
-use crate::node::Shared;
+use crate::config::{Config, MembershipObserver};
+use crate::error::{fatal_raft, Error, Fatal, FatalKind, Result, StopReason};
 use crate::outbox::{Outbox, SendFailures};
 use crate::persist_stage::{PersistTask, Persisted};
-use crate::reply;
+use crate::recovery::Recovered;
+use crate::shared::Shared;
 use crate::supervisor::Stage;
 
-/// What callers ask of the raft stage.
-pub(crate) enum Request {
-    /// Propose a write registered in `Proposals` under `id`; `data` is its encoded
-    /// [`Command`](crate::command::Command).
-    Propose {
-        id: u64,
-        data: crate::budget::Charged<Vec<u8>>,
-    },
-    /// A linearizable read: answered with the index the read may be served at.
-    Read { reply: reply::Sender<Result<u64>> },
-    /// A membership change: answered with the membership once it is applied to raft.
-    ConfChange {
-        cc: ConfChangeV2,
-        reply: reply::Sender<Result<ConfState>>,
-    },
-    /// Hand leadership to `target`: answered once the request was passed to raft (the
-    /// caller watches the status for the outcome).
-    TransferLeader {
-        target: u64,
-        reply: reply::Sender<Result<()>>,
-    },
-}
+mod membership;
+mod read_index;
+mod request;
 
-/// How a membership change refused for want of reachable voters begins; `Db` retries
-/// those for a while, as a leader learns who is reachable only from their answers.
-pub(crate) const QUORUM_REFUSAL: &str = "the change would lose quorum";
-
-// Most entries a learner may lag the leader's commit index and still be promoted: a
-// voter that is far behind would stall commits until it caught up.
-const MAX_PROMOTION_LAG_ENTRIES: u64 = 1_000;
+use membership::ConfChanges;
+use read_index::{ReadQueue, ReadReply};
+pub(crate) use request::Request;
 
 // Inbound messages and requests handled per loop turn before a Ready is taken, at most.
 const MAX_DRAIN: usize = 1024;
 // What raft-core counts for an entry besides its data (`Entry::size_bytes`).
 const ENTRY_SIZE_BYTES: u64 = 24;
 
-struct PendingRead {
-    waiters: Vec<reply::Sender<Result<u64>>>,
-    issued_tick: u64,
-}
-
-struct PendingConfChange {
-    index: u64,
-    term: u64,
-    reply: reply::Sender<Result<ConfState>>,
-}
-
 pub(crate) struct RaftStage {
-    pub(crate) raw: RawNode<LogCache<dyn LogStore>>,
-    pub(crate) shared: Arc<Shared>,
+    raw: RawNode<LogCache<dyn LogStore>>,
+    shared: Arc<Shared>,
+    requests: Receiver<Request>,
+    inbox: Receiver<crate::budget::Charged<Vec<u8>>>,
+    stop: Receiver<()>,
+    persist_tx: Sender<PersistTask>,
+    persisted_rx: Receiver<Persisted>,
+    apply_tx: Sender<ApplyTask>,
+    applied_rx: Receiver<()>,
+    snap_status_rx: Receiver<(u64, SnapshotStatus)>,
+    outbox: Outbox,
+    tick_ms: u64,
+    read_expiry_ticks: u64,
+    max_inflight_readies: usize,
+    max_pending_reads: usize,
+    /// Most bytes of writes proposed together (`max_size_per_msg_bytes`): a follower
+    /// forwards them to the leader in one message.
+    max_batch_bytes: u64,
+    read_ctx_seed: u64,
+    /// Number of the last Ready handed out.
+    last_number: u64,
+    /// Told about every membership change applied.
+    observer: Option<Arc<dyn MembershipObserver>>,
+}
+
+/// The channels the raft stage works with, built by the wiring.
+pub(crate) struct RaftLinks {
     pub(crate) requests: Receiver<Request>,
     pub(crate) inbox: Receiver<crate::budget::Charged<Vec<u8>>>,
     pub(crate) stop: Receiver<()>,
@@ -100,19 +93,56 @@ pub(crate) struct RaftStage {
     pub(crate) apply_tx: Sender<ApplyTask>,
     pub(crate) applied_rx: Receiver<()>,
     pub(crate) snap_status_rx: Receiver<(u64, SnapshotStatus)>,
-    pub(crate) outbox: Outbox,
-    pub(crate) tick_ms: u64,
-    pub(crate) read_expiry_ticks: u64,
-    pub(crate) max_inflight_readies: usize,
-    pub(crate) max_pending_reads: usize,
-    /// Most bytes of writes proposed together (`max_size_per_msg_bytes`): a follower
-    /// forwards them to the leader in one message.
-    pub(crate) max_batch_bytes: u64,
-    pub(crate) read_ctx_seed: u64,
-    /// Number of the last Ready handed out.
-    pub(crate) last_number: u64,
-    /// Told about every membership change applied.
-    pub(crate) observer: Option<Arc<dyn MembershipObserver>>,
+}
+
+impl RaftStage {
+    /// The raft stage of the node `shared` describes: its `RawNode` over `rec`'s log
+    /// cache, starting at `rec.applied` (a lone voter campaigns at once), and the
+    /// status published.
+    pub(crate) fn new(
+        config: &Config,
+        rec: &Recovered,
+        shared: Arc<Shared>,
+        links: RaftLinks,
+        outbox: Outbox,
+    ) -> Result<RaftStage> {
+        let mut raw = RawNode::new(&config.raft_config(rec.applied), rec.cache.clone())?;
+        if raw.raft.prs.is_singleton() && raw.raft.prs.is_voter(shared.id) {
+            // A lone voter need not wait an election timeout to lead.
+            raw.campaign()?;
+        }
+        shared.publish(&raw);
+        Ok(RaftStage {
+            raw,
+            shared,
+            requests: links.requests,
+            inbox: links.inbox,
+            stop: links.stop,
+            persist_tx: links.persist_tx,
+            persisted_rx: links.persisted_rx,
+            apply_tx: links.apply_tx,
+            applied_rx: links.applied_rx,
+            snap_status_rx: links.snap_status_rx,
+            outbox,
+            tick_ms: config.tick_ms,
+            read_expiry_ticks: 4 * config.election_ticks as u64,
+            max_inflight_readies: config.max_inflight_readies,
+            max_pending_reads: config.max_pending_requests,
+            max_batch_bytes: config.max_size_per_msg_bytes,
+            read_ctx_seed: read_ctx_seed(),
+            last_number: 0,
+            observer: config.membership_observer.clone(),
+        })
+    }
+}
+
+// Different on every start, so a restarted node's read contexts never match requests
+// its previous run left in the leader's queue.
+fn read_ctx_seed() -> u64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos << 16
 }
 
 struct Loop {
@@ -120,26 +150,14 @@ struct Loop {
     // Readies that carried a snapshot, to hand to the apply stage once durable.
     pending_snapshots: VecDeque<(u64, SnapshotMetadata)>,
     held: VecDeque<(u64, Vec<Message>)>,
-    reads: HashMap<Vec<u8>, PendingRead>,
-    pending_read_count: usize,
-    next_read: u64,
-    conf_changes: Vec<PendingConfChange>,
-    // Reads that arrived while this node leads but has not committed an entry of its
-    // term yet (see `start_read`).
-    deferred_reads: Vec<reply::Sender<Result<u64>>>,
+    reads: ReadQueue,
+    conf_changes: ConfChanges,
     ticks: u64,
     leader: u64,
 }
 
 // What a turn of the loop ends in: go on, or stop for the reason given.
 type Turn = std::result::Result<(), StopReason>;
-
-// The fatal stop raft-core's error `e` calls for, if it is one
-// ([`raft_core::Error::is_fatal`]): the node's own log or storage is broken.
-fn fatal_raft(e: &raft_core::Error) -> Option<Fatal> {
-    e.is_fatal()
-        .then(|| Fatal::here(FatalKind::Raft, e.to_string()))
-}
 
 impl Stage for RaftStage {
     /// Runs until stopped, until raft-core reports a fatal error, or until another
@@ -150,11 +168,13 @@ impl Stage for RaftStage {
             inflight_readies: 0,
             pending_snapshots: VecDeque::new(),
             held: VecDeque::new(),
-            reads: HashMap::new(),
-            pending_read_count: 0,
-            next_read: self.read_ctx_seed,
-            conf_changes: Vec::new(),
-            deferred_reads: Vec::new(),
+            reads: ReadQueue::new(
+                self.shared.id,
+                self.read_ctx_seed,
+                self.read_expiry_ticks,
+                self.max_pending_reads,
+            ),
+            conf_changes: ConfChanges::default(),
             ticks: 0,
             leader: 0,
         };
@@ -207,8 +227,8 @@ impl Stage for RaftStage {
             if self.shared.is_stopped() {
                 break self.shared.await_stop_reason();
             }
-            if !st.deferred_reads.is_empty() && self.leader_commit_is_current() {
-                if let Err(why) = self.start_read(&mut st, Vec::new()) {
+            if st.reads.deferred_ready(&self.raw) {
+                if let Err(why) = st.reads.start(&mut self.raw, st.ticks, Vec::new()) {
                     break why;
                 }
             }
@@ -223,7 +243,8 @@ impl Stage for RaftStage {
             self.shared.fail(fatal.clone());
         }
         let why = self.shared.stop_reason().unwrap_or(why);
-        self.answer_waiters(&mut st, &why);
+        st.reads.stop(&why);
+        st.conf_changes.stop(&why);
         why
     }
 
@@ -237,7 +258,7 @@ impl Stage for RaftStage {
         // another leader: their callers are told the outcome is unknown.
         let requests = std::mem::replace(&mut self.requests, crossbeam_channel::never());
         while let Ok(r) = requests.try_recv() {
-            self.reject(r, || Error::Stopped(why.clone()));
+            r.reject(&self.shared.proposals, || Error::Stopped(why.clone()));
         }
         drop(requests);
         // Also answers a write whose request slipped in after the queue was emptied.
@@ -275,54 +296,10 @@ impl RaftStage {
         self.shared.await_stop_reason()
     }
 
-    fn answer_waiters(&mut self, st: &mut Loop, why: &StopReason) {
-        for (_, read) in st.reads.drain() {
-            for w in read.waiters {
-                let _ = w.try_send(Err(Error::Stopped(why.clone())));
-            }
-        }
-        for w in st.deferred_reads.drain(..) {
-            let _ = w.try_send(Err(Error::Stopped(why.clone())));
-        }
-        for cc in st.conf_changes.drain(..) {
-            let _ = cc.reply.try_send(Err(Error::Stopped(why.clone())));
-        }
-    }
-
-    fn reject(&self, r: Request, err: impl Fn() -> Error) {
-        match r {
-            Request::Propose { id, .. } => self.shared.proposals.fail(id, err()),
-            Request::Read { reply } => {
-                let _ = reply.try_send(Err(err()));
-            }
-            Request::ConfChange { reply, .. } => {
-                let _ = reply.try_send(Err(err()));
-            }
-            Request::TransferLeader { reply, .. } => {
-                let _ = reply.try_send(Err(err()));
-            }
-        }
-    }
-
     fn on_tick(&mut self, st: &mut Loop) {
         self.raw.tick();
         st.ticks += 1;
-        // A read whose ReadIndex message was lost would wait forever: expire it, and
-        // let the caller retry.
-        let expiry = self.read_expiry_ticks;
-        let ticks = st.ticks;
-        let mut expired = 0;
-        st.reads.retain(|_, r| {
-            let keep = ticks.saturating_sub(r.issued_tick) < expiry;
-            if !keep {
-                expired += r.waiters.len();
-                for w in r.waiters.drain(..) {
-                    let _ = w.try_send(Err(Error::ProposalLost("read request expired".into())));
-                }
-            }
-            keep
-        });
-        st.pending_read_count -= expired;
+        st.reads.expire(st.ticks);
     }
 
     fn on_inbound(&mut self, first: crate::budget::Charged<Vec<u8>>) -> Turn {
@@ -369,7 +346,7 @@ impl RaftStage {
         let mut datas: Vec<Vec<u8>> = Vec::new();
         // Counted as raft-core counts entries against `max_size_per_msg_bytes`.
         let mut batch_bytes = 0u64;
-        let mut reads: Vec<reply::Sender<Result<u64>>> = Vec::new();
+        let mut reads: Vec<ReadReply> = Vec::new();
         let mut next = Some(first);
         let mut handled = 0;
         while let Some(r) = next.take() {
@@ -391,9 +368,11 @@ impl RaftStage {
                     batch_bytes += entry_bytes;
                 }
                 Request::Read { reply } => reads.push(reply),
-                Request::ConfChange { cc, reply } => self.propose_conf_change(st, cc, reply)?,
+                Request::ConfChange { cc, reply } => {
+                    st.conf_changes.propose(&mut self.raw, cc, reply)?
+                }
                 Request::TransferLeader { target, reply } => {
-                    let _ = reply.try_send(self.transfer_leader(target));
+                    let _ = reply.try_send(membership::transfer_leader(&mut self.raw, target));
                 }
             }
             handled += 1;
@@ -402,7 +381,7 @@ impl RaftStage {
             }
         }
         self.propose_writes(&ids, datas)?;
-        self.start_read(st, reads)
+        st.reads.start(&mut self.raw, st.ticks, reads)
     }
 
     fn leader_hint(&self) -> Option<u64> {
@@ -440,211 +419,6 @@ impl RaftStage {
                 }
             }
         }
-        Ok(())
-    }
-
-    // Whether a leader's commit index is known to be current: only once an entry of
-    // its own term committed (§6.4). raft-core answers a lone voter's ReadIndex with
-    // the commit index at once, and after a restart that index is the persisted one,
-    // which may lag writes that were acknowledged (the apply stage can answer a write
-    // before the hard state carrying its commit is written).
-    fn leader_commit_is_current(&self) -> bool {
-        let r = &self.raw.raft;
-        r.state != StateRole::Leader || r.raft_log.term(r.raft_log.committed).ok() == Some(r.term)
-    }
-
-    fn start_read(&mut self, st: &mut Loop, mut reads: Vec<reply::Sender<Result<u64>>>) -> Turn {
-        if !st.deferred_reads.is_empty() && self.leader_commit_is_current() {
-            reads.append(&mut st.deferred_reads);
-        }
-        if reads.is_empty() {
-            return Ok(());
-        }
-        if !self.leader_commit_is_current() {
-            if st.deferred_reads.len() + reads.len() > self.max_pending_reads {
-                for r in reads {
-                    let _ = r.try_send(Err(Error::Busy(st.deferred_reads.len())));
-                }
-            } else {
-                st.deferred_reads.append(&mut reads);
-            }
-            return Ok(());
-        }
-        if st.pending_read_count + reads.len() > self.max_pending_reads {
-            for r in reads {
-                let _ = r.try_send(Err(Error::Busy(st.pending_read_count)));
-            }
-            return Ok(());
-        }
-        // One ReadIndex round serves every read that queued meanwhile. The context
-        // carries the node id so concurrent reads from different nodes never collide
-        // in the leader's table.
-        st.next_read += 1;
-        let mut ctx = self.shared.id.to_le_bytes().to_vec();
-        ctx.extend_from_slice(&st.next_read.to_le_bytes());
-        match self.raw.read_index(ctx.clone()) {
-            Ok(()) => {
-                st.pending_read_count += reads.len();
-                st.reads.insert(
-                    ctx,
-                    PendingRead {
-                        waiters: reads,
-                        issued_tick: st.ticks,
-                    },
-                );
-            }
-            Err(e) => {
-                if let Some(fatal) = fatal_raft(&e) {
-                    let why = StopReason::Fatal(fatal);
-                    for r in reads {
-                        let _ = r.try_send(Err(Error::Stopped(why.clone())));
-                    }
-                    return Err(why);
-                }
-                let leader = self.leader_hint();
-                for r in reads {
-                    let _ = r.try_send(Err(Error::NotLeader { leader }));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    fn propose_conf_change(
-        &mut self,
-        st: &mut Loop,
-        cc: ConfChangeV2,
-        reply: reply::Sender<Result<ConfState>>,
-    ) -> Turn {
-        if self.raw.role() != StateRole::Leader {
-            let _ = reply.try_send(Err(Error::NotLeader {
-                leader: self.leader_hint(),
-            }));
-            return Ok(());
-        }
-        if let Err(e) = self.check_conf_change(&cc) {
-            let _ = reply.try_send(Err(e));
-            return Ok(());
-        }
-        let last_before = self.raw.raft.raft_log.last_index();
-        let term = self.raw.raft.term;
-        match self.raw.propose_conf_change_v2(&cc) {
-            Ok(()) => st.conf_changes.push(PendingConfChange {
-                index: last_before + 1,
-                term,
-                reply,
-            }),
-            Err(e) => {
-                if let Some(fatal) = fatal_raft(&e) {
-                    let why = StopReason::Fatal(fatal);
-                    let _ = reply.try_send(Err(Error::Stopped(why.clone())));
-                    return Err(why);
-                }
-                let _ = reply.try_send(Err(e.into()));
-            }
-        }
-        Ok(())
-    }
-
-    // Refuses, before anything is proposed, a change raft would drop or one that would
-    // leave the cluster unable to commit: another change still pending, a node that is
-    // not a member, a learner that has not caught up, or fewer reachable voters than a
-    // majority of the new configuration.
-    fn check_conf_change(&self, cc: &ConfChangeV2) -> Result<()> {
-        let r = &self.raw.raft;
-        if r.pending_conf_index > r.raft_log.applied {
-            return Err(Error::Conflict(
-                "another membership change is still pending; retry once it is applied".into(),
-            ));
-        }
-        if r.prs.conf.voters.is_joint() && !cc.leave_joint() {
-            return Err(Error::Conflict(
-                "the cluster is in a joint configuration; it must leave it first".into(),
-            ));
-        }
-        let mut voters: BTreeSet<u64> = r.prs.conf.voters.ids();
-        let learners = &r.prs.conf.learners;
-        for c in &cc.changes {
-            let id = c.node_id;
-            if id == 0 {
-                return Err(Error::Conflict("node id 0 is reserved".into()));
-            }
-            match c.change_type {
-                ConfChangeType::AddNode => {
-                    if voters.contains(&id) {
-                        return Err(Error::Conflict(format!("node {id} is already a voter")));
-                    }
-                    if learners.contains(&id) {
-                        let matched = r.prs.progress.get(&id).map_or(0, |p| p.matched);
-                        let committed = r.raft_log.committed;
-                        if matched + MAX_PROMOTION_LAG_ENTRIES < committed {
-                            return Err(Error::Conflict(format!(
-                                "learner {id} has not caught up (at {matched}, commit index \
-                                 {committed}); promote it once it has"
-                            )));
-                        }
-                    }
-                    voters.insert(id);
-                }
-                ConfChangeType::AddLearnerNode => {
-                    if learners.contains(&id) {
-                        return Err(Error::Conflict(format!("node {id} is already a learner")));
-                    }
-                    voters.remove(&id);
-                }
-                ConfChangeType::RemoveNode => {
-                    if !voters.contains(&id) && !learners.contains(&id) {
-                        return Err(Error::UnknownNode(id));
-                    }
-                    voters.remove(&id);
-                }
-            }
-        }
-        if voters.is_empty() {
-            return Err(Error::Conflict(
-                "the change would leave the cluster without voters".into(),
-            ));
-        }
-        // A voter counts as reachable if it answered within the last election timeout
-        // or is being replicated to normally (check-quorum clears `recent_active` once
-        // per election timeout). A brand-new voter counts only if it answered.
-        let reachable = voters
-            .iter()
-            .filter(|&&id| {
-                id == r.id
-                    || r.prs.progress.get(&id).is_some_and(|p| {
-                        p.recent_active || p.state == raft_core::tracker::ProgressState::Replicate
-                    })
-            })
-            .count();
-        if reachable * 2 <= voters.len() {
-            return Err(Error::Conflict(format!(
-                "{QUORUM_REFUSAL}: only {reachable} of the {} voters it leaves are reachable",
-                voters.len()
-            )));
-        }
-        Ok(())
-    }
-
-    fn transfer_leader(&mut self, target: u64) -> Result<()> {
-        let r = &self.raw.raft;
-        if r.leader_id == 0 {
-            return Err(Error::NotLeader { leader: None });
-        }
-        let cs = r.prs.conf.to_conf_state();
-        if cs.learners.contains(&target) {
-            return Err(Error::Conflict(format!(
-                "node {target} is a learner and cannot lead"
-            )));
-        }
-        if !r.prs.conf.voters.contains(target) {
-            return Err(Error::UnknownNode(target));
-        }
-        if r.leader_id == target {
-            return Ok(());
-        }
-        // On a follower raft forwards the request to the leader.
-        self.raw.transfer_leader(target);
         Ok(())
     }
 
@@ -723,18 +497,7 @@ impl RaftStage {
                     m.leader_changes.inc();
                 }
                 // Reads sent to the old leader will not be answered.
-                let leader = Some(ss.leader_id).filter(|&l| l != 0);
-                for (_, read) in st.reads.drain() {
-                    for w in read.waiters {
-                        let _ = w.try_send(Err(Error::ProposalLost(format!(
-                            "leader changed (now {leader:?})"
-                        ))));
-                    }
-                }
-                st.pending_read_count = 0;
-                for w in st.deferred_reads.drain(..) {
-                    let _ = w.try_send(Err(Error::ProposalLost("leader changed".into())));
-                }
+                st.reads.leader_changed(ss.leader_id);
                 st.leader = ss.leader_id;
             }
             m.has_leader.set(i64::from(ss.leader_id != 0));
@@ -742,14 +505,7 @@ impl RaftStage {
                 .set(i64::from(ss.raft_state == StateRole::Leader));
         }
         // 2. Read states.
-        for rs in rd.take_read_states() {
-            if let Some(read) = st.reads.remove(&rs.request_ctx) {
-                st.pending_read_count -= read.waiters.len();
-                for w in read.waiters {
-                    let _ = w.try_send(Ok(rs.index));
-                }
-            }
-        }
+        st.reads.confirmed(rd.take_read_states());
         // 3. Committed entries: membership changes take effect in raft now, then the
         // apply stage gets everything.
         let committed = rd.take_committed_entries();
@@ -800,28 +556,12 @@ impl RaftStage {
         }
         let mut conf_states = Vec::new();
         for e in committed.iter().filter(|e| e.is_conf_change()) {
-            let cc = match e.entry_type {
-                EntryType::ConfChange => {
-                    codec::decode::<ConfChange>(&e.data).map(ConfChange::into_v2)
-                }
-                _ => codec::decode::<ConfChangeV2>(&e.data),
-            };
-            let outcome = match &cc {
-                Ok(cc) => self.raw.apply_conf_change(cc).map_err(Error::from),
-                Err(err) => Err(Error::Raft(err.clone().into())),
-            };
-            if let Some(fatal) = outcome.as_ref().err().and_then(|e| match e {
-                Error::Raft(e) => fatal_raft(e),
-                _ => None,
-            }) {
-                return Err(fatal.into());
-            }
+            let (cc, outcome) = membership::apply_committed(&mut self.raw, e)?;
             match &outcome {
                 Ok(cs) => {
-                    self.raw.mut_store().set_conf_state(cs.clone());
                     conf_states.push((e.index, cs.clone()));
                     self.shared.set_conf_state(cs);
-                    if let (Some(observer), Ok(cc)) = (&self.observer, &cc) {
+                    if let (Some(observer), Some(cc)) = (&self.observer, &cc) {
                         observer.changed(e.index, cc, cs);
                     }
                 }
@@ -832,31 +572,11 @@ impl RaftStage {
                     e.index
                 ),
             }
-            let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(&mut st.conf_changes)
-                .into_iter()
-                .partition(|p| p.index == e.index);
-            st.conf_changes = rest;
-            for p in mine {
-                let answer = match (&outcome, p.term == e.term) {
-                    (Ok(cs), true) => Ok(cs.clone()),
-                    (Err(err), true) => Err(Error::ProposalLost(err.to_string())),
-                    (_, false) => Err(Error::ProposalLost("overwritten by another leader".into())),
-                };
-                let _ = p.reply.try_send(answer);
-            }
+            st.conf_changes.committed(e.index, e.term, &outcome);
         }
         let last = committed.last().map_or(0, |e| e.index);
         // Proposals placed below what is committed now and never seen are gone.
-        st.conf_changes.retain(|p| {
-            if p.index <= last {
-                let _ = p.reply.try_send(Err(Error::ProposalLost(
-                    "overwritten by another leader".into(),
-                )));
-                false
-            } else {
-                true
-            }
-        });
+        st.conf_changes.overwritten_through(last);
         let hold = conf_states.last().map(|(i, _)| *i);
         self.shared
             .metrics
@@ -870,31 +590,5 @@ impl RaftStage {
             })
             .map_err(|_| self.lost())?;
         Ok(hold)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_fatal_raft_errors_stop_the_node() {
-        let lost = raft_core::Error::CommitBeyondLog {
-            commit: 9,
-            last_index: 3,
-        };
-        let fatal = fatal_raft(&lost).expect("a lost log stops the node");
-        assert_eq!(fatal.kind, FatalKind::Raft);
-        assert!(fatal.detail.contains("was the log lost"), "{fatal}");
-        let broken = raft_core::Error::Store(raft_core::StorageError::Other("EIO".into()));
-        assert_eq!(fatal_raft(&broken).map(|f| f.kind), Some(FatalKind::Raft));
-        // Refusals of one message or request change nothing.
-        for refused in [
-            raft_core::Error::ProposalDropped("no leader"),
-            raft_core::Error::MalformedMessage("term 0"),
-            raft_core::Error::StepPeerNotFound,
-        ] {
-            assert!(fatal_raft(&refused).is_none(), "{refused}");
-        }
     }
 }
