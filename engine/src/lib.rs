@@ -68,6 +68,8 @@ mod reply;
 mod snapshot_transfer;
 pub mod state_machine;
 mod supervisor;
+#[cfg(feature = "test-util")]
+pub mod testing;
 mod thread_policy;
 pub mod transport;
 
