@@ -6,7 +6,7 @@ mod common;
 use std::time::Duration;
 
 use common::{key, value};
-use keel::testing::{wait_until, Cluster};
+use keel::testing::{metric_value, wait_until, Cluster};
 use keel::{Config, Error};
 
 #[test]
@@ -387,9 +387,13 @@ fn a_write_in_flight_at_close_is_indeterminate_not_stopped() {
     let db = c.db(leader).clone();
     let writer =
         std::thread::spawn(move || db.put_timeout(b"stuck", b"2", Duration::from_secs(30)));
-    // Long enough for the write to reach the raft stage, shorter than the election
-    // timeout after which the leader would step down for want of a quorum.
-    std::thread::sleep(Duration::from_millis(50));
+    // Until the write waits in the raft stage for a quorum that is gone (usually well
+    // within the election timeout after which the leader steps down for want of one).
+    wait_until(Duration::from_secs(5), || {
+        let text = c.db(leader).metrics_text();
+        (metric_value(&text, "keel_server_proposals_pending") >= 1.0).then_some(())
+    })
+    .expect("the write reached the raft stage");
     c.stop(leader).expect("stop node");
     let err = writer.join().unwrap().unwrap_err();
     assert!(

@@ -50,6 +50,8 @@ fn power_loss_mid_workload_keeps_every_acknowledged_write() {
                     })
                 })
                 .collect();
+            // The point of the test: power fails at an arbitrary moment of the load,
+            // a different one per seed.
             std::thread::sleep(Duration::from_millis(150 + 20 * seed));
             run.kill(CrashMode::Random);
             stop.store(true, Ordering::Relaxed);

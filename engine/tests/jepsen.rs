@@ -145,6 +145,7 @@ fn client(c: &Cluster, me: usize, seed: u64, keys: usize, stop: &AtomicBool) -> 
     while !stop.load(Ordering::Relaxed) {
         let Some(db) = c.node(node) else {
             node = rng.pick(c.ids());
+            // Pacing: a client of a down node tries another one a moment later.
             std::thread::sleep(Duration::from_millis(5));
             continue;
         };
@@ -200,6 +201,8 @@ fn nemesis_round(c: &Cluster, rng: &mut Rng) -> Result<String, String> {
         Some(l) if rng.below(2) == 0 => l,
         _ => rng.pick(c.ids()),
     };
+    // How long the fault lasts. The sleeps below hold a fault while the clients run
+    // against it: the passing time is the test, there is nothing to wait for.
     let hold = rng.millis(250, 900);
     let restart = |ids: &[u64]| -> Result<(), String> {
         for &id in ids {
@@ -371,6 +374,7 @@ fn run(plan: &Plan) -> Result<Summary, String> {
             for round in 0..plan.rounds {
                 let what = nemesis_round(&c, &mut rng)?;
                 log.push(format!("round {round}: {what}"));
+                // A quiet spell between faults, of random length.
                 std::thread::sleep(rng.millis(150, 400));
             }
             Ok(())

@@ -563,6 +563,7 @@ fn a_peer_that_accepts_but_never_answers_is_given_up_on() {
             while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
                 match mute.accept() {
                     Ok((s, _)) => held.push(s),
+                    // Nothing to accept yet (non-blocking, to see `stop`).
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
@@ -987,6 +988,7 @@ fn idle_flood(
                     Err(_) => break,
                 }
             }
+            // Pacing: refill the flood of connections every 50 ms until told to stop.
             std::thread::sleep(Duration::from_millis(50));
         }
     })
