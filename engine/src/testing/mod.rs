@@ -10,9 +10,22 @@
 //! Must not: reach into the engine's internals. It uses only the public API (`Db`,
 //! `Config`, the transports), so what it exercises is what an embedder gets.
 //!
-//! The methods named `wait_*` panic when the wait times out, which is what a test
-//! wants; each has a `try_wait_*` twin returning [`ClusterError`] for callers that
-//! must not panic, such as `keel demo`.
+//! A few [`Cluster`] methods panic, which is what a test wants: `new` and `with` when a
+//! node does not start, `db` when the node is not running, and `wait_leader`,
+//! `wait_converged` and `wait_applied` when the wait times out. Each has a twin that
+//! returns an `Option` or a [`ClusterError`] instead (`open`, `node`, `try_wait_*`);
+//! `keel bench cluster` and `keel demo` use only those.
+//!
+//! ```no_run
+//! use keel::testing::{Cluster, CrashMode, Options, Storage};
+//!
+//! let c = Cluster::open(Options::new(3).storage(Storage::Simulated).seed(42))?;
+//! let leader = c.try_wait_leader(keel::testing::WAIT)?;
+//! c.node(leader.id).expect("it leads").put(b"k", b"v").expect("put");
+//! c.crash(leader.id, CrashMode::DropUnsynced)?;
+//! c.start(leader.id)?;
+//! # Ok::<(), keel::testing::ClusterError>(())
+//! ```
 
 mod cluster;
 mod error;
@@ -27,3 +40,5 @@ pub use metrics::metric_value;
 pub use options::{fast, Options, Storage, Timing, Transport, Tweak};
 pub use process_fs::ProcessFs;
 pub use wait::{agreed_leader, wait_until, Leader, POLL};
+/// What a crash keeps of a simulated disk's unsynced writes ([`Cluster::crash`]).
+pub use wal::fs::CrashMode;
