@@ -34,16 +34,8 @@ use raft_core::{Entry, Message, MessageType};
 /// Deterministic, non-constant payload bytes (the codec copies them verbatim, so the
 /// content does not matter beyond not being trivially compressible by the hardware).
 fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            // xorshift64
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut rng = raft_core::Rng::new(seed);
+    (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 
 /// Leader 1 replicating entries 1001..=1064 of term 5 to follower 2.

@@ -76,15 +76,13 @@ fn temp_dir(prefix: &str) -> tempfile::TempDir {
         .expect("temporary directory")
 }
 
-/// One MiB of cheap pseudo-random bytes (xorshift64), the template of every slice.
+/// One MiB of cheap pseudo-random bytes (raft-core's seeded generator), the template of
+/// every slice.
 fn template_slice() -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut rng = raft_core::Rng::new(1);
     let mut out = Vec::with_capacity(MIB);
     while out.len() < MIB {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
+        out.extend_from_slice(&rng.next_u64().to_le_bytes());
     }
     out
 }

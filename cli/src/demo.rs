@@ -22,10 +22,11 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use keel::{Db, Role};
 
+use crate::bench::cluster::{cluster_error, start_cluster};
 use crate::bench::{num, BenchDir};
 use crate::error::{CliError, Result, Status};
-use crate::inproc::{wait_until, InProcCluster};
 use crate::output::Out;
+use keel::testing::{wait_until, Cluster, Leader};
 
 /// What `keel demo` was asked to do.
 #[derive(Debug, Clone)]
@@ -57,12 +58,9 @@ fn key(c: usize, i: u64) -> Vec<u8> {
 fn value(c: usize, i: u64, size: usize) -> Vec<u8> {
     let mut v = format!("{c}:{i}:").into_bytes();
     // Filler derived from the key, so a value written for another key never matches.
-    let mut x = (c as u64) << 32 ^ i ^ 0x9E37_79B9_7F4A_7C15;
+    let mut rng = raft_core::Rng::new((c as u64) << 32 ^ i);
     while v.len() < size {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        v.push(b'a' + (x % 26) as u8);
+        v.push(b'a' + rng.range(0, 26) as u8);
     }
     v
 }
@@ -111,7 +109,7 @@ impl Reporter {
 
 /// What the clients share.
 struct Shared<'a> {
-    cluster: &'a InProcCluster,
+    cluster: &'a Cluster,
     stop: AtomicBool,
     acked: AtomicU64,
     errors: AtomicU64,
@@ -201,7 +199,7 @@ fn read_back(c: usize, i: u64, s: &Shared<'_>) {
 /// Leader changes seen by the monitor: (seconds since start, leader or none, term).
 type LeaderLog = Mutex<Vec<(f64, Option<u64>, u64)>>;
 
-fn monitor(cluster: &InProcCluster, stop: &AtomicBool, t0: Instant, log: &LeaderLog) {
+fn monitor(cluster: &Cluster, stop: &AtomicBool, t0: Instant, log: &LeaderLog) {
     let mut last: Option<(Option<u64>, u64)> = None;
     // Bounded: runs until the demo sets `stop`.
     while !stop.load(Ordering::Relaxed) {
@@ -287,10 +285,10 @@ pub fn run(o: &DemoOptions) -> Result<Status> {
         "starting a {NODES}-node cluster in {} (one process, in-process network, fsync on)",
         dir.path.display()
     ))?;
-    let cluster = InProcCluster::start(&dir.path, NODES)?;
+    let cluster = start_cluster(&dir.path, NODES)?;
     let outcome = demo(o, &cluster, &r);
     r.finish_bar();
-    let closed = cluster.close();
+    let closed = cluster.close().map_err(cluster_error);
     let status = outcome?;
     closed?;
     if dir.is_temporary() {
@@ -299,9 +297,9 @@ pub fn run(o: &DemoOptions) -> Result<Status> {
     Ok(status)
 }
 
-fn demo(o: &DemoOptions, cluster: &InProcCluster, r: &Reporter) -> Result<Status> {
+fn demo(o: &DemoOptions, cluster: &Cluster, r: &Reporter) -> Result<Status> {
     let mut checks = Checks { failed: Vec::new() };
-    let Some((leader, term)) = cluster.wait_leader(WAIT) else {
+    let Ok(Leader { id: leader, term }) = cluster.try_wait_leader(WAIT) else {
         r.say("no leader was elected within 30 s")?;
         return Ok(Status::Damaged);
     };
@@ -353,7 +351,7 @@ fn demo(o: &DemoOptions, cluster: &InProcCluster, r: &Reporter) -> Result<Status
     let load_secs = load_start.elapsed().as_secs_f64();
 
     // Every acknowledged write must be on every node once they converged.
-    let converged = cluster.wait_converged(WAIT);
+    let converged = cluster.try_wait_converged(WAIT).ok();
     checks.check(
         converged.is_some(),
         "the nodes did not apply everything committed within 30 s",
@@ -480,9 +478,9 @@ fn wait_for_a_write(s: &Shared<'_>) -> bool {
 }
 
 // Restarts node `id` and reports what it recovered and how long it took to catch up.
-fn restart(cluster: &InProcCluster, r: &Reporter, id: u64, checks: &mut Checks) -> Result<()> {
+fn restart(cluster: &Cluster, r: &Reporter, id: u64, checks: &mut Checks) -> Result<()> {
     let t = Instant::now();
-    let db = cluster.open(id)?;
+    let db = cluster.start(id).map_err(cluster_error)?;
     let st = db.status();
     let entries = (st.last_index + 1).saturating_sub(st.first_index);
     r.say(&format!(
@@ -509,7 +507,7 @@ fn restart(cluster: &InProcCluster, r: &Reporter, id: u64, checks: &mut Checks) 
 }
 
 // Milliseconds until node `id` applied what the leader had committed when asked.
-fn catch_up(cluster: &InProcCluster, id: u64) -> Option<u128> {
+fn catch_up(cluster: &Cluster, id: u64) -> Option<u128> {
     let t = Instant::now();
     let target = wait_until(WAIT, || Some(cluster.leader()?.status().commit_index))?;
     wait_until(WAIT, || {
@@ -520,7 +518,7 @@ fn catch_up(cluster: &InProcCluster, id: u64) -> Option<u128> {
 }
 
 fn scenario(
-    cluster: &InProcCluster,
+    cluster: &Cluster,
     r: &Reporter,
     s: &Shared<'_>,
     phase: Duration,
@@ -536,7 +534,7 @@ fn scenario(
     timed("all 3 nodes up", phase, rates);
 
     // A follower stops; the other two still form a quorum.
-    let Some((leader, _)) = cluster.wait_leader(WAIT) else {
+    let Ok(Leader { id: leader, .. }) = cluster.try_wait_leader(WAIT) else {
         checks.check(false, "no leader before the follower was stopped");
         return Ok(());
     };
@@ -549,7 +547,7 @@ fn scenario(
     r.say(&format!(
         "stopping node {follower} (a follower) without warning"
     ))?;
-    cluster.stop_node(follower)?;
+    cluster.kill(follower).map_err(cluster_error)?;
     let n = timed(&format!("node {follower} down"), phase, rates);
     if n == 0 {
         checks.check(
@@ -561,7 +559,7 @@ fn scenario(
     timed(&format!("node {follower} back"), phase, rates);
 
     // The leader stops; the others elect a new one.
-    let Some((leader, term)) = cluster.wait_leader(WAIT) else {
+    let Ok(Leader { id: leader, term }) = cluster.try_wait_leader(WAIT) else {
         checks.check(false, "no leader before the leader was stopped");
         return Ok(());
     };
@@ -569,13 +567,13 @@ fn scenario(
     r.say(&format!(
         "stopping node {leader} (the leader, term {term}) without warning"
     ))?;
-    cluster.stop_node(leader)?;
-    match cluster.wait_leader(WAIT) {
-        Some((new, term)) => r.say(&format!(
+    cluster.kill(leader).map_err(cluster_error)?;
+    match cluster.try_wait_leader(WAIT) {
+        Ok(Leader { id: new, term }) => r.say(&format!(
             "node {new} elected leader (term {term}) {} ms after the stop",
             stopped_at.elapsed().as_millis()
         ))?,
-        None => {
+        Err(_) => {
             checks.check(false, "no new leader within 30 s of the leader's stop");
             return Ok(());
         }

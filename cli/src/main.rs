@@ -14,7 +14,6 @@ mod bench;
 mod cluster_cmd;
 mod demo;
 mod error;
-mod inproc;
 mod output;
 mod path;
 mod serve;

@@ -70,6 +70,8 @@ mod shared;
 mod snapshot_transfer;
 pub mod state_machine;
 mod supervisor;
+#[cfg(feature = "test-util")]
+pub mod testing;
 mod thread_policy;
 pub mod transport;
 

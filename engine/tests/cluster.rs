@@ -5,7 +5,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{key, value, wait_until, Cluster};
+use common::{key, value};
+use keel::testing::{metric_value, wait_until, Cluster};
 use keel::{Config, Db, Error};
 
 #[test]
@@ -39,18 +40,18 @@ fn writes_through_any_node_and_reads_on_followers() {
 
 #[test]
 fn leader_failure_new_leader_and_restarted_node_catches_up() {
-    let mut c = Cluster::new(3);
+    let c = Cluster::new(3);
     let old = c.wait_leader();
     for i in 0..20 {
         c.db(old).put(&key(i), &value(i)).unwrap();
     }
-    c.stop(old);
+    c.stop(old).expect("stop node");
     let new = c.wait_leader();
     assert_ne!(new, old);
     for i in 20..40 {
         c.db(new).put(&key(i), &value(i)).unwrap();
     }
-    c.start(old);
+    c.start(old).expect("start node");
     c.wait_converged();
     for i in 0..40 {
         assert_eq!(
@@ -72,12 +73,12 @@ fn snapshot_often(mut cfg: Config) -> Config {
 
 #[test]
 fn follower_down_during_compaction_catches_up_through_a_snapshot() {
-    let mut c = Cluster::with(3, snapshot_often);
+    let c = Cluster::with(3, snapshot_often);
     let leader = c.wait_leader();
     let down = c.followers(leader)[0];
     let before = c.db(down).status();
     assert_eq!(before.snapshot_index, 0, "{before:?}");
-    c.stop(down);
+    c.stop(down).expect("stop node");
     for i in 0..120 {
         c.db(leader).put(&key(i % 40), &value(i)).unwrap();
     }
@@ -91,7 +92,7 @@ fn follower_down_during_compaction_catches_up_through_a_snapshot() {
     .expect("leader compacted its log");
     assert!(leader_st.snapshot_index >= leader_st.first_index - 1);
 
-    c.start(down);
+    c.start(down).expect("start node");
     c.wait_converged();
     let st = c.db(down).status();
     // It stopped with no snapshot and the leader's log now starts past its log: the
@@ -115,14 +116,14 @@ fn follower_down_during_compaction_catches_up_through_a_snapshot() {
 
 #[test]
 fn without_a_leader_requests_fail_with_a_typed_error() {
-    let mut c = Cluster::new(3);
+    let c = Cluster::new(3);
     let leader = c.wait_leader();
     c.db(leader).put(b"k", b"v").unwrap();
     c.wait_converged();
     let survivor = c.followers(leader)[0];
     let other = c.followers(leader)[1];
-    c.stop(leader);
-    c.stop(other);
+    c.stop(leader).expect("stop node");
+    c.stop(other).expect("stop node");
     // The survivor loses its leader (check-quorum / election timeout) and cannot win
     // an election alone.
     wait_until(Duration::from_secs(5), || {
@@ -148,11 +149,11 @@ fn partition_heals_and_minority_catches_up() {
     let c = Cluster::new(3);
     let leader = c.wait_leader();
     let cut = c.followers(leader)[0];
-    c.net.isolate(cut);
+    c.net().isolate(cut);
     for i in 0..10 {
         c.db(leader).put(&key(i), &value(i)).unwrap();
     }
-    c.net.heal();
+    c.net().heal();
     c.wait_converged();
     for i in 0..10 {
         assert_eq!(c.db(cut).get(&key(i)).unwrap(), Some(value(i)));
@@ -164,11 +165,11 @@ fn removing_a_member_takes_effect_and_writes_continue() {
     use keel::transport::Transport;
     use keel::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 
-    let mut c = Cluster::new(3);
+    let c = Cluster::new(3);
     let leader = c.wait_leader();
     let gone = c.followers(leader)[0];
     // Garbage from the network is dropped, never a panic.
-    c.net.send(gone, leader, vec![0xff, 0x00, 0x13]).unwrap();
+    c.net().send(gone, leader, vec![0xff, 0x00, 0x13]).unwrap();
     let cc = ConfChangeV2 {
         changes: vec![ConfChangeSingle {
             change_type: ConfChangeType::RemoveNode,
@@ -184,7 +185,7 @@ fn removing_a_member_takes_effect_and_writes_continue() {
     ));
     let cs = c.db(leader).change_membership(cc).unwrap();
     assert!(!cs.voters.contains(&gone));
-    c.stop(gone);
+    c.stop(gone).expect("stop node");
     for i in 0..10 {
         c.db(stay).put(&key(i), &value(i)).unwrap();
     }
@@ -197,7 +198,7 @@ fn concurrent_clients_lose_no_acknowledged_write_across_a_leader_restart() {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
-    let mut c = Cluster::new(3);
+    let c = Cluster::new(3);
     let leader = c.wait_leader();
     let stop = Arc::new(AtomicBool::new(false));
     let acked = Arc::new(Mutex::new(Vec::new()));
@@ -228,9 +229,9 @@ fn concurrent_clients_lose_no_acknowledged_write_across_a_leader_restart() {
         })
     };
     grown_by(20).expect("writes acknowledged before the leader stopped");
-    c.stop(leader);
+    c.stop(leader).expect("stop node");
     grown_by(10).expect("writes acknowledged while the old leader was down");
-    c.start(leader);
+    c.start(leader).expect("start node");
     grown_by(10).expect("writes acknowledged after the old leader restarted");
     stop.store(true, Ordering::Relaxed);
     for h in handles {
@@ -254,8 +255,8 @@ fn concurrent_clients_lose_no_acknowledged_write_across_a_leader_restart() {
 fn a_lossy_slow_network_still_commits_and_converges() {
     let c = Cluster::new(3);
     let via = c.wait_leader();
-    c.net.set_delay_ms(2);
-    c.net.set_drop_rate(0.1);
+    c.net().set_delay_ms(2);
+    c.net().set_drop_rate(0.1);
     // Writes go to the node that led at the start, each to a key of its own, until 30
     // are acknowledged. A lost forward or append can time one out (Raft's retries may
     // still commit it), and a loaded machine can stall the nodes long enough to lose
@@ -286,7 +287,7 @@ fn a_lossy_slow_network_still_commits_and_converges() {
         }
         i += 1;
     }
-    c.net.heal();
+    c.net().heal();
     // Every acknowledged write is committed, but the followers learn that the last one
     // committed only from the leader's next message: the check must wait for an index
     // at or past every acknowledged write. Not the highest commit index the statuses
@@ -297,8 +298,8 @@ fn a_lossy_slow_network_still_commits_and_converges() {
     // that node's applied index after it is such an index, and every node must reach it.
     let through = committed_so_far(&c, via);
     wait_until(Duration::from_secs(30), || {
-        c.dbs
-            .values()
+        c.running()
+            .iter()
             .all(|db| db.status().applied_index >= through)
             .then_some(())
     })
@@ -346,9 +347,9 @@ impl Ack {
             key: key_i,
             via,
             leaders: c
-                .dbs
-                .iter()
-                .map(|(id, db)| (*id, db.status().leader))
+                .running_ids()
+                .into_iter()
+                .map(|id| (id, c.db(id).status().leader))
                 .collect(),
             applied_index: st.applied_index,
             commit_index: st.commit_index,
@@ -367,9 +368,9 @@ fn lacked(db: &Db, acks: &[Ack]) -> Vec<u64> {
 
 /// (node, key) of every acknowledged write a node does not hold.
 fn missing_keys(c: &Cluster, acks: &[Ack]) -> Vec<(u64, u64)> {
-    c.dbs
-        .iter()
-        .flat_map(|(&id, db)| lacked(db, acks).into_iter().map(move |k| (id, k)))
+    c.running_ids()
+        .into_iter()
+        .flat_map(|id| lacked(&c.db(id), acks).into_iter().map(move |k| (id, k)))
         .collect()
 }
 
@@ -377,7 +378,8 @@ fn missing_keys(c: &Cluster, acks: &[Ack]) -> Vec<(u64, u64)> {
 /// and every write that failed.
 fn lossy_report(c: &Cluster, acks: &[Ack], failed: &[(u64, Error)]) -> String {
     let mut out = String::new();
-    for (&id, db) in &c.dbs {
+    for id in c.running_ids() {
+        let db = c.db(id);
         let st = db.status();
         out += &format!(
             "node {id}: {:?} term {} leader {:?} commit {} applied {} first {} last {}; \
@@ -389,7 +391,7 @@ fn lossy_report(c: &Cluster, acks: &[Ack], failed: &[(u64, Error)]) -> String {
             st.applied_index,
             st.first_index,
             st.last_index,
-            lacked(db, acks)
+            lacked(&db, acks)
         );
     }
     for a in acks {
@@ -455,7 +457,7 @@ fn an_acknowledged_write_is_in_the_applied_index_at_once() {
     .unwrap();
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = common::fast(Config::single_node(dir.path()));
+    let mut cfg = keel::testing::fast(Config::single_node(dir.path()));
     cfg.id = ID;
     cfg.peers = vec![ID];
     let db = Db::open(cfg).expect("open node");
@@ -482,17 +484,17 @@ fn an_acknowledged_write_is_in_the_applied_index_at_once() {
 
 #[test]
 fn five_nodes_tolerate_two_down_and_both_catch_up() {
-    let mut c = Cluster::new(5);
+    let c = Cluster::new(5);
     let leader = c.wait_leader();
     let down: Vec<u64> = c.followers(leader).into_iter().take(2).collect();
     for &id in &down {
-        c.stop(id);
+        c.stop(id).expect("stop node");
     }
     for i in 0..20 {
         c.db(leader).put(&key(i), &value(i)).unwrap();
     }
     for &id in &down {
-        c.start(id);
+        c.start(id).expect("start node");
     }
     c.wait_converged();
     for id in 1..=5 {
@@ -513,7 +515,7 @@ fn a_write_overwritten_by_another_leader_fails_instead_of_succeeding() {
     let c = Cluster::new(3);
     let old = c.wait_leader();
     c.db(old).put(b"before", b"1").unwrap();
-    c.net.isolate(old);
+    c.net().isolate(old);
     // The isolated leader appends the write but can never commit it.
     let doomed = {
         let db = c.db(old).clone();
@@ -529,7 +531,7 @@ fn a_write_overwritten_by_another_leader_fails_instead_of_succeeding() {
     for i in 0..5 {
         c.db(new).put(&key(i), &value(i)).unwrap();
     }
-    c.net.heal();
+    c.net().heal();
     let outcome = doomed.join().unwrap();
     assert!(
         matches!(outcome, Err(Error::ProposalLost(_))),
@@ -549,7 +551,7 @@ fn a_cut_off_follower_never_serves_a_stale_linearizable_read() {
     c.db(leader).put(b"k", b"old").unwrap();
     c.wait_converged();
     let cut = c.followers(leader)[0];
-    c.net.isolate(cut);
+    c.net().isolate(cut);
     c.db(leader).put(b"k", b"new").unwrap();
     // The stale read shows the old value; the linearizable one refuses to answer.
     assert_eq!(c.db(cut).get_local(b"k").unwrap(), Some(b"old".to_vec()));
@@ -560,7 +562,7 @@ fn a_cut_off_follower_never_serves_a_stale_linearizable_read() {
             "{e}"
         ),
     }
-    c.net.heal();
+    c.net().heal();
     // Without a known leader a read fails fast (NotLeader); wait until it hears one.
     c.wait_leader();
     assert_eq!(c.db(cut).get(b"k").unwrap(), Some(b"new".to_vec()));
@@ -571,19 +573,25 @@ fn a_cut_off_follower_never_serves_a_stale_linearizable_read() {
 // outcome is unknown, never `Stopped`, which promises the write was not applied.
 #[test]
 fn a_write_in_flight_at_close_is_indeterminate_not_stopped() {
-    let mut c = Cluster::new(3);
+    let c = Cluster::new(3);
     let leader = c.wait_leader();
     c.db(leader).put(b"before", b"1").unwrap();
     for f in c.followers(leader) {
-        c.stop(f);
+        c.stop(f).expect("stop node");
     }
     let db = c.db(leader).clone();
     let writer =
         std::thread::spawn(move || db.put_timeout(b"stuck", b"2", Duration::from_secs(30)));
-    // Long enough for the write to reach the raft stage, shorter than the election
-    // timeout after which the leader would step down for want of a quorum.
-    std::thread::sleep(Duration::from_millis(50));
-    c.stop(leader);
+    // Until the write waits for a quorum that is gone, or was already refused because
+    // the leader stepped down for want of one (a loaded machine can take longer than
+    // an election timeout to stop the followers).
+    wait_until(Duration::from_secs(5), || {
+        let text = c.db(leader).metrics_text();
+        let waiting = metric_value(&text, "keel_server_proposals_pending") >= 1.0;
+        (waiting || writer.is_finished()).then_some(())
+    })
+    .expect("the write reached the raft stage");
+    c.stop(leader).expect("stop node");
     let err = writer.join().unwrap().unwrap_err();
     assert!(
         matches!(err, Error::Indeterminate(_) | Error::NotLeader { .. }),

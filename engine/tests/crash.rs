@@ -8,8 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::sim::ProcessFs;
 use common::{key, single, value};
+use keel::testing::{wait_until, ProcessFs};
 use keel::{Config, Db, Error, FatalKind};
 use keel_fs::{CrashMode, SimFault, SimFs};
 
@@ -50,6 +50,8 @@ fn power_loss_mid_workload_keeps_every_acknowledged_write() {
                     })
                 })
                 .collect();
+            // The point of the test: power fails at an arbitrary moment of the load,
+            // a different one per seed.
             std::thread::sleep(Duration::from_millis(150 + 20 * seed));
             run.kill(CrashMode::Random);
             stop.store(true, Ordering::Relaxed);
@@ -89,7 +91,7 @@ fn a_failed_fsync_stops_the_node_loudly() {
     let err = db.put(b"doomed", b"x").unwrap_err();
     // Proposed and written, but not known to be durable: it may or may not survive.
     assert!(matches!(err, Error::Indeterminate(_)), "{err}");
-    let fatal = common::wait_until(Duration::from_secs(2), || db.status().fatal)
+    let fatal = wait_until(Duration::from_secs(2), || db.status().fatal)
         .expect("the node reports why it stopped");
     assert_eq!(fatal.kind, FatalKind::LogWrite, "{fatal}");
     assert!(fatal.detail.contains("sync"), "{fatal}");

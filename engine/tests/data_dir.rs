@@ -4,6 +4,7 @@
 mod common;
 
 use common::{key, single, value};
+use keel::testing::wait_until;
 use keel::{Db, Error};
 use keel_fs::{CrashMode, SimFs};
 
@@ -52,7 +53,7 @@ fn a_crash_right_after_the_first_open_keeps_the_new_directories() {
     for i in 0..20 {
         db.put(&key(i), &value(i)).unwrap();
     }
-    common::wait_until(std::time::Duration::from_secs(10), || {
+    wait_until(std::time::Duration::from_secs(10), || {
         (db.status().snapshot_index > 0).then_some(())
     })
     .expect("a snapshot was taken");

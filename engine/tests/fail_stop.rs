@@ -17,8 +17,8 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::sim::SimCluster;
-use common::{key, single, value, wait_until};
+use common::{key, single, value};
+use keel::testing::{wait_until, Cluster, Options, Storage};
 use keel::{Config, Db, Error, FatalKind, StopReason};
 
 /// Generous: the machine is small and shared.
@@ -299,19 +299,20 @@ fn a_snapshot_due_while_one_was_written_follows_it_without_new_writes() {
 #[test]
 fn a_panic_in_the_snapshot_sender_stops_the_node() {
     let ids = vec![5, 6, 7];
-    let c = SimCluster::with_ids(
-        ids.clone(),
-        5,
-        Arc::new(|mut c: Config| {
+    let options = Options::new(0)
+        .ids(ids.clone())
+        .storage(Storage::Simulated)
+        .seed(5)
+        .tweak(|mut c: Config| {
             c.snapshot_every = 20;
             c.snapshot_log_percent = 0;
             c.catch_up_entries = 5;
             c
-        }),
-    );
-    let leader = c.wait_leader(WAIT).expect("a leader");
+        });
+    let c = Cluster::open(options).expect("start the cluster");
+    let leader = c.try_wait_leader(WAIT).expect("a leader").id;
     let lagging = ids.iter().copied().find(|&i| i != leader).unwrap();
-    let db = c.db(leader).unwrap();
+    let db = c.db(leader);
     // Applied on the leader, so in its log after its own first entry of the term; it
     // proposes nothing more until the writes below, so the lagging follower stops with
     // at most `held` entries.
@@ -340,9 +341,9 @@ fn a_panic_in_the_snapshot_sender_stops_the_node() {
     let thread = format!("keel-snapsend-{leader}");
     assert_failed_as_a_whole(&db, "snapshotBeforeSend", &thread, written);
     // The others go on without it.
-    c.crash(leader, keel_fs::CrashMode::DropUnsynced);
+    c.crash(leader, keel_fs::CrashMode::DropUnsynced).unwrap();
     let survivors: Vec<u64> = ids.iter().copied().filter(|&i| i != leader).collect();
-    let new_leader = c.wait_leader(WAIT).expect("a new leader");
+    let new_leader = c.try_wait_leader(WAIT).expect("a new leader").id;
     assert!(survivors.contains(&new_leader));
-    c.db(new_leader).unwrap().put(b"still", b"serving").unwrap();
+    c.db(new_leader).put(b"still", b"serving").unwrap();
 }

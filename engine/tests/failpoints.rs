@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::sim::{ProcessFs, SimCluster};
-use common::{key, single, value, wait_until};
+use common::{key, single, value};
+use keel::testing::{wait_until, Cluster, Options, ProcessFs, Storage};
 use keel::{Config, Db};
 use keel_fs::{CrashMode, SimFs};
 
@@ -143,17 +143,16 @@ enum Victim {
     Lagging,
 }
 
-fn wait_for_leader(c: &SimCluster) -> u64 {
-    c.wait_leader(Duration::from_secs(10))
-        .expect("a leader within 10 s")
-}
-
 // Writes key `i` through whichever running node takes it; true if acknowledged.
-fn write_anywhere(c: &SimCluster, avoid: u64, i: u64) -> bool {
-    let nodes: Vec<u64> = c.running().into_iter().filter(|&n| n != avoid).collect();
+fn write_anywhere(c: &Cluster, avoid: u64, i: u64) -> bool {
+    let nodes: Vec<u64> = c
+        .running_ids()
+        .into_iter()
+        .filter(|&n| n != avoid)
+        .collect();
     let Some(db) = nodes
         .get(i as usize % nodes.len().max(1))
-        .and_then(|&n| c.db(n))
+        .and_then(|&n| c.node(n))
     else {
         return false;
     };
@@ -167,15 +166,20 @@ fn write_anywhere(c: &SimCluster, avoid: u64, i: u64) -> bool {
 /// write missing anywhere.
 fn cluster_crash_at(point: &'static str, victim: Victim, base: u64) {
     let ids: Vec<u64> = (base + 1..=base + 3).collect();
-    let c = SimCluster::with_ids(ids.clone(), base, Arc::new(snapshot_often));
-    let leader = wait_for_leader(&c);
+    let options = Options::new(0)
+        .ids(ids.clone())
+        .storage(Storage::Simulated)
+        .seed(base)
+        .tweak(snapshot_often);
+    let c = Cluster::open(options).expect("start the cluster");
+    let leader = c.wait_leader();
     let target = match victim {
         Victim::Leader => leader,
         Victim::Follower | Victim::Lagging => ids.iter().copied().find(|&i| i != leader).unwrap(),
     };
     let mut acked = Vec::new();
     let mut i = 0u64;
-    let mut write = |c: &SimCluster, acked: &mut Vec<u64>| {
+    let mut write = |c: &Cluster, acked: &mut Vec<u64>| {
         if write_anywhere(c, target, i) {
             acked.push(i);
         }
@@ -190,7 +194,7 @@ fn cluster_crash_at(point: &'static str, victim: Victim, base: u64) {
         for _ in 0..100 {
             write(&c, &mut acked);
         }
-        let leader_db = c.db(wait_for_leader(&c)).unwrap();
+        let leader_db = c.db(c.wait_leader());
         wait_until(Duration::from_secs(5), || {
             (leader_db.status().first_index > 30).then_some(())
         })
@@ -211,25 +215,25 @@ fn cluster_crash_at(point: &'static str, victim: Victim, base: u64) {
         "{point} ({victim:?}) was not reached"
     );
     // Power loss right after the thread died.
-    c.crash(target, CrashMode::Random);
+    c.crash(target, CrashMode::Random).unwrap();
     for _ in 0..20 {
         write(&c, &mut acked);
     }
     c.start(target).unwrap();
-    wait_for_leader(&c);
+    c.wait_leader();
     for _ in 0..10 {
         write(&c, &mut acked);
     }
     let applied = c
-        .wait_converged(Duration::from_secs(20))
+        .try_wait_settled(Duration::from_secs(20))
         .unwrap_or_else(|e| panic!("{point} ({victim:?}): {e}"));
     assert!(
         acked.len() >= 30,
         "{point}: only {} writes acknowledged",
         acked.len()
     );
-    let leader = c.db(wait_for_leader(&c)).unwrap();
-    let restarted = c.db(target).unwrap();
+    let leader = c.db(c.wait_leader());
+    let restarted = c.db(target);
     for j in 0..i {
         let expected = leader.get_local(&key(j)).unwrap();
         if acked.contains(&j) {
@@ -241,7 +245,7 @@ fn cluster_crash_at(point: &'static str, victim: Victim, base: u64) {
         }
         for &id in &ids {
             assert_eq!(
-                c.db(id).unwrap().get_local(&key(j)).unwrap(),
+                c.db(id).get_local(&key(j)).unwrap(),
                 expected,
                 "{point} ({victim:?}): node {id} differs from the leader on key {j} at {applied}"
             );

@@ -11,8 +11,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use common::{fast, key, wait_until, Cluster};
+use common::key;
 use crossbeam_channel::{bounded, Receiver, Sender};
+use keel::testing::{fast, wait_until, Cluster};
 use keel::transport::{
     ChunkSource, MessageSink, TcpConfig, TcpTransport, Transport, TransportError,
 };
@@ -151,7 +152,7 @@ fn inbox_gate() -> &'static Arc<Gate> {
 
 #[test]
 fn an_inbox_over_its_byte_budget_drops_and_the_node_catches_up_later() {
-    let mut c = Cluster::with(3, |mut cfg| {
+    let c = Cluster::with(3, |mut cfg| {
         cfg.max_entry_bytes = 4 << 10;
         cfg.max_size_per_msg_bytes = 4 << 10;
         if cfg.id == 3 {
@@ -168,7 +169,7 @@ fn an_inbox_over_its_byte_budget_drops_and_the_node_catches_up_later() {
         c.db(leader).put(&key(i), &value).unwrap();
     }
     wait_until(Duration::from_secs(10), || {
-        (counter(c.db(3), "server_inbox_dropped_total") > 0).then_some(())
+        (counter(&c.db(3), "server_inbox_dropped_total") > 0).then_some(())
     })
     .expect("node 3 dropped messages over its inbox's byte budget");
 
@@ -176,12 +177,12 @@ fn an_inbox_over_its_byte_budget_drops_and_the_node_catches_up_later() {
     inbox_gate().release();
     c.wait_converged();
     assert_eq!(c.db(3).get_local(&key(39)).unwrap(), Some(value));
-    c.stop(3);
+    c.stop(3).expect("stop node");
 }
 
 #[test]
 fn a_snapshot_over_the_receive_limit_is_refused_until_the_limit_is_raised() {
-    let mut c = Cluster::with(3, |mut cfg| {
+    let c = Cluster::with(3, |mut cfg| {
         cfg.snapshot_every = 20;
         cfg.snapshot_log_percent = 0;
         cfg.snapshots_retained = 1;
@@ -196,7 +197,7 @@ fn a_snapshot_over_the_receive_limit_is_refused_until_the_limit_is_raised() {
         c.db(3).transfer_leadership(1).unwrap();
     }
     let leader = c.wait_leader();
-    c.stop(3);
+    c.stop(3).expect("stop node");
     // A state of some 60 KiB, and a log compacted past what node 3 has.
     let value = vec![5u8; 1 << 10];
     for i in 0..60 {
@@ -207,9 +208,9 @@ fn a_snapshot_over_the_receive_limit_is_refused_until_the_limit_is_raised() {
     })
     .expect("the leader compacted its log");
 
-    c.start(3);
+    c.start(3).expect("start node");
     wait_until(Duration::from_secs(10), || {
-        (counter(c.db(3), "snapshot_receive_refused_total") > 0).then_some(())
+        (counter(&c.db(3), "snapshot_receive_refused_total") > 0).then_some(())
     })
     .expect("node 3 refused the snapshot over its limit");
     let st = c.db(3).status();
@@ -217,14 +218,14 @@ fn a_snapshot_over_the_receive_limit_is_refused_until_the_limit_is_raised() {
     assert_eq!(c.db(3).get_local(&key(59)).unwrap(), None);
 
     // With room for it, the same snapshot installs and node 3 catches up.
-    c.stop(3);
+    c.stop(3).expect("stop node");
     let mut cfg = c.config(3);
     cfg.max_snapshot_receive_bytes = 1 << 20;
-    c.dbs.insert(3, Db::open(cfg).unwrap());
+    c.start_with(3, cfg).unwrap();
     c.wait_converged();
     assert!(c.db(3).status().snapshot_index > 0);
     assert_eq!(c.db(3).get_local(&key(59)).unwrap(), Some(value));
-    c.stop(3);
+    c.stop(3).expect("stop node");
 }
 
 #[test]
@@ -302,7 +303,7 @@ fn forward_gate() -> &'static Arc<Gate> {
 
 #[test]
 fn writes_queued_at_a_follower_are_forwarded_in_messages_the_transport_carries() {
-    let mut c = Cluster::with(3, |mut cfg| {
+    let c = Cluster::with(3, |mut cfg| {
         cfg.max_entry_bytes = 64 << 10;
         cfg.max_size_per_msg_bytes = 256 << 10;
         let inner = cfg
@@ -330,7 +331,7 @@ fn writes_queued_at_a_follower_are_forwarded_in_messages_the_transport_carries()
         })
         .collect();
     wait_until(Duration::from_secs(10), || {
-        (counter(c.db(3), "server_proposals_pending") == 24).then_some(())
+        (counter(&c.db(3), "server_proposals_pending") == 24).then_some(())
     })
     .expect("the 24 writes are waiting at node 3");
     forward_gate().release();
@@ -342,7 +343,7 @@ fn writes_queued_at_a_follower_are_forwarded_in_messages_the_transport_carries()
     assert_eq!(OVERSIZED_MESSAGES.load(Ordering::SeqCst), 0);
     c.wait_converged();
     assert_eq!(c.db(1).get_local(&key(23)).unwrap(), Some(value));
-    c.stop(3);
+    c.stop(3).expect("stop node");
 }
 
 #[test]

@@ -7,7 +7,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{key, value, wait_until, Cluster};
+use common::{key, value};
+use keel::testing::{wait_until, Cluster};
 use keel::transport::Transport;
 use keel::{Error, FatalKind, StopReason};
 use raft_core::{codec, Message, MessageType};
@@ -25,7 +26,7 @@ fn a_heartbeat_committing_past_the_log_stops_the_node_with_a_raft_fatal_error() 
     let mut m = Message::new(MessageType::Heartbeat, leader, follower);
     m.term = st.term;
     m.commit = st.last_index + 100;
-    c.net
+    c.net()
         .send(leader, follower, codec::encode(&m))
         .expect("the network delivers");
 

@@ -10,7 +10,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{fast, wait_until, Cluster};
+use keel::testing::{fast, wait_until, Cluster};
 use keel::{
     member_address, member_context, ConfChangeSingle, ConfChangeTransition, ConfChangeType,
     ConfChangeV2, ConfState, Config, Db, Error, Members, MembershipObserver, MembershipRefusal,
@@ -62,7 +62,12 @@ fn change(change_type: ConfChangeType, node_id: u64, context: &[u8]) -> ConfChan
 }
 
 fn joiner(c: &Cluster, observer: Arc<Recorder>) -> Config {
-    let mut cfg = fast(Config::cluster(4, Vec::new(), c.node_dir(4), c.net.clone()));
+    let mut cfg = fast(Config::cluster(
+        4,
+        Vec::new(),
+        c.node_dir(4),
+        c.net().clone(),
+    ));
     cfg.join = true;
     cfg.membership_observer = Some(observer);
     cfg
@@ -70,7 +75,7 @@ fn joiner(c: &Cluster, observer: Arc<Recorder>) -> Config {
 
 #[test]
 fn a_joining_node_is_added_promoted_made_leader_and_restarts() {
-    let mut c = Cluster::new(3);
+    let c = Cluster::new(3);
     let leader = c.wait_leader();
     c.db(leader).put(b"k", b"v1").expect("put");
 
@@ -165,7 +170,7 @@ fn a_joining_node_is_added_promoted_made_leader_and_restarts() {
     assert_eq!(cs.voters, vec![1, 2, 3]);
     c.db(leader).put(b"k", b"v3").expect("write after removal");
     n4.close().expect("close");
-    c.stop(1);
+    c.stop(1).expect("stop node");
 }
 
 // Snapshots every 20 entries, and the log compacted right behind the oldest kept one.
@@ -181,11 +186,11 @@ const ADDR4: &str = "10.0.0.4:7004";
 
 #[test]
 fn member_addresses_survive_snapshots_compaction_and_restarts() {
-    let mut c = Cluster::with(3, snapshot_often);
+    let c = Cluster::with(3, snapshot_often);
     let leader = c.wait_leader();
     // This follower misses everything below, and must catch up by snapshot.
     let behind = c.followers(leader)[0];
-    c.stop(behind);
+    c.stop(behind).expect("stop node");
 
     let mut cfg = snapshot_often(joiner(&c, Arc::new(Recorder::default())));
     cfg.membership_observer = None;
@@ -222,7 +227,7 @@ fn member_addresses_survive_snapshots_compaction_and_restarts() {
     let seen = Arc::new(BookRecorder::default());
     let mut cfg = c.config(behind);
     cfg.membership_observer = Some(Arc::clone(&seen) as Arc<dyn MembershipObserver>);
-    c.dbs.insert(behind, Db::open(cfg).expect("restart"));
+    c.start_with(behind, cfg).expect("restart");
     c.wait_converged();
     let st = c.db(behind).status();
     assert!(
@@ -241,11 +246,11 @@ fn member_addresses_survive_snapshots_compaction_and_restarts() {
     );
 
     // Restarted, it tells the book from its own snapshot before anything else.
-    c.stop(behind);
+    c.stop(behind).expect("stop node");
     let seen = Arc::new(BookRecorder::default());
     let mut cfg = c.config(behind);
     cfg.membership_observer = Some(Arc::clone(&seen) as Arc<dyn MembershipObserver>);
-    let db = Db::open(cfg).expect("restart again");
+    let db = c.start_with(behind, cfg).expect("restart again");
     assert_eq!(db.members().addresses[&4], ADDR4);
     let restored = seen.restored.lock().clone();
     assert_eq!(restored.len(), 1, "{restored:?}");
@@ -253,7 +258,6 @@ fn member_addresses_survive_snapshots_compaction_and_restarts() {
         restored[0].addresses.get(&4).map(String::as_str),
         Some(ADDR4)
     );
-    c.dbs.insert(behind, db);
 
     // Removed, the address leaves the book and the snapshots after it.
     c.db(leader)
@@ -268,7 +272,7 @@ fn member_addresses_survive_snapshots_compaction_and_restarts() {
     for id in [leader, behind] {
         assert!(c.db(id).members().addresses.is_empty(), "node {id}");
     }
-    c.stop(behind);
+    c.stop(behind).expect("stop node");
     let seen = Arc::new(BookRecorder::default());
     let mut cfg = c.config(behind);
     cfg.membership_observer = Some(Arc::clone(&seen) as Arc<dyn MembershipObserver>);
@@ -299,7 +303,7 @@ fn a_node_starts_from_a_snapshot_written_before_member_addresses() {
         1,
         vec![1, 2, 3],
         c.node_dir(1),
-        c.net.clone(),
+        c.net().clone(),
     ));
     cfg.membership_observer = Some(Arc::clone(&seen) as Arc<dyn MembershipObserver>);
     let db = Db::open(cfg).expect("open on a version 1 snapshot");
@@ -326,7 +330,7 @@ fn settled<T>(change: impl Fn() -> keel::Result<T>) -> keel::Result<T> {
 
 #[test]
 fn members_are_added_promoted_and_removed_by_the_db_methods() {
-    let mut c = Cluster::new(3);
+    let c = Cluster::new(3);
     let leader = c.wait_leader();
     let l = c.db(leader);
     let n4 = Db::open(joiner(&c, Arc::new(Recorder::default()))).expect("open joiner");
@@ -367,7 +371,7 @@ fn members_are_added_promoted_and_removed_by_the_db_methods() {
     ));
     l.put(b"k", b"v").expect("write after the removal");
     n4.close().expect("close");
-    c.stop(1);
+    c.stop(1).expect("stop node 1");
 }
 
 #[test]

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{wait_until, Cluster};
+use keel::testing::{wait_until, Cluster};
 
 // Request ids restarted at 1 on every node start, and an entry carries (origin node,
 // request id). An entry a node proposed before a restart but applied only after it
@@ -20,7 +20,7 @@ use common::{wait_until, Cluster};
 #[test]
 fn an_entry_proposed_before_a_restart_never_acknowledges_a_new_write() {
     // Elections slow enough for the long message delay below.
-    let mut c = Cluster::with(3, |mut cfg| {
+    let c = Cluster::with(3, |mut cfg| {
         cfg.election_ticks = 150;
         cfg.heartbeat_ticks = 5;
         cfg
@@ -29,7 +29,7 @@ fn an_entry_proposed_before_a_restart_never_acknowledges_a_new_write() {
     let b = c.followers(leader)[0];
     // Generous, so a loaded machine still sends B's forward before the cut below.
     let delay_ms = 200;
-    c.net.set_delay_ms(delay_ms);
+    c.net().set_delay_ms(delay_ms);
     let old_write = {
         let db = c.db(b).clone();
         std::thread::spawn(move || db.put_timeout(b"old", b"1", Duration::from_millis(1_000)))
@@ -38,19 +38,19 @@ fn an_entry_proposed_before_a_restart_never_acknowledges_a_new_write() {
     // toward B, sent once the forward arrives, meets the cut.
     std::thread::sleep(Duration::from_millis(delay_ms / 2));
     let others = c.followers(b);
-    c.net.partition(&[b], &others);
+    c.net().partition(&[b], &others);
     assert!(
         old_write.join().unwrap().is_err(),
         "B cannot have seen its write"
     );
-    c.stop(b);
+    c.stop(b).expect("stop node");
     let db_leader = c.db(leader).clone();
     wait_until(Duration::from_secs(5), || {
         (db_leader.get_local(b"old").ok()? == Some(b"1".to_vec())).then_some(())
     })
     .expect("the majority committed B's forwarded write");
-    c.net.heal();
-    c.start(b);
+    c.net().heal();
+    c.start(b).expect("start node");
     let db_b = c.db(b).clone();
     assert_eq!(
         db_b.get_local(b"old").unwrap(),

@@ -7,8 +7,9 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{fast, key, single, value, wait_until, Cluster};
+use common::{key, single, value};
 use keel::state_machine::{MemoryStateMachine, RocksStateMachine, StateMachine};
+use keel::testing::{fast, wait_until, Cluster};
 use keel::{Config, Db, Error, LogBackend, Op, StateMachineKind};
 use keel_fs::StdFs;
 use raft_core::SnapshotMetadata;
@@ -454,12 +455,12 @@ fn rocks_state_snapshot_often(mut c: Config) -> Config {
 
 #[test]
 fn a_follower_catches_up_through_a_rocksdb_snapshot() {
-    let mut c = Cluster::with(3, rocks_state_snapshot_often);
+    let c = Cluster::with(3, rocks_state_snapshot_often);
     let leader = c.wait_leader();
     let down = c.followers(leader)[0];
     c.db(leader).put(b"before", b"stop").unwrap();
     c.wait_converged();
-    c.stop(down);
+    c.stop(down).expect("stop node");
     for i in 0..120 {
         c.db(leader).put(&key(i % 40), &value(i)).unwrap();
     }
@@ -470,7 +471,7 @@ fn a_follower_catches_up_through_a_rocksdb_snapshot() {
     .expect("leader compacted its log");
     assert!(st.snapshot_index >= st.first_index - 1);
 
-    c.start(down);
+    c.start(down).expect("start node");
     c.wait_converged();
     let st = c.db(down).status();
     assert!(
@@ -485,8 +486,8 @@ fn a_follower_catches_up_through_a_rocksdb_snapshot() {
         Some(b"stop".to_vec())
     );
     // It restarts on the restored database and keeps following.
-    c.kill(down);
-    c.start(down);
+    c.kill(down).expect("kill node");
+    c.start(down).expect("start node");
     c.wait_leader();
     c.db(down).put(b"after", b"snapshot").unwrap();
     assert_eq!(
@@ -502,7 +503,7 @@ fn a_follower_catches_up_through_a_rocksdb_snapshot() {
 fn membership_changes_behind_a_persistent_state_survive_restarts() {
     use keel::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 
-    let mut c = Cluster::with(3, rocks_state_snapshot_often);
+    let c = Cluster::with(3, rocks_state_snapshot_often);
     let leader = c.wait_leader();
     let gone = c.followers(leader)[0];
     let cc = ConfChangeV2 {
@@ -513,7 +514,7 @@ fn membership_changes_behind_a_persistent_state_survive_restarts() {
         ..ConfChangeV2::default()
     };
     c.db(leader).change_membership(cc).unwrap();
-    c.stop(gone);
+    c.stop(gone).expect("stop node");
     let stay = c.followers(leader)[0];
     for i in 0..5 {
         c.db(leader).put(&key(i), &value(i)).unwrap();
@@ -522,10 +523,10 @@ fn membership_changes_behind_a_persistent_state_survive_restarts() {
     // Restart both: no snapshot yet, so each state machine is ahead of its (absent)
     // snapshot and raft must see the removal again from the log.
     for id in [leader, stay] {
-        c.stop(id);
+        c.stop(id).expect("stop node");
     }
     for id in [leader, stay] {
-        c.start(id);
+        c.start(id).expect("start node");
     }
     let now = c.wait_leader();
     wait_until(Duration::from_secs(10), || {
@@ -549,10 +550,10 @@ fn membership_changes_behind_a_persistent_state_survive_restarts() {
     })
     .expect("both took a snapshot");
     for id in [leader, stay] {
-        c.stop(id);
+        c.stop(id).expect("stop node");
     }
     for id in [leader, stay] {
-        c.start(id);
+        c.start(id).expect("start node");
     }
     c.wait_leader();
     for id in [leader, stay] {

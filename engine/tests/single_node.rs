@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{key, single, value};
+use keel::testing::wait_until;
 use keel::{Db, Error, Role};
 
 #[test]
@@ -126,7 +127,7 @@ fn snapshots_and_compaction_survive_restart() {
     for i in 0..100 {
         db.put(&key(i % 30), &value(i)).unwrap();
     }
-    let st = common::wait_until(Duration::from_secs(5), || {
+    let st = wait_until(Duration::from_secs(5), || {
         let st = db.status();
         (st.snapshot_index >= 80 && st.first_index > 1).then_some(st)
     })
@@ -188,7 +189,7 @@ fn a_large_state_is_not_rewritten_for_a_little_log() {
         for i in 0..60 {
             db.put(&key(i), &[7u8; 1024]).unwrap();
         }
-        let first = common::wait_until(Duration::from_secs(10), || {
+        let first = wait_until(Duration::from_secs(10), || {
             let st = db.status();
             (st.snapshot_index >= 50).then_some(st.snapshot_index)
         })
@@ -197,7 +198,7 @@ fn a_large_state_is_not_rewritten_for_a_little_log() {
         for i in 0..120 {
             db.put(b"counter", &i.to_string().into_bytes()).unwrap();
         }
-        let second = common::wait_until(Duration::from_secs(3), || {
+        let second = wait_until(Duration::from_secs(3), || {
             let st = db.status();
             (st.snapshot_index > first).then_some(st.snapshot_index)
         });

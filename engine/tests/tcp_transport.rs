@@ -14,12 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{fast, key, value, wait_until};
+use common::{key, value};
 use crossbeam_channel::{bounded, Receiver, Sender};
+use keel::testing::{agreed_leader, fast, wait_until};
 use keel::transport::{
     ChunkSource, MessageSink, TcpConfig, TcpTransport, Transport, TransportError,
 };
-use keel::{Config, Db, Role};
+use keel::{Config, Db};
 use parking_lot::Mutex;
 use raft_core::{codec, Message, MessageType, Snapshot, SnapshotMetadata};
 
@@ -562,6 +563,7 @@ fn a_peer_that_accepts_but_never_answers_is_given_up_on() {
             while !stop.load(Ordering::Acquire) && Instant::now() < deadline {
                 match mute.accept() {
                     Ok((s, _)) => held.push(s),
+                    // Nothing to accept yet (non-blocking, to see `stop`).
                     Err(_) => std::thread::sleep(Duration::from_millis(5)),
                 }
             }
@@ -842,12 +844,10 @@ fn open_node(id: u64, transport: Arc<TcpTransport>, dir: &std::path::Path) -> No
 
 fn wait_leader(nodes: &HashMap<u64, Node>) -> u64 {
     wait_until(Duration::from_secs(10), || {
-        let leaders: Vec<Option<u64>> = nodes.values().map(|n| n.db.status().leader).collect();
-        let first = leaders[0]?;
-        let agreed = leaders.iter().all(|l| *l == Some(first));
-        (agreed && nodes[&first].db.status().role == Role::Leader).then_some(first)
+        agreed_leader(nodes.values().map(|n| &n.db))
     })
     .expect("a leader within 10 s")
+    .id
 }
 
 #[test]
@@ -988,6 +988,7 @@ fn idle_flood(
                     Err(_) => break,
                 }
             }
+            // Pacing: refill the flood of connections every 50 ms until told to stop.
             std::thread::sleep(Duration::from_millis(50));
         }
     })

@@ -6,7 +6,8 @@ mod common;
 
 use std::time::Duration;
 
-use common::{key, value, Cluster};
+use common::{key, value};
+use keel::testing::{wait_until, Cluster};
 
 fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
@@ -16,19 +17,19 @@ fn thread_count() -> usize {
 fn stopping_nodes_joins_all_their_threads() {
     let before = thread_count();
     {
-        let mut c = Cluster::new(3);
-        c.net.set_delay_ms(1);
+        let c = Cluster::new(3);
+        c.net().set_delay_ms(1);
         let leader = c.wait_leader();
         for i in 0..10 {
             c.db(leader).put(&key(i), &value(i)).unwrap();
         }
         let follower = c.followers(leader)[0];
-        c.stop(follower);
-        c.start(follower);
+        c.stop(follower).expect("stop node");
+        c.start(follower).expect("start node");
         c.wait_converged();
         assert!(thread_count() > before);
     }
-    let after = common::wait_until(Duration::from_secs(2), || {
+    let after = wait_until(Duration::from_secs(2), || {
         let n = thread_count();
         (n == before).then_some(n)
     });

@@ -1,10 +1,14 @@
-//! The only source of randomness in raft-core: a seeded SplitMix64 generator.
+//! The only source of randomness in raft-core, and the one generator the rest of the
+//! workspace uses too (the engine's in-process network and reconnect backoff, the test
+//! harness, the jepsen test, the benchmarks, `keel demo`): a seeded SplitMix64.
 //!
 //! Written out rather than taken from a crate so a seed replays bit-for-bit across
-//! dependency upgrades, which the simulation's replayable seeds depend on.
+//! dependency upgrades, which the simulation's replayable seeds (and the seeds of
+//! regression tests elsewhere) depend on. Not for anything that needs unpredictability.
 
-/// A small deterministic pseudo-random generator (SplitMix64).
-#[derive(Debug, Clone)]
+/// A small deterministic pseudo-random generator (SplitMix64): the same seed gives the
+/// same sequence, on every platform and in every version. `Default` is seed 0.
+#[derive(Debug, Clone, Default)]
 pub struct Rng {
     state: u64,
 }
@@ -53,5 +57,14 @@ mod tests {
             assert!((10..20).contains(&x));
         }
         assert_eq!(Rng::new(1).range(5, 5), 5);
+    }
+
+    #[test]
+    fn the_sequence_is_splitmix64_and_does_not_change() {
+        // SplitMix64's published first outputs for seed 0: seeds recorded in tests and
+        // bug reports replay only while these hold.
+        let mut r = Rng::new(0);
+        assert_eq!(r.next_u64(), 0xe220_a839_7b1d_cdaf);
+        assert_eq!(r.next_u64(), 0x6e78_9e6a_a1b9_65f4);
     }
 }

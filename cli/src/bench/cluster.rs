@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use keel::testing::{Cluster, ClusterError, Options, Storage, Timing, POLL};
 use keel_load::{Load, WalTarget};
 use serde::Serialize;
 use wal::WalOptions;
@@ -17,7 +18,6 @@ use super::{
     check_size, num, round1, table, tenths_since, timed_progress, with_progress, BenchDir,
 };
 use crate::error::{CliError, Result, Status};
-use crate::inproc::InProcCluster;
 use crate::output::Out;
 
 /// What `keel bench cluster` was asked to do.
@@ -171,11 +171,37 @@ pub fn run(o: &ClusterBenchOptions) -> Result<Status> {
     Ok(Status::Ok)
 }
 
+/// The in-process cluster `keel bench cluster` and `keel demo` run: nodes `1..=nodes`
+/// in `dir/node-<id>`, fsync on, with failover a person can watch
+/// ([`Timing::Interactive`]).
+pub(crate) fn start_cluster(dir: &Path, nodes: u64) -> Result<Cluster> {
+    let options = Options::new(nodes)
+        .storage(Storage::Dir(dir.to_path_buf()))
+        .timing(Timing::Interactive)
+        .seed(1);
+    Cluster::open(options).map_err(cluster_error)
+}
+
+/// The cli's error for a failed operation of the in-process cluster.
+pub(crate) fn cluster_error(e: ClusterError) -> CliError {
+    match e {
+        ClusterError::Start { id, source } => CliError::Engine {
+            context: format!("cannot start node {id}"),
+            source,
+        },
+        ClusterError::Close { id, source } => CliError::Engine {
+            context: format!("node {id} did not close cleanly"),
+            source,
+        },
+        other => CliError::Usage(other.to_string()),
+    }
+}
+
 fn run_cluster(o: &ClusterBenchOptions, clients: usize, dir: &Path) -> Result<ClusterRow> {
-    let cluster = InProcCluster::start(dir, o.nodes)?;
+    let cluster = start_cluster(dir, o.nodes)?;
     let result = drive(o, clients, &cluster);
     // Close even when the load failed; report the load's error first.
-    let closed = cluster.close();
+    let closed = cluster.close().map_err(cluster_error);
     let row = result?;
     closed?;
     Ok(ClusterRow {
@@ -184,8 +210,8 @@ fn run_cluster(o: &ClusterBenchOptions, clients: usize, dir: &Path) -> Result<Cl
     })
 }
 
-fn drive(o: &ClusterBenchOptions, clients: usize, cluster: &InProcCluster) -> Result<ClusterRow> {
-    if cluster.wait_leader(ELECTION_TIMEOUT).is_none() {
+fn drive(o: &ClusterBenchOptions, clients: usize, cluster: &Cluster) -> Result<ClusterRow> {
+    if cluster.try_wait_leader(ELECTION_TIMEOUT).is_err() {
         return Err(CliError::Usage(format!(
             "the in-process cluster elected no leader within {} s; is the machine overloaded?",
             ELECTION_TIMEOUT.as_secs()
@@ -256,7 +282,7 @@ fn drive(o: &ClusterBenchOptions, clients: usize, cluster: &InProcCluster) -> Re
 /// One client: puts to the leader until `until`; returns its latencies.
 fn client(
     c: usize,
-    cluster: &InProcCluster,
+    cluster: &Cluster,
     value: &[u8],
     until: Instant,
     errors: &AtomicU64,
@@ -266,7 +292,7 @@ fn client(
     let mut i = 0u64;
     while Instant::now() < until {
         let Some(db) = leader.clone() else {
-            std::thread::sleep(crate::inproc::POLL);
+            std::thread::sleep(POLL);
             leader = cluster.leader();
             continue;
         };

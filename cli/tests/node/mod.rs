@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use keel::testing::wait_until;
 
 /// Generous: the machine is small and shared.
 pub const DEADLINE: Duration = Duration::from_secs(60);
@@ -25,16 +27,10 @@ pub fn free_ports(n: usize) -> Vec<u16> {
         .collect()
 }
 
-/// Polls `f` until it returns `Some` or `DEADLINE` passes.
-pub fn wait_for<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+/// Polls `f` until it returns `Some` or `DEADLINE` passes (the engine harness's
+/// polling, panicking on a timeout).
+pub fn wait_for<T>(what: &str, f: impl FnMut() -> Option<T>) -> T {
+    wait_until(DEADLINE, f).unwrap_or_else(|| panic!("timed out waiting for {what}"))
 }
 
 /// An HTTP answer.
@@ -157,17 +153,13 @@ impl NodeProc {
     pub fn terminate(&mut self) -> Option<i32> {
         self.signal(libc::SIGTERM);
         let mut c = self.child.take().expect("running");
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            if let Ok(Some(st)) = c.try_wait() {
-                return st.code();
-            }
-            if Instant::now() > deadline {
+        match wait_until(DEADLINE, || c.try_wait().ok().flatten()) {
+            Some(st) => st.code(),
+            None => {
                 let _ = c.kill();
                 let _ = c.wait();
                 panic!("node {} did not stop on SIGTERM", self.id);
             }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
@@ -325,6 +317,7 @@ impl Proxy {
                 let inbound = match listener.accept() {
                     Ok((s, _)) => s,
                     Err(_) => {
+                        // Nothing to accept yet (non-blocking, to see `stop`).
                         std::thread::sleep(Duration::from_millis(10));
                         continue;
                     }

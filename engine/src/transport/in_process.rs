@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
+use raft_core::Rng;
 
 use super::{ChunkSource, MessageSink, Transport, TransportError};
 
@@ -24,18 +25,13 @@ struct Links {
     // Probability in parts per million that a message is dropped.
     drop_ppm: u32,
     delay_ms: u64,
-    rng_state: u64,
+    rng: Rng,
 }
 
 impl Links {
     fn next_random_ppm(&mut self) -> u32 {
-        // SplitMix64: tiny, seeded, good enough to pick which messages to drop.
-        self.rng_state = self.rng_state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng_state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^= z >> 31;
-        (z % 1_000_000) as u32
+        // Seeded, so a test's seed picks the same messages to drop.
+        self.rng.range(0, 1_000_000) as u32
     }
 
     // The sink for `to` if the link from `from` is up and the message is not dropped.
@@ -74,7 +70,7 @@ impl InProcessNetwork {
     pub fn new(seed: u64) -> InProcessNetwork {
         InProcessNetwork {
             links: Arc::new(Mutex::new(Links {
-                rng_state: seed,
+                rng: Rng::new(seed),
                 ..Links::default()
             })),
             delayer: Mutex::new(None),

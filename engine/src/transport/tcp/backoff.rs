@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use raft_core::Rng;
+
 /// The delays between failed attempts: doubling from `initial_ms` up to `max_ms`,
 /// each drawn uniformly from its upper half ("equal jitter").
 #[derive(Debug)]
@@ -10,7 +12,7 @@ pub(crate) struct Backoff {
     initial_ms: u64,
     max_ms: u64,
     current_ms: u64,
-    rng_state: u64,
+    rng: Rng,
 }
 
 impl Backoff {
@@ -23,7 +25,7 @@ impl Backoff {
             initial_ms,
             max_ms,
             current_ms: initial_ms,
-            rng_state: seed,
+            rng: Rng::new(seed),
         }
     }
 
@@ -36,18 +38,9 @@ impl Backoff {
     pub(crate) fn next_delay(&mut self) -> Duration {
         let span = self.current_ms;
         let half = span / 2;
-        let jitter = self.next_random() % (span - half + 1);
+        let jitter = self.rng.range(0, span - half + 1);
         self.current_ms = self.current_ms.saturating_mul(2).min(self.max_ms);
         Duration::from_millis(half + jitter)
-    }
-
-    fn next_random(&mut self) -> u64 {
-        // SplitMix64, as raft-core's rng: tiny, and any seed is fine.
-        self.rng_state = self.rng_state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.rng_state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
     }
 }
 

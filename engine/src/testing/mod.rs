@@ -1,0 +1,44 @@
+//! Test support behind the `test-util` feature: one in-process cluster harness shared by
+//! the engine's integration tests, `keel bench cluster` and `keel demo`.
+//!
+//! Owns: starting, stopping, dropping, crashing and restarting nodes of a cluster in
+//! this process ([`Cluster`]), on a real directory or each node on its own simulated
+//! disk ([`Storage`]), over the in-process network ([`Transport`]); the test timing
+//! ([`fast`]); waiting on a condition instead of a fixed sleep ([`wait_until`],
+//! [`agreed_leader`]); reading metrics ([`metric_value`]).
+//!
+//! Must not: reach into the engine's internals. It uses only the public API (`Db`,
+//! `Config`, the transports), so what it exercises is what an embedder gets.
+//!
+//! A few [`Cluster`] methods panic, which is what a test wants: `new` and `with` when a
+//! node does not start, `db` when the node is not running, and `wait_leader`,
+//! `wait_converged` and `wait_applied` when the wait times out. Each has a twin that
+//! returns an `Option` or a [`ClusterError`] instead (`open`, `node`, `try_wait_*`);
+//! `keel bench cluster` and `keel demo` use only those.
+//!
+//! ```no_run
+//! use keel::testing::{Cluster, CrashMode, Options, Storage};
+//!
+//! let c = Cluster::open(Options::new(3).storage(Storage::Simulated).seed(42))?;
+//! let leader = c.try_wait_leader(keel::testing::WAIT)?;
+//! c.node(leader.id).expect("it leads").put(b"k", b"v").expect("put");
+//! c.crash(leader.id, CrashMode::DropUnsynced)?;
+//! c.start(leader.id)?;
+//! # Ok::<(), keel::testing::ClusterError>(())
+//! ```
+
+mod cluster;
+mod error;
+mod metrics;
+mod options;
+mod process_fs;
+mod wait;
+
+pub use cluster::{Cluster, DATA_DIR, WAIT};
+pub use error::{ClusterError, Result};
+/// What a crash keeps of a simulated disk's unsynced writes ([`Cluster::crash`]).
+pub use keel_fs::CrashMode;
+pub use metrics::metric_value;
+pub use options::{fast, Options, Storage, Timing, Transport, Tweak};
+pub use process_fs::ProcessFs;
+pub use wait::{agreed_leader, wait_until, Leader, POLL};
