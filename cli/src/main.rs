@@ -77,6 +77,8 @@ struct BenchWalArgs {
     /// An empty (or new) directory to write in; the log stays in DIR/wal (DIR/raw,
     /// DIR/rocksdb), or DIR/<backend>-w<writers>/<backend> for several runs. Default: a
     /// temporary directory, removed at the end.
+    // This comment is also the `--help` text, where `<backend>` reads as meant.
+    #[allow(rustdoc::invalid_html_tags)]
     #[arg(long, value_name = "DIR")]
     dir: Option<PathBuf>,
     /// Concurrent writers.

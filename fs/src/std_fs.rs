@@ -159,8 +159,11 @@ impl FsFile for StdFile {
         }
         // SAFETY: the mapping is read-only and shared. The WAL never truncates a segment
         // below a length that a live view covers while the view exists (segments are
-        // only cut during recovery, before any view is made, and deleted files stay
-        // mapped until the view is dropped), so no access can fault with SIGBUS.
+        // only cut during recovery, once its scanning view is dropped and before the
+        // segment is opened for use, and deleted files stay mapped until the view is
+        // dropped), so no access can fault with SIGBUS. Nor do mapped bytes change under
+        // a reader: the WAL writes a segment only past its last entry, and readers slice
+        // only entries already written.
         let map = unsafe { memmap2::Mmap::map(&self.file)? };
         Ok(Arc::new(MmapView { map: Some(map) }))
     }

@@ -95,8 +95,8 @@ impl<T> LogIndex<T> {
     }
 
     /// Replaces everything from `from_index` with `items` (terms and payloads).
-    /// `from_index` must come from [`plan_append`](Self::plan_append) (or be checked by
-    /// the caller): `base_index < from_index <= last_index + 1`.
+    /// `from_index` must come from [`plan_batch`](Self::plan_batch)'s plan (or be checked
+    /// by the caller): `base_index < from_index <= last_index + 1`.
     pub fn append(&mut self, from_index: u64, items: impl IntoIterator<Item = (u64, T)>) {
         self.truncate_from(from_index);
         self.slots.extend(items);

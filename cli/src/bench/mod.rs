@@ -175,9 +175,11 @@ pub fn tenths_since(started: std::time::Instant) -> u64 {
 
 /// CPU time (user + system) this process used so far, all threads together.
 pub fn cpu_time() -> Duration {
-    // SAFETY: getrusage writes only into the struct we pass, which is zeroed and ours.
+    // SAFETY: `rusage` is a C struct of integers only, for which all-zero bytes are a
+    // valid value.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; RUSAGE_SELF needs no other argument.
+    // SAFETY: getrusage writes only into the struct we pass, which is ours and outlives
+    // the call; RUSAGE_SELF needs no other argument.
     if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) } != 0 {
         return Duration::ZERO;
     }

@@ -45,7 +45,7 @@ impl Entry {
 /// connections cannot push a real peer's out before it had the time to say hello.
 pub(crate) const EVICTION_GRACE: Duration = Duration::from_millis(100);
 
-/// What [`Conns::register`] did with a new connection.
+/// What [`Conns::register_inbound`] did with a new connection.
 pub(crate) enum Registered {
     /// Registered, with room to spare.
     Yes(ConnGuard),
