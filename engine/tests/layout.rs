@@ -184,6 +184,9 @@ fn imports() -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
         // which names nothing here.
         let parent = module[..module.len().saturating_sub(1)].to_vec();
         for p in paths_after(&text, "super::") {
+            if p.is_empty() {
+                continue;
+            }
             let mut full = parent.clone();
             full.extend(p);
             to.extend(resolve(&full, &mods, &exported));
