@@ -146,17 +146,10 @@ fn writes_and_reads_through_every_node_and_bad_input_is_refused() {
     assert_eq!(parse_answer(&out).expect("answer").code, 431);
     // Random bytes (a fixed-seed generator): every answer is a well-formed HTTP
     // response or a closed connection, never a hang or a crash.
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rng = raft_core::Rng::new(0x9e37_79b9_7f4a_7c15);
     for round in 0..40 {
         let len = 1 + (round * 37) % 600;
-        let junk: Vec<u8> = (0..len)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
-            .collect();
+        let junk: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
         let mut req = if round % 2 == 0 {
             b"PUT /kv/j HTTP/1.1\r\n".to_vec()
         } else {

@@ -261,15 +261,8 @@ fn garbage_segment_files_never_panic() {
     let data = tempfile::tempdir().expect("tempdir");
     let wal = data.path().join("wal");
     std::fs::create_dir(&wal).expect("mkdir");
-    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
-    let garbage: Vec<u8> = (0..20_000)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state as u8
-        })
-        .collect();
+    let mut rng = raft_core::Rng::new(0x9e37_79b9_7f4a_7c15);
+    let garbage: Vec<u8> = (0..20_000).map(|_| rng.next_u64() as u8).collect();
     std::fs::write(wal.join("0000000000000001-0000000000000001.wal"), &garbage).expect("write");
     std::fs::write(wal.join("0000000000000002-0000000000000009.wal"), b"").expect("write");
     std::fs::write(

@@ -1,6 +1,8 @@
 //! The apply stage: applies committed entries to the state machine in order, answers
 //! the callers waiting for them, installs snapshots received from the leader, and takes
-//! a snapshot every `snapshot_every` applied entries, then compacts the log behind it
+//! a snapshot every `snapshot_every` applied entries once the log written since the
+//! last one reaches `snapshot_log_percent` of its size, then compacts the cache and the
+//! log behind it
 //! (keeping `catch_up_entries` as a margin for slow followers). It also keeps the
 //! member address book ([`Members`]) from the membership changes it applies, writes it
 //! into every snapshot, and restores it (and tells the membership observer) from each

@@ -6,8 +6,10 @@
 //! their writes and reads, the state machine, snapshots taken and installed, log
 //! compaction, metrics and failpoints.
 //!
-//! Must not: reimplement consensus (that is raft-core), write file formats of its own
-//! (the log is `wal`'s, snapshots are `snapshot`'s), acknowledge a write before it is
+//! Must not: reimplement consensus (that is raft-core), define a log or snapshot format
+//! of its own (the log is `wal`'s, snapshots are `snapshot`'s; the engine defines only
+//! what an entry carries, the TCP wire frames and the RocksDB state machine's layout),
+//! acknowledge a write before it is
 //! durable on a quorum and applied locally, or block a stage on an unbounded queue.
 //!
 //! # The pipeline of one node
@@ -24,10 +26,13 @@
 //!                               from the persist stage, once durable)
 //! ```
 //!
-//! The raft stage alone owns the `RawNode`; the persist stage alone writes the log and
-//! the cache's tail; the apply stage alone writes the state machine, takes snapshots and
-//! compacts. Shared behind locks: the waiting-write registry, the published status, the
-//! state machine (for readers) and the `LogCache` (its own lock). Every channel is
+//! The raft stage alone owns the `RawNode` (and sets the log cache's membership when a
+//! change takes effect); the persist stage alone appends to the log and the cache's
+//! tail; the apply stage writes the state machine, takes snapshots, and compacts the
+//! cache and then the log; recovery writes the log only before the stages start. Shared
+//! behind locks: the waiting-write registry, the published status and stop reason, the
+//! state machine (for readers), the member address book and the `LogCache` (its own
+//! lock). Every channel is
 //! bounded; see each stage's module for why none of them can deadlock.
 //!
 //! A node fails as a whole: every stage thread runs under a supervisor

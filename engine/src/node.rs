@@ -4,10 +4,13 @@
 //!
 //! The thread and channel diagram is in the crate documentation.
 //!
-//! Ownership: the raft stage alone owns the `RawNode`; the persist stage alone writes
-//! the log and the cache's tail; the apply stage alone writes the state machine and
-//! takes snapshots. Shared, lock-protected: the waiting-proposal registry, the
-//! published status, the state machine for readers, and the `LogCache` (its own lock).
+//! Ownership: the raft stage alone owns the `RawNode`, and sets the log cache's
+//! membership when a change takes effect; the persist stage alone appends to the log
+//! (entries, hard state, snapshot markers) and to the cache's tail; the apply stage
+//! writes the state machine, takes snapshots, and compacts the cache and then the log;
+//! recovery writes the log only before any stage starts. Shared, lock-protected: the
+//! waiting-proposal registry, the published status and stop reason, the state machine
+//! for readers, the member address book, and the `LogCache` (its own lock).
 
 use std::sync::Arc;
 use std::thread::JoinHandle;

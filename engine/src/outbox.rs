@@ -1,7 +1,8 @@
 //! Sending what raft produced: ordinary messages are encoded and handed to the
 //! transport; `Snapshot` messages go to the snapshot sender thread, which streams the
-//! stored snapshot. Shared by the raft stage (leader messages) and the persist stage
-//! (messages that had to wait for the disk).
+//! stored snapshot. Shared by the raft stage (a Ready's messages, a follower's
+//! forwarded proposals and reads among them, and messages held until a membership
+//! change is applied) and the persist stage (messages that had to wait for the disk).
 
 use std::sync::Arc;
 

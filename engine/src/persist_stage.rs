@@ -1,12 +1,13 @@
 //! The persist stage: makes Readies durable.
 //!
 //! It takes every Ready that queued up (at most `max_inflight_readies`), writes them as
-//! one `LogBatch` (split only where a snapshot marker must come first) and, if any of
+//! few `LogBatch`es as it can (split where a snapshot marker must come first, or where
+//! a Ready replaces entries before the batch's first) and, if any of
 //! them must be durable before it is acted on, makes the writes durable with one
 //! durable write (whether that syncs is the log's sync policy, not this stage's
 //! business), then mirrors the write into the [`LogCache`] (the cache's protocol: log
-//! first, cache second), sends the messages that had to wait for the disk (a follower's acks
-//! and votes), and reports the highest durable Ready number to the raft stage.
+//! first, cache second), sends the messages that had to wait for the disk (a
+//! follower's acks and votes), and reports the highest durable Ready number to the raft stage.
 //!
 //! A failed write or sync is fatal: the log is poisoned, nothing acknowledged may depend
 //! on it, and the node stops loudly (a [`FatalKind::LogWrite`] stop).

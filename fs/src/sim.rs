@@ -79,7 +79,7 @@ struct Countdown {
 
 #[derive(Debug)]
 struct State {
-    rng_state: u64,
+    rng: raft_core::Rng,
     /// Bumped by every crash; handles from an older epoch are dead.
     epoch: u64,
     next_node_id: u64,
@@ -100,12 +100,7 @@ struct State {
 
 impl State {
     fn next_u64(&mut self) -> u64 {
-        // splitmix64: tiny, seedable, and good enough to pick crash points.
-        self.rng_state = self.rng_state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.rng_state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
+        self.rng.next_u64()
     }
 
     /// A uniform value in `0..=max`.
@@ -184,7 +179,7 @@ impl SimFs {
     pub fn new(seed: u64) -> SimFs {
         SimFs {
             state: Arc::new(Mutex::new(State {
-                rng_state: seed,
+                rng: raft_core::Rng::new(seed),
                 epoch: 0,
                 next_node_id: 0,
                 nodes: BTreeMap::new(),

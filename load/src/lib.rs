@@ -89,15 +89,8 @@ pub trait Target: Send + Sync {
 /// A deterministic pseudo-random payload of `len` bytes (incompressible, in case a
 /// backend ever compresses).
 pub fn payload(len: usize) -> Vec<u8> {
-    let mut x = 0x9E37_79B9_7F4A_7C15u64;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    let mut rng = raft_core::Rng::new(0x9E37_79B9_7F4A_7C15);
+    (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 
 /// `pwrite` + `fdatasync` on a file preallocated with `fallocate` (as the WAL's

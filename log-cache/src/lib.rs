@@ -3,8 +3,9 @@
 //! Owns: [`LogCache`], the engine's raft-core [`Storage`]: the latest snapshot
 //! metadata, the compaction point and a byte-bounded window of the newest entries in
 //! front of a durable log, and the protocol by which the log's writer keeps the two in
-//! step (below). Must not: write the log (the engine's persist stage does, through the
-//! same `LogStore`), touch a file itself, or run threads of its own.
+//! step (below). Must not: write the log (on a running node the engine's persist stage
+//! appends to it and its apply stage compacts it, through the same `LogStore`; recovery
+//! writes it before the stages start), touch a file itself, or run threads of its own.
 //!
 //! [`LogCache`] implements raft-core's [`Storage`] in front of a durable
 //! [`wal::LogStore`]. It keeps the latest snapshot metadata, the compaction point and a
@@ -36,9 +37,10 @@
 //! `LogCache` is a handle: clones share one cache. Every method takes `&self`; state
 //! sits behind a `parking_lot::RwLock` and the counters are atomics, so each of the
 //! engine's threads can hold a clone: the raft thread reads through raft-core's
-//! `Storage`, the persist thread mirrors each durable write, and the apply thread
-//! records the snapshots it takes and compacts. A read that misses holds the read lock while it reads the log, so
-//! a concurrent truncation can never hand a reader a mix of old and new entries.
+//! `Storage` and sets the membership when a change takes effect, the persist thread
+//! mirrors each durable write, and the apply thread records the snapshots it takes and
+//! compacts. A read that misses holds the read lock while it reads the log, so a
+//! concurrent truncation can never hand a reader a mix of old and new entries.
 
 #![deny(missing_docs)]
 

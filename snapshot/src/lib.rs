@@ -11,7 +11,7 @@
 //! | [`store`] | the snapshot directory: atomic save, newest-valid load, `.broken` quarantine, retention |
 //! | [`transfer`] | sending a stored snapshot chunk by chunk and receiving one into a store |
 //! | [`state_machine`] | the traits a state machine implements to produce and consume snapshot bytes |
-//! | [`memory`] | those traits for the in-memory `BTreeMap` state machine |
+//! | [`memory`] | the map record layout both engine state machines write, and those traits for a reference `BTreeMap` |
 //!
 //! All file I/O goes through `keel_fs`, so the crash tests run on its simulated file
 //! system. Nothing here holds a whole snapshot in memory: at most one chunk

@@ -553,14 +553,9 @@ mod tests {
 
     #[test]
     fn garbage_never_panics() {
-        let mut state = 0x1234_5678_u64;
+        let mut rng = raft_core::Rng::new(0x1234_5678);
         for len in 0..300 {
-            let data: Vec<u8> = (0..len)
-                .map(|_| {
-                    state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
-                    (state >> 33) as u8
-                })
-                .collect();
+            let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
             for off in (0..len as u64 + 8).step_by(8) {
                 let _ = parse_frame(&data, 1, off);
             }

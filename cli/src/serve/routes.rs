@@ -1,4 +1,4 @@
-//! The HTTP API of a node (INTERFACE.md, "HTTP API of a node"): routing, argument
+//! The HTTP API of a node (the README's "HTTP API" section): routing, argument
 //! checks, and how engine errors become status codes.
 //!
 //! A write that fails says whether it may still happen: `503` with `"applied": false`

@@ -377,13 +377,8 @@ mod tests {
     #[test]
     fn the_overlay_matches_a_plain_map_across_freezes() {
         for seed in 1..=20u64 {
-            let mut rng = seed;
-            let mut next = move |n: u64| {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                rng % n
-            };
+            let mut rng = raft_core::Rng::new(seed);
+            let mut next = move |n: u64| rng.next_u64() % n;
             let mut sm = MemoryStateMachine::new();
             let mut model = Model::new();
             let mut frozen: Option<(Box<dyn FrozenState>, Model)> = None;
