@@ -21,7 +21,7 @@ use super::backoff::{self, Backoff};
 use super::dial::dial;
 use super::frame::{self, FrameType};
 use super::handshake::ConnKind;
-use super::Inner;
+use super::shared::Inner;
 use crate::budget::{ByteBudget, Charged};
 
 /// What the writer thread and the transport share about one peer.
