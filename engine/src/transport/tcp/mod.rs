@@ -52,6 +52,7 @@ mod frame;
 mod handshake;
 mod inbound;
 mod listener;
+mod peer;
 mod peer_writer;
 mod route;
 mod shared;
@@ -72,7 +73,7 @@ pub use self::config::{TcpConfig, MAX_FRAME_BYTES, MIN_FRAME_BYTES};
 pub use self::stats::TcpStats;
 
 use self::conns::Conns;
-use self::peer_writer::{Peer, Queued};
+use self::peer::{Peer, Queued};
 use self::shared::Inner;
 use self::stats::Counters;
 use super::{ChunkSource, MessageSink, Transport, TransportError};
@@ -193,7 +194,7 @@ impl TcpTransport {
         let peers: Vec<Peer> = inner.peers.write().drain().map(|(_, p)| p).collect();
         let writers: Vec<JoinHandle<()>> = peers.into_iter().map(Peer::begin_stop).collect();
         for w in writers {
-            peer_writer::join_writer(w);
+            peer::join_writer(w);
         }
         if let Some(h) = self.listener.lock().take() {
             if h.join().is_err() {

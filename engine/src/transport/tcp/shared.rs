@@ -10,7 +10,7 @@ use parking_lot::RwLock;
 
 use super::config::TcpConfig;
 use super::conns::Conns;
-use super::peer_writer::Peer;
+use super::peer::Peer;
 use super::stats::Counters;
 use crate::transport::MessageSink;
 
