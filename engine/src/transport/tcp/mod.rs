@@ -119,7 +119,7 @@ impl TcpTransport {
         };
         // On an error below, dropping `transport` stops what did start.
         for (id, addr) in peers {
-            inner.add_peer(id, addr)?;
+            transport.add_peer(id, addr)?;
         }
         let worker = Arc::clone(&inner);
         let handle = std::thread::Builder::new()
@@ -147,7 +147,29 @@ impl TcpTransport {
     /// address (its connection is redialled). From now on `id` may also connect to
     /// us. Fails only after shutdown or when no thread can be started.
     pub fn add_peer(&self, id: u64, addr: impl Into<String>) -> io::Result<()> {
-        self.inner.add_peer(id, addr.into())
+        let inner = &self.inner;
+        if id == inner.id {
+            return Ok(());
+        }
+        if id == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "peer id 0 is not a node",
+            ));
+        }
+        // The writer starts under the peers lock, so it cannot race shutdown.
+        let mut peers = inner.peers.write();
+        if inner.is_stopping() {
+            return Err(io::Error::other("transport is shut down"));
+        }
+        match peers.get(&id) {
+            Some(p) => p.set_addr(addr.into()),
+            None => {
+                let p = peer_writer::start(inner, id, addr.into())?;
+                peers.insert(id, p);
+            }
+        }
+        Ok(())
     }
 
     /// Forgets peer `id`: stops its writer (dropping what is queued) and closes its

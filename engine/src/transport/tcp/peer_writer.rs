@@ -1,8 +1,8 @@
 //! One outbound message connection per peer, owned by its writer thread
-//! (`keel-out-<id>-<peer>`). `send` only ever `try_send`s into the peer's queue,
-//! bounded in count (`queue_len`) and in bytes (`queue_max_bytes`, a [`ByteBudget`]
-//! each queued message holds its share of until the writer has framed it); the writer
-//! drains whatever queued while it was busy into one buffer (up to
+//! (`keel-out-<id>-<peer>`, started by [`start`]). `send` only ever `try_send`s into the
+//! peer's queue (see `peer`), bounded in count (`queue_len`) and in bytes
+//! (`queue_max_bytes`, a [`ByteBudget`] each queued message holds its share of until
+//! the writer has framed it); the writer drains whatever queued while it was busy into one buffer (up to
 //! `write_batch_max_bytes`) and writes it with one call, pings when idle so the
 //! receiver's read deadline holds only for dead peers, and redials with capped,
 //! jittered exponential backoff when the connection breaks.
@@ -23,33 +23,33 @@ use super::handshake::ConnKind;
 use super::peer::{Link, Peer};
 use super::shared::Inner;
 use crate::budget::{ByteBudget, Charged};
-impl Peer {
-    /// Starts the writer thread for `peer` at `addr`.
-    pub(crate) fn start(inner: &Arc<Inner>, peer: u64, addr: String) -> std::io::Result<Peer> {
-        let (tx, rx) = bounded(inner.config.queue_len);
-        let link = Arc::new(Link {
-            addr: Mutex::new(addr),
-            connected: AtomicBool::new(false),
-            stopped: AtomicBool::new(false),
-            stream: Mutex::new(None),
-        });
-        let writer = Writer {
-            inner: Arc::clone(inner),
-            peer,
-            link: Arc::clone(&link),
-            queue: rx,
-            batch: Vec::new(),
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("keel-out-{}-{peer}", inner.id))
-            .spawn(move || writer.run())?;
-        Ok(Peer {
-            link,
-            queue: tx,
-            queue_budget: ByteBudget::new(inner.config.queue_max_bytes),
-            thread,
-        })
-    }
+
+/// Starts the writer thread for `peer` at `addr`, and returns the handle the transport
+/// keeps.
+pub(crate) fn start(inner: &Arc<Inner>, peer: u64, addr: String) -> std::io::Result<Peer> {
+    let (tx, rx) = bounded(inner.config.queue_len);
+    let link = Arc::new(Link {
+        addr: Mutex::new(addr),
+        connected: AtomicBool::new(false),
+        stopped: AtomicBool::new(false),
+        stream: Mutex::new(None),
+    });
+    let writer = Writer {
+        inner: Arc::clone(inner),
+        peer,
+        link: Arc::clone(&link),
+        queue: rx,
+        batch: Vec::new(),
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("keel-out-{}-{peer}", inner.id))
+        .spawn(move || writer.run())?;
+    Ok(Peer {
+        link,
+        queue: tx,
+        queue_budget: ByteBudget::new(inner.config.queue_max_bytes),
+        thread,
+    })
 }
 
 // How long a connection must have lived for its loss to restart the backoff.

@@ -2,7 +2,6 @@
 //! into, the live peer table, the inbound connections and the counters.
 
 use std::collections::HashMap;
-use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -48,30 +47,5 @@ impl Inner {
             sink.deliver(bytes);
             self.stats.delivered.fetch_add(1, Ordering::Relaxed);
         }
-    }
-
-    // Starts a writer for `id` under the peers lock, so it cannot race shutdown.
-    pub(super) fn add_peer(self: &Arc<Self>, id: u64, addr: String) -> io::Result<()> {
-        if id == self.id {
-            return Ok(());
-        }
-        if id == 0 {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "peer id 0 is not a node",
-            ));
-        }
-        let mut peers = self.peers.write();
-        if self.is_stopping() {
-            return Err(io::Error::other("transport is shut down"));
-        }
-        match peers.get(&id) {
-            Some(p) => p.set_addr(addr),
-            None => {
-                let p = Peer::start(self, id, addr)?;
-                peers.insert(id, p);
-            }
-        }
-        Ok(())
     }
 }
