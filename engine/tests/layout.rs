@@ -2,22 +2,21 @@
 //! import cycle between its files (a stage imports the shared types, never the wiring
 //! in `node.rs`, and never another stage that imports it back).
 //!
-//! A file's imports are the `crate::` and `super::` paths in its code (comments
-//! aside), each resolved to the file of the module it names; a name re-exported by
-//! `lib.rs` (`crate::Db`) counts as an import of the module it comes from, and so does a
+//! A file's imports are the `crate::`, `self::` and `super::` paths in its code
+//! (comments aside), each resolved to the file of the module it names, and so is a
 //! child module named by a relative path (`read_index::ReadQueue`); declaring it
-//! (`mod read_index;`) is not. Two directory modules predate the rule
-//! (`KNOWN_DIRECTORY_CYCLES`).
+//! (`mod read_index;`) is not an import. A name a module re-exports (`pub use`) counts
+//! as an import of the module it comes from: `crate::Db` names `db.rs`, and a child's
+//! `super::StateMachine` names `state_machine/traits.rs`, not `state_machine/mod.rs`.
+//! So a directory's `mod.rs` may declare its children and re-export them, as `lib.rs`
+//! does, while the children share what they need through a file of their own; a child
+//! that uses something defined in a `mod.rs` which re-exports or uses that child is a
+//! cycle.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 const MAX_LINES: usize = 600;
-
-// Directory modules whose `mod.rs` and children still import each other (the
-// transport's `Inner` and the `StateMachine` trait live in `mod.rs`). To be removed
-// once they are split like `raft_stage/`.
-const KNOWN_DIRECTORY_CYCLES: &[&str] = &["transport", "state_machine"];
 
 fn src_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("src")
@@ -69,7 +68,7 @@ fn is_ident(c: char) -> bool {
 }
 
 /// The paths that follow `head` (`crate::`, `super::`) in `code`: each as its
-/// segments, a `{a, b::c}` group giving one path per member.
+/// segments, a `{a, b::c}` group (`x::{a, b::c}`) giving one path per member.
 fn paths_after(code: &str, head: &str) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     for (at, _) in code.match_indices(head) {
@@ -77,16 +76,21 @@ fn paths_after(code: &str, head: &str) -> Vec<Vec<String>> {
             continue;
         }
         let rest = &code[at + head.len()..];
-        if let Some(group) = rest.strip_prefix('{') {
+        let prefix = segments(rest);
+        let group = match prefix.is_empty() {
+            true => rest.strip_prefix('{'),
+            false => rest[prefix.join("::").len()..].strip_prefix("::{"),
+        };
+        if let Some(group) = group {
             let end = group.find('}').unwrap_or(group.len());
             for member in group[..end].split(',') {
                 let segs = segments(member.trim());
                 if !segs.is_empty() {
-                    out.push(segs);
+                    out.push(prefix.iter().cloned().chain(segs).collect());
                 }
             }
         } else {
-            out.push(segments(rest));
+            out.push(prefix);
         }
     }
     out
@@ -123,15 +127,27 @@ fn child_modules(code: &str) -> Vec<String> {
         .collect()
 }
 
-/// The names `lib.rs` re-exports from the crate's own modules, and where from.
-fn reexports(lib: &str, mods: &BTreeMap<Vec<String>, PathBuf>) -> BTreeMap<String, Vec<String>> {
+/// Module → the names it re-exports (`pub use`, `pub(crate) use`) from the crate's
+/// own modules, and where from.
+type Reexports = BTreeMap<Vec<String>, BTreeMap<String, Vec<String>>>;
+
+/// The names `code`, the code of `module`, re-exports from the crate's own modules, and
+/// where from: `pub use a::{B, C};` and `pub use self::a::B;` name `module::a`,
+/// `pub use crate::a::B;` names `a`, `pub use super::a::B;` names the sibling `a`.
+fn reexports(
+    module: &[String],
+    code: &str,
+    mods: &BTreeMap<Vec<String>, PathBuf>,
+) -> BTreeMap<String, Vec<String>> {
     let mut out = BTreeMap::new();
-    let lib = code(lib);
-    for stmt in lib.split(';') {
-        let Some(at) = stmt.find("pub use ") else {
+    for stmt in code.split(';') {
+        let stmt = stmt.trim();
+        let Some(path) = ["pub use ", "pub(crate) use ", "pub(super) use "]
+            .iter()
+            .find_map(|head| Some(stmt[stmt.find(head)? + head.len()..].trim()))
+        else {
             continue;
         };
-        let path = stmt[at + "pub use ".len()..].trim();
         let (base, names): (&str, Vec<&str>) = match path.split_once("::{") {
             Some((base, group)) => (base, group.trim_end_matches('}').split(',').collect()),
             None => match path.rsplit_once("::") {
@@ -139,12 +155,29 @@ fn reexports(lib: &str, mods: &BTreeMap<Vec<String>, PathBuf>) -> BTreeMap<Strin
                 None => continue,
             },
         };
-        let base: Vec<String> = base.split("::").map(str::to_string).collect();
+        let mut segs = base.split("::").map(str::to_string);
+        let base: Vec<String> = match segs.next().as_deref() {
+            Some("crate") => segs.collect(),
+            Some("self") => module.iter().cloned().chain(segs).collect(),
+            Some("super") => module[..module.len().saturating_sub(1)]
+                .iter()
+                .cloned()
+                .chain(segs)
+                .collect(),
+            Some(first) => module
+                .iter()
+                .cloned()
+                .chain(std::iter::once(first.to_string()))
+                .chain(segs)
+                .collect(),
+            None => continue,
+        };
         if !mods.contains_key(&base) {
             continue;
         }
         for name in names {
-            let name = name.trim();
+            // `pub use a::B as C;` re-exports `C`.
+            let name = name.rsplit(" as ").next().unwrap_or(name).trim();
             if !name.is_empty() {
                 out.insert(name.to_string(), base.clone());
             }
@@ -153,37 +186,67 @@ fn reexports(lib: &str, mods: &BTreeMap<Vec<String>, PathBuf>) -> BTreeMap<Strin
     out
 }
 
-/// The file a path from `from` names: the longest prefix that is a module.
+/// The file a full path (from the crate root) names: the longest prefix that is a
+/// module, or, when the name after it is one that module re-exports, the file the
+/// name comes from.
 fn resolve(
     path: &[String],
     mods: &BTreeMap<Vec<String>, PathBuf>,
-    exported: &BTreeMap<String, Vec<String>>,
+    exported: &Reexports,
 ) -> Option<Vec<String>> {
-    (1..=path.len())
-        .rev()
-        .map(|n| path[..n].to_vec())
-        .find(|m| mods.contains_key(m))
-        .or_else(|| exported.get(path.first()?).cloned())
+    let mut path = path.to_vec();
+    // Each pass follows one re-export; a chain longer than the module tree is a loop.
+    for _ in 0..=mods.len() {
+        let module = (0..=path.len())
+            .rev()
+            .map(|n| path[..n].to_vec())
+            .find(|m| mods.contains_key(m))?;
+        let Some(origin) = path
+            .get(module.len())
+            .and_then(|name| exported.get(&module)?.get(name))
+        else {
+            return Some(module);
+        };
+        path = origin
+            .iter()
+            .chain(&path[module.len()..])
+            .cloned()
+            .collect();
+    }
+    panic!("re-exports that loop: {path:?}");
 }
 
 /// File → the files it imports.
 fn imports() -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
     let mut mods = BTreeMap::new();
     modules(&src_dir(), &[], &mut mods);
-    let lib = std::fs::read_to_string(&mods[&Vec::new()]).expect("read lib.rs");
-    let exported = reexports(&lib, &mods);
+    let texts: BTreeMap<&Vec<String>, String> = mods
+        .iter()
+        .map(|(module, path)| {
+            let text = std::fs::read_to_string(path).expect("read a source file");
+            (module, code(&text))
+        })
+        .collect();
+    let exported: Reexports = texts
+        .iter()
+        .map(|(module, text)| ((*module).clone(), reexports(module, text, &mods)))
+        .collect();
     let mut graph = BTreeMap::new();
-    for (module, path) in &mods {
-        let text = code(&std::fs::read_to_string(path).expect("read a source file"));
+    for (module, text) in &texts {
+        let module = *module;
         let mut to = BTreeSet::new();
-        for p in paths_after(&text, "crate::") {
+        for p in paths_after(text, "crate::") {
             to.extend(resolve(&p, &mods, &exported));
+        }
+        for p in paths_after(text, "self::") {
+            let full: Vec<String> = module.iter().cloned().chain(p).collect();
+            to.extend(resolve(&full, &mods, &exported));
         }
         // `super::` names the parent module (`a` from `a/b.rs`). Inside an inline
         // `mod tests` it would name the file's own module; those say `super::*`,
         // which names nothing here.
         let parent = module[..module.len().saturating_sub(1)].to_vec();
-        for p in paths_after(&text, "super::") {
+        for p in paths_after(text, "super::") {
             if p.is_empty() {
                 continue;
             }
@@ -192,8 +255,8 @@ fn imports() -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
             to.extend(resolve(&full, &mods, &exported));
         }
         // A child module named by a relative path (`read_index::ReadQueue`).
-        for child in child_modules(&text) {
-            for p in paths_after(&text, &format!("{child}::")) {
+        for child in child_modules(text) {
+            for p in paths_after(text, &format!("{child}::")) {
                 let mut full = module.clone();
                 full.push(child.clone());
                 full.extend(p);
@@ -201,7 +264,8 @@ fn imports() -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
             }
         }
         to.remove(module);
-        // The crate root only declares modules and re-exports: not a dependency.
+        // The crate root only declares modules and re-exports: not a dependency (a
+        // name it re-exports resolves to where it comes from).
         to.remove(&Vec::new());
         graph.insert(module.clone(), to);
     }
@@ -283,19 +347,7 @@ fn no_import_cycle_between_the_engines_files() {
         let files: Vec<String> = scc.iter().map(|m| name(m)).collect();
         eprintln!("files that import each other: {}", files.join(", "));
     }
-    // Only these directory modules still have a `mod.rs` that uses its children and
-    // children that use it back (the trait or the shared `Inner` lives in `mod.rs`);
-    // no cycle may reach past one of them, and no other file may be in one.
-    let new: Vec<&Vec<Vec<String>>> = all
-        .iter()
-        .filter(|scc| {
-            !KNOWN_DIRECTORY_CYCLES.iter().any(|dir| {
-                scc.iter()
-                    .all(|m| m.first().map(String::as_str) == Some(*dir))
-            })
-        })
-        .collect();
-    assert!(new.is_empty(), "files that import each other: {new:#?}");
+    assert!(all.is_empty(), "files that import each other: {all:#?}");
     // The rules the cycle check stands for, said directly.
     let node = vec!["node".to_string()];
     let shared = vec!["shared".to_string()];
@@ -322,14 +374,18 @@ fn the_checker_sees_a_cycle_and_resolves_paths() {
     graph.insert(m("c"), BTreeSet::from([m("a")]));
     graph.insert(m("d"), BTreeSet::from([m("a")]));
     assert_eq!(cycles(&graph), vec![vec![m("a"), m("b"), m("c")]]);
-    let text =
-        code("use crate::{error::Error, shared};\n// crate::node::Node\nx(crate::budget::B);");
+    let text = code(
+        "use crate::{error::Error, shared};\n// crate::node::Node\nx(crate::budget::B);\n\
+         use crate::transport::{traits::Sink, Error};",
+    );
     assert_eq!(
         paths_after(&text, "crate::"),
         vec![
             vec!["error".to_string(), "Error".to_string()],
             m("shared"),
             vec!["budget".to_string(), "B".to_string()],
+            vec!["transport".into(), "traits".into(), "Sink".into()],
+            vec!["transport".to_string(), "Error".to_string()],
         ]
     );
 }

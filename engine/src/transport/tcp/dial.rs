@@ -6,7 +6,7 @@ use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use super::handshake::{self, ConnKind, HandshakeError, Hello};
-use super::Inner;
+use super::shared::Inner;
 
 // A host name resolving to more addresses than this is tried on the first few only.
 const MAX_ADDRS_TRIED: usize = 4;

@@ -15,7 +15,7 @@ use super::conns::ConnGuard;
 use super::frame::{self, FrameError, FrameType};
 use super::handshake::{self, ConnKind, HandshakeError, Hello};
 use super::route::route_of;
-use super::Inner;
+use super::shared::Inner;
 use crate::transport::{ChunkSource, TransportError};
 
 // Read buffer of a message connection: many small frames per read call.

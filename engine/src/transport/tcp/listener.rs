@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::conns::Registered;
-use super::{inbound, Inner};
+use super::inbound;
+use super::shared::Inner;
 
 // How long the loop sleeps when no connection is waiting.
 const ACCEPT_POLL: Duration = Duration::from_millis(20);

@@ -1,8 +1,8 @@
 //! One outbound message connection per peer, owned by its writer thread
-//! (`keel-out-<id>-<peer>`). `send` only ever `try_send`s into the peer's queue,
-//! bounded in count (`queue_len`) and in bytes (`queue_max_bytes`, a [`ByteBudget`]
-//! each queued message holds its share of until the writer has framed it); the writer
-//! drains whatever queued while it was busy into one buffer (up to
+//! (`keel-out-<id>-<peer>`, started by [`start`]). `send` only ever `try_send`s into the
+//! peer's queue (see `peer`), bounded in count (`queue_len`) and in bytes
+//! (`queue_max_bytes`, a [`ByteBudget`] each queued message holds its share of until
+//! the writer has framed it); the writer drains whatever queued while it was busy into one buffer (up to
 //! `write_batch_max_bytes`) and writes it with one call, pings when idle so the
 //! receiver's read deadline holds only for dead peers, and redials with capped,
 //! jittered exponential backoff when the connection breaks.
@@ -11,147 +11,45 @@ use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{bounded, Receiver, RecvTimeoutError, Sender, TrySendError};
+use crossbeam_channel::{bounded, Receiver, RecvTimeoutError};
 use parking_lot::Mutex;
 
 use super::backoff::{self, Backoff};
 use super::dial::dial;
 use super::frame::{self, FrameType};
 use super::handshake::ConnKind;
-use super::Inner;
+use super::peer::{Link, Peer};
+use super::shared::Inner;
 use crate::budget::{ByteBudget, Charged};
 
-/// What the writer thread and the transport share about one peer.
-pub(crate) struct Link {
-    /// Where to dial; may change at runtime (`add_peer` with a new address).
-    pub(crate) addr: Mutex<String>,
-    connected: AtomicBool,
-    // Set by `Peer::stop` before it cuts the socket, so a dial finishing later does
-    // not go on to a handshake.
-    stopped: AtomicBool,
-    // The live socket, so `stop` and an address change can cut a blocked write.
-    stream: Mutex<Option<TcpStream>>,
-}
-
-impl Link {
-    /// Whether a handshaken connection is up.
-    pub(crate) fn is_connected(&self) -> bool {
-        self.connected.load(Ordering::Acquire)
-    }
-
-    // Breaks the current connection (the writer notices and redials or stops).
-    fn cut(&self) {
-        if let Some(s) = self.stream.lock().as_ref() {
-            let _ = s.shutdown(Shutdown::Both);
-        }
-    }
-}
-
-/// Outcome of `Peer::try_send`.
-pub(crate) enum Queued {
-    /// In the queue.
-    Yes,
-    /// Dropped: the queue is full (the writer is behind or the peer is slow).
-    Full,
-    /// Dropped: there is no live connection to the peer.
-    NotConnected,
-}
-
-/// One peer: the sending end of its queue and its writer thread.
-pub(crate) struct Peer {
-    pub(crate) link: Arc<Link>,
-    queue: Sender<Charged<Vec<u8>>>,
-    queue_budget: Arc<ByteBudget>,
-    thread: JoinHandle<()>,
-}
-
-impl Peer {
-    /// Starts the writer thread for `peer` at `addr`.
-    pub(crate) fn start(inner: &Arc<Inner>, peer: u64, addr: String) -> std::io::Result<Peer> {
-        let (tx, rx) = bounded(inner.config.queue_len);
-        let link = Arc::new(Link {
-            addr: Mutex::new(addr),
-            connected: AtomicBool::new(false),
-            stopped: AtomicBool::new(false),
-            stream: Mutex::new(None),
-        });
-        let writer = Writer {
-            inner: Arc::clone(inner),
-            peer,
-            link: Arc::clone(&link),
-            queue: rx,
-            batch: Vec::new(),
-        };
-        let thread = std::thread::Builder::new()
-            .name(format!("keel-out-{}-{peer}", inner.id))
-            .spawn(move || writer.run())?;
-        Ok(Peer {
-            link,
-            queue: tx,
-            queue_budget: ByteBudget::new(inner.config.queue_max_bytes),
-            thread,
-        })
-    }
-
-    /// Queues one encoded message without blocking.
-    pub(crate) fn try_send(&self, bytes: Vec<u8>) -> Queued {
-        if !self.link.is_connected() {
-            return Queued::NotConnected;
-        }
-        let len = bytes.len() as u64;
-        let Ok(charged) = self.queue_budget.try_wrap(bytes, len) else {
-            return Queued::Full;
-        };
-        // A refused message gives its bytes back as it is dropped.
-        match self.queue.try_send(charged) {
-            Ok(()) => Queued::Yes,
-            Err(TrySendError::Full(_)) => Queued::Full,
-            Err(TrySendError::Disconnected(_)) => Queued::NotConnected,
-        }
-    }
-
-    /// Points the peer at a new address; the current connection is cut so the next
-    /// dial uses it.
-    pub(crate) fn set_addr(&self, addr: String) {
-        let mut current = self.link.addr.lock();
-        if *current != addr {
-            *current = addr;
-            drop(current);
-            self.link.cut();
-        }
-    }
-
-    /// Stops the writer and joins it. Closing the queue ends its wait; cutting the
-    /// socket ends a blocked write or handshake. Only a connect in progress cannot be
-    /// interrupted, so this takes at most `connect_timeout_ms`.
-    pub(crate) fn stop(self) {
-        join_writer(self.begin_stop());
-    }
-
-    /// Tells the writer to stop and returns its thread to join, so several peers can
-    /// be stopped at once.
-    pub(crate) fn begin_stop(self) -> JoinHandle<()> {
-        let Peer {
-            link,
-            queue,
-            thread,
-            ..
-        } = self;
-        drop(queue);
-        link.stopped.store(true, Ordering::SeqCst);
-        link.cut();
-        thread
-    }
-}
-
-/// Joins a writer thread returned by [`Peer::begin_stop`].
-pub(crate) fn join_writer(thread: JoinHandle<()>) {
-    if thread.join().is_err() {
-        log::error!("a TCP writer thread panicked");
-    }
+/// Starts the writer thread for `peer` at `addr`, and returns the handle the transport
+/// keeps.
+pub(crate) fn start(inner: &Arc<Inner>, peer: u64, addr: String) -> std::io::Result<Peer> {
+    let (tx, rx) = bounded(inner.config.queue_len);
+    let link = Arc::new(Link {
+        addr: Mutex::new(addr),
+        connected: AtomicBool::new(false),
+        stopped: AtomicBool::new(false),
+        stream: Mutex::new(None),
+    });
+    let writer = Writer {
+        inner: Arc::clone(inner),
+        peer,
+        link: Arc::clone(&link),
+        queue: rx,
+        batch: Vec::new(),
+    };
+    let thread = std::thread::Builder::new()
+        .name(format!("keel-out-{}-{peer}", inner.id))
+        .spawn(move || writer.run())?;
+    Ok(Peer {
+        link,
+        queue: tx,
+        queue_budget: ByteBudget::new(inner.config.queue_max_bytes),
+        thread,
+    })
 }
 
 // How long a connection must have lived for its loss to restart the backoff.

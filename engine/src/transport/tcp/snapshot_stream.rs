@@ -15,7 +15,7 @@ use super::dial::dial;
 use super::frame::{self, DeadlineReader, FrameType};
 use super::handshake::ConnKind;
 use super::route::route_of;
-use super::Inner;
+use super::shared::Inner;
 use crate::transport::{ChunkSource, TransportError};
 
 fn failed(text: impl Into<String>) -> TransportError {
