@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use common::{key, value};
 use crossbeam_channel::{bounded, Receiver, Sender};
-use keel::testing::{loopback_tcp, start_tcp, wait_until, Cluster, Options};
+use keel::testing::{loopback_tcp, start_tcp, wait_until, Cluster, CrashMode, Options, Storage};
 use keel::transport::{
     ChunkSource, MessageSink, TcpConfig, TcpTransport, Transport, TransportError,
 };
@@ -877,6 +877,36 @@ fn a_three_node_db_cluster_over_tcp() {
         Some(b"restart".to_vec())
     );
     c.close().unwrap();
+}
+
+#[test]
+fn a_node_on_a_simulated_disk_crashes_and_comes_back_over_tcp() {
+    let c = Cluster::open(
+        Options::new(3)
+            .storage(Storage::Simulated)
+            .transport(keel::testing::Transport::Tcp)
+            .seed(11),
+    )
+    .expect("start the cluster");
+    let leader = c.wait_leader();
+    for i in 0..10 {
+        c.db(leader).put(&key(i), &value(i)).unwrap();
+    }
+    let port = c.addr(leader).expect("an address");
+    c.crash(leader, CrashMode::DropUnsynced).unwrap();
+    assert!(c.tcp(leader).is_none(), "its transport went with it");
+    let next = c.wait_leader();
+    c.db(next).put(b"after", b"crash").unwrap();
+    c.start(leader).unwrap();
+    assert_eq!(tcp(&c, leader).local_addr(), port);
+    c.wait_converged();
+    for id in 1..=3 {
+        assert_eq!(c.db(id).get_local(&key(9)).unwrap(), Some(value(9)));
+        assert_eq!(
+            c.db(id).get_local(b"after").unwrap(),
+            Some(b"crash".to_vec())
+        );
+    }
 }
 
 /// `(local port, remote port)` of every TCP socket this process holds open.
