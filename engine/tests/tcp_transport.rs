@@ -909,6 +909,27 @@ fn a_node_on_a_simulated_disk_crashes_and_comes_back_over_tcp() {
     }
 }
 
+#[test]
+fn a_node_that_joins_a_tcp_cluster_gets_an_address_the_others_learn() {
+    let c = Cluster::open(Options::new(3).transport(keel::testing::Transport::Tcp))
+        .expect("start the cluster");
+    let leader = c.wait_leader();
+    c.db(leader).put(b"k", b"v").unwrap();
+    let mut cfg = c.config(4);
+    cfg.peers = Vec::new();
+    cfg.join = true;
+    c.start_with(4, cfg).expect("start the joiner");
+    let addr = c.addr(4).expect("the joiner has an address");
+    assert_eq!(tcp(&c, 4).local_addr(), addr);
+    c.db(leader).add_learner(4, None).unwrap();
+    wait_until(Duration::from_secs(10), || {
+        (tcp(&c, leader).is_connected(4) && tcp(&c, 4).is_connected(leader)).then_some(())
+    })
+    .expect("the leader and the joiner reach each other");
+    c.wait_converged();
+    assert_eq!(c.db(4).get_local(b"k").unwrap(), Some(b"v".to_vec()));
+}
+
 /// `(local port, remote port)` of every TCP socket this process holds open.
 #[cfg(target_os = "linux")]
 fn open_tcp_sockets() -> Vec<(u16, u16)> {

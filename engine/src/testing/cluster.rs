@@ -210,6 +210,7 @@ impl Cluster {
             Net::InProcess(net) => {
                 Config::cluster(id, self.ids.clone(), self.node_dir(id), net.clone())
             }
+            // Config::cluster's fields, all but the transport.
             Net::Tcp(_) => Config {
                 id,
                 peers: self.ids.clone(),
