@@ -1,13 +1,14 @@
 //! The TCP peer transport on loopback: delivery both ways, batching and order,
 //! reconnection, refused handshakes, hostile bytes, silent clients, full queues,
-//! snapshot streams beside normal traffic, and a 3-node `Db` cluster over TCP.
+//! snapshot streams beside normal traffic, and 3-node `Db` clusters over TCP (the
+//! harness's `Transport::Tcp`).
 //!
 //! Frames are hand-encoded here from the wire format the module documents, so these
 //! tests also pin that format.
 
 mod common;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use common::{key, value};
 use crossbeam_channel::{bounded, Receiver, Sender};
-use keel::testing::{agreed_leader, fast, wait_until};
+use keel::testing::{loopback_tcp, start_tcp, wait_until, Cluster, CrashMode, Options, Storage};
 use keel::transport::{
     ChunkSource, MessageSink, TcpConfig, TcpTransport, Transport, TransportError,
 };
-use keel::{Config, Db};
+use keel::Config;
 use parking_lot::Mutex;
 use raft_core::{codec, Message, MessageType, Snapshot, SnapshotMetadata};
 
@@ -171,30 +172,16 @@ fn loopback() -> SocketAddr {
 }
 
 fn config(id: u64) -> TcpConfig {
-    let mut c = TcpConfig::new(id, loopback());
+    let mut c = loopback_tcp(id);
     c.cluster_id = "test".into();
-    c.connect_timeout_ms = 500;
-    c.write_timeout_ms = 2_000;
-    c.read_timeout_ms = 1_000;
-    c.backoff_initial_ms = 10;
-    c.backoff_max_ms = 100;
     c
 }
 
-/// Starts a transport; binding a port given back moments ago is retried for a while,
-/// in case an outgoing connection of a test running beside took it as its port.
+/// Starts a transport, retrying a port given back moments ago (`start_tcp`).
 fn start_transport(c: TcpConfig) -> Arc<TcpTransport> {
     capture();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        match TcpTransport::start(c.clone()) {
-            Ok(t) => return t,
-            Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            Err(e) => panic!("start transport on {}: {e}", c.listen_addr),
-        }
-    }
+    let addr = c.listen_addr;
+    start_tcp(c).unwrap_or_else(|e| panic!("start transport on {addr}: {e}"))
 }
 
 fn start(c: TcpConfig) -> (Arc<TcpTransport>, Arc<Sink>) {
@@ -820,98 +807,57 @@ fn snapshot_often(mut c: Config) -> Config {
     c
 }
 
-struct Node {
-    db: Db,
-    transport: Arc<TcpTransport>,
-}
-
-fn start_node_transport(id: u64, listen: SocketAddr) -> Arc<TcpTransport> {
-    let mut c = config(id);
-    c.listen_addr = listen;
-    start_transport(c)
-}
-
-fn open_node(id: u64, transport: Arc<TcpTransport>, dir: &std::path::Path) -> Node {
-    let cfg = Config::cluster(
-        id,
-        vec![1, 2, 3],
-        dir.join(format!("node-{id}")),
-        transport.clone(),
-    );
-    let db = Db::open(snapshot_often(fast(cfg))).expect("open node");
-    Node { db, transport }
-}
-
-fn wait_leader(nodes: &HashMap<u64, Node>) -> u64 {
-    wait_until(Duration::from_secs(10), || {
-        agreed_leader(nodes.values().map(|n| &n.db))
-    })
-    .expect("a leader within 10 s")
-    .id
+/// Node `id`'s transport, which runs.
+fn tcp(c: &Cluster, id: u64) -> Arc<TcpTransport> {
+    c.tcp(id)
+        .unwrap_or_else(|| panic!("node {id} runs over TCP"))
 }
 
 #[test]
 fn a_three_node_db_cluster_over_tcp() {
     capture();
-    let dir = tempfile::tempdir().unwrap();
-    let transports: Vec<Arc<TcpTransport>> = (1..=3)
-        .map(|id| start_node_transport(id, loopback()))
-        .collect();
-    let addrs: HashMap<u64, SocketAddr> = transports
-        .iter()
-        .map(|t| (t.id(), t.local_addr()))
-        .collect();
-    for t in &transports {
-        for (&id, addr) in &addrs {
-            t.add_peer(id, addr.to_string()).unwrap();
-        }
-    }
-    let mut nodes: HashMap<u64, Node> = transports
-        .into_iter()
-        .map(|t| (t.id(), open_node(t.id(), t, dir.path())))
-        .collect();
-
-    let leader = wait_leader(&nodes);
-    let follower = (1..=3).find(|&id| id != leader).unwrap();
+    let c = Cluster::open(
+        Options::new(3)
+            .transport(keel::testing::Transport::Tcp)
+            .tweak(snapshot_often),
+    )
+    .expect("start the cluster");
+    assert!(c.try_net().is_none(), "no in-process network");
+    let leader = c.wait_leader();
+    let follower = c.followers(leader)[0];
     for i in 0..20 {
-        nodes[&leader].db.put(&key(i), &value(i)).unwrap();
+        c.db(leader).put(&key(i), &value(i)).unwrap();
     }
     // Writes forwarded by a follower, linearizable reads everywhere.
-    nodes[&follower].db.put(b"via", b"follower").unwrap();
+    c.db(follower).put(b"via", b"follower").unwrap();
     for id in 1..=3 {
-        assert_eq!(nodes[&id].db.get(&key(7)).unwrap(), Some(value(7)));
-        assert_eq!(
-            nodes[&id].db.get(b"via").unwrap(),
-            Some(b"follower".to_vec())
-        );
+        assert_eq!(c.db(id).get(&key(7)).unwrap(), Some(value(7)));
+        assert_eq!(c.db(id).get(b"via").unwrap(), Some(b"follower".to_vec()));
     }
 
-    // A follower goes away; the others compact past what it has.
-    let down = nodes.remove(&follower).unwrap();
-    down.db.close().unwrap();
-    down.transport.shutdown();
-    drop(down);
+    // A follower goes away, its transport with it; the others compact past what it has.
+    let port = c.addr(follower).expect("an address");
+    c.stop(follower).unwrap();
+    assert!(c.tcp(follower).is_none());
+    wait_until(Duration::from_secs(5), || {
+        (!tcp(&c, leader).is_connected(follower)).then_some(())
+    })
+    .expect("the leader notices the follower is gone");
     for i in 20..120 {
-        nodes[&leader].db.put(&key(i % 40), &value(i)).unwrap();
+        c.db(leader).put(&key(i % 40), &value(i)).unwrap();
     }
     wait_until(Duration::from_secs(5), || {
-        (nodes[&leader].db.status().first_index > 30).then_some(())
+        (c.db(leader).status().first_index > 30).then_some(())
     })
     .expect("the leader compacted its log");
 
     // Back on the same port with a new transport: it catches up through a snapshot
     // streamed over TCP, then through the log.
-    let t = start_node_transport(follower, addrs[&follower]);
-    for (&id, addr) in &addrs {
-        t.add_peer(id, addr.to_string()).unwrap();
-    }
-    nodes.insert(follower, open_node(follower, t, dir.path()));
-    let target = nodes[&leader].db.status().commit_index;
-    wait_until(Duration::from_secs(10), || {
-        (nodes[&follower].db.status().applied_index >= target).then_some(())
-    })
-    .unwrap_or_else(|| panic!("follower caught up: {:?}", nodes[&follower].db.status()));
-    let st = nodes[&follower].db.status();
+    c.start(follower).unwrap();
+    assert_eq!(tcp(&c, follower).local_addr(), port);
+    let target = c.db(leader).status().commit_index;
+    c.wait_applied(target);
+    let st = c.db(follower).status();
     assert!(st.snapshot_index >= 30, "installed a snapshot: {st:?}");
     assert!(logged(
         log::Level::Info,
@@ -921,19 +867,152 @@ fn a_three_node_db_cluster_over_tcp() {
     ));
     for i in 80..120 {
         assert_eq!(
-            nodes[&follower].db.get_local(&key(i % 40)).unwrap(),
+            c.db(follower).get_local(&key(i % 40)).unwrap(),
             Some(value(i))
         );
     }
-    nodes[&follower].db.put(b"after", b"restart").unwrap();
+    c.db(follower).put(b"after", b"restart").unwrap();
     assert_eq!(
-        nodes[&leader].db.get(b"after").unwrap(),
+        c.db(leader).get(b"after").unwrap(),
         Some(b"restart".to_vec())
     );
-    for (_, n) in nodes {
-        n.db.close().unwrap();
-        n.transport.shutdown();
+    c.close().unwrap();
+}
+
+#[test]
+fn a_node_on_a_simulated_disk_crashes_and_comes_back_over_tcp() {
+    let c = Cluster::open(
+        Options::new(3)
+            .storage(Storage::Simulated)
+            .transport(keel::testing::Transport::Tcp)
+            .seed(11),
+    )
+    .expect("start the cluster");
+    let leader = c.wait_leader();
+    for i in 0..10 {
+        c.db(leader).put(&key(i), &value(i)).unwrap();
     }
+    let port = c.addr(leader).expect("an address");
+    c.crash(leader, CrashMode::DropUnsynced).unwrap();
+    assert!(c.tcp(leader).is_none(), "its transport went with it");
+    let next = c.wait_leader();
+    c.db(next).put(b"after", b"crash").unwrap();
+    c.start(leader).unwrap();
+    assert_eq!(tcp(&c, leader).local_addr(), port);
+    c.wait_converged();
+    for id in 1..=3 {
+        assert_eq!(c.db(id).get_local(&key(9)).unwrap(), Some(value(9)));
+        assert_eq!(
+            c.db(id).get_local(b"after").unwrap(),
+            Some(b"crash".to_vec())
+        );
+    }
+}
+
+#[test]
+fn a_node_that_joins_a_tcp_cluster_gets_an_address_the_others_learn() {
+    let c = Cluster::open(Options::new(3).transport(keel::testing::Transport::Tcp))
+        .expect("start the cluster");
+    let leader = c.wait_leader();
+    c.db(leader).put(b"k", b"v").unwrap();
+    let mut cfg = c.config(4);
+    cfg.peers = Vec::new();
+    cfg.join = true;
+    c.start_with(4, cfg).expect("start the joiner");
+    let addr = c.addr(4).expect("the joiner has an address");
+    assert_eq!(tcp(&c, 4).local_addr(), addr);
+    c.db(leader).add_learner(4, None).unwrap();
+    wait_until(Duration::from_secs(10), || {
+        (tcp(&c, leader).is_connected(4) && tcp(&c, 4).is_connected(leader)).then_some(())
+    })
+    .expect("the leader and the joiner reach each other");
+    c.wait_converged();
+    assert_eq!(c.db(4).get_local(b"k").unwrap(), Some(b"v".to_vec()));
+}
+
+/// `(local port, remote port)` of every TCP socket this process holds open.
+#[cfg(target_os = "linux")]
+fn open_tcp_sockets() -> Vec<(u16, u16)> {
+    let inodes: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+                .filter_map(|l| {
+                    let l = l.to_string_lossy().into_owned();
+                    Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let table = std::fs::read_to_string("/proc/self/net/tcp").unwrap_or_default();
+    let port = |field: &str| {
+        let hex = field.rsplit(':').next().unwrap_or("");
+        u16::from_str_radix(hex, 16).unwrap_or(0)
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let inode = f.get(9)?;
+            inodes
+                .iter()
+                .any(|i| i == inode)
+                .then(|| (port(f[1]), port(f[2])))
+        })
+        .collect()
+}
+
+#[test]
+#[cfg(target_os = "linux")]
+fn dropping_a_tcp_cluster_leaves_no_thread_or_socket() {
+    // Ids no other test in this binary uses, so their threads can be told apart.
+    let ids = [61, 62, 63];
+    let ours = |n: &String| {
+        n.split('-')
+            .any(|part| ids.iter().any(|id| part == id.to_string()))
+    };
+    let c = Cluster::open(
+        Options::new(3)
+            .ids(ids.to_vec())
+            .transport(keel::testing::Transport::Tcp),
+    )
+    .expect("start the cluster");
+    let ports: Vec<u16> = ids
+        .iter()
+        .map(|&id| c.addr(id).expect("an address").port())
+        .collect();
+    let leader = c.wait_leader();
+    c.db(leader).put(b"k", b"v").unwrap();
+    // A killed node's transport goes with it; the node comes back on its port.
+    let follower = c.followers(leader)[0];
+    c.kill(follower).unwrap();
+    c.start(follower).unwrap();
+    c.wait_converged();
+    let held = |ports: &[u16]| {
+        open_tcp_sockets()
+            .into_iter()
+            .filter(|(local, remote)| ports.contains(local) || ports.contains(remote))
+            .count()
+    };
+    assert!(
+        held(&ports) >= 3,
+        "listeners and connections are open: {:?}",
+        open_tcp_sockets()
+    );
+    assert!(thread_names()
+        .iter()
+        .any(|n| n.starts_with("keel-listen") && ours(n)));
+    drop(c);
+    let left: Vec<String> = thread_names().into_iter().filter(|n| ours(n)).collect();
+    assert!(left.is_empty(), "threads left behind: {left:?}");
+    // Every socket to or from the cluster's ports is closed (what the kernel keeps in
+    // TIME_WAIT is not the process's).
+    assert_eq!(
+        held(&ports),
+        0,
+        "sockets left behind: {:?}",
+        open_tcp_sockets()
+    );
 }
 
 // ---------------------------------------------------------------------------------
@@ -997,59 +1076,50 @@ fn idle_flood(
 #[test]
 fn idle_connections_that_never_say_hello_cannot_keep_peers_out() {
     capture();
-    let dir = tempfile::tempdir().unwrap();
-    let transports: Vec<Arc<TcpTransport>> = (1..=3)
-        .map(|id| {
-            let mut c = config(id);
+    let c = Cluster::open(
+        Options::new(3)
+            .transport(keel::testing::Transport::Tcp)
             // Long enough that nothing times out during the test: only the transport's
             // handling of handshaking connections can let the peers in.
-            c.read_timeout_ms = 30_000;
-            start_transport(c)
-        })
-        .collect();
+            .tcp_tweak(|mut t| {
+                t.read_timeout_ms = 30_000;
+                t
+            }),
+    )
+    .expect("start the cluster");
     // More idle connections than node 1 has slots (max_inbound_conns, 64), held and
-    // replaced as they are closed, from before the cluster starts to its end.
+    // replaced as they are closed, from here to the end.
     let stop = Arc::new(AtomicBool::new(false));
-    let flood = idle_flood(transports[0].local_addr(), 100, Arc::clone(&stop));
+    let flood = idle_flood(c.addr(1).expect("an address"), 100, Arc::clone(&stop));
     wait_until(Duration::from_secs(5), || {
-        (transports[0].stats().connections_refused > 0).then_some(())
+        (tcp(&c, 1).stats().connections_refused > 0).then_some(())
     });
-    let addrs: HashMap<u64, SocketAddr> = transports
-        .iter()
-        .map(|t| (t.id(), t.local_addr()))
-        .collect();
-    for t in &transports {
-        for (&id, addr) in &addrs {
-            t.add_peer(id, addr.to_string()).unwrap();
-        }
+    // The other nodes start again, so their connections to node 1 are new ones that
+    // must get in through the flood.
+    for id in [2, 3] {
+        c.stop(id).unwrap();
+        c.start(id).unwrap();
     }
-    let nodes: HashMap<u64, Node> = transports
-        .into_iter()
-        .map(|t| (t.id(), open_node(t.id(), t, dir.path())))
-        .collect();
     let joined = wait_until(Duration::from_secs(10), || {
-        (nodes[&2].transport.is_connected(1) && nodes[&3].transport.is_connected(1)).then_some(())
+        (tcp(&c, 2).is_connected(1) && tcp(&c, 3).is_connected(1)).then_some(())
     });
-    let stats = nodes[&1].transport.stats();
+    let stats = tcp(&c, 1).stats();
     assert!(
         joined.is_some(),
         "the peers never got a connection to node 1 through the idle ones: {stats:?}"
     );
-    wait_leader(&nodes);
+    c.wait_leader();
     // Node 1 takes part: a write through it commits, and reads everywhere see it.
-    nodes[&1].db.put(b"through", b"the flood").unwrap();
+    c.db(1).put(b"through", b"the flood").unwrap();
     for id in 1..=3 {
         assert_eq!(
-            nodes[&id].db.get(b"through").unwrap(),
+            c.db(id).get(b"through").unwrap(),
             Some(b"the flood".to_vec())
         );
     }
     stop.store(true, Ordering::Release);
     flood.join().unwrap();
-    for (_, n) in nodes {
-        n.db.close().unwrap();
-        n.transport.shutdown();
-    }
+    c.close().unwrap();
 }
 
 #[test]

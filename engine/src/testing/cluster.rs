@@ -1,13 +1,14 @@
 //! [`Cluster`]: nodes of one cluster inside this process, on a real directory or each on
-//! its own simulated disk, joined by the in-process network. Start, stop, drop without
-//! warning, crash and restart nodes; find or wait for the leader; wait until the nodes
-//! converge; read their metrics.
+//! its own simulated disk, joined by the in-process network or over TCP on loopback.
+//! Start, stop, drop without warning, crash and restart nodes; find or wait for the
+//! leader; wait until the nodes converge; read their metrics.
 //!
 //! Every method takes `&self`, so clients and a nemesis on other threads can share one
 //! cluster. Callers borrow a node as an `Arc<Db>`; [`Cluster::kill`] waits until no
 //! borrow is left, so a node is never opened twice on one data directory.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -19,8 +20,9 @@ use super::error::{ClusterError, Result};
 use super::metrics::metric_value;
 use super::options::{Options, Storage, Timing, Transport, Tweak};
 use super::process_fs::ProcessFs;
+use super::tcp::TcpNet;
 use super::wait::{agreed_leader, wait_until, Leader, POLL};
-use crate::transport::InProcessNetwork;
+use crate::transport::{InProcessNetwork, TcpTransport};
 use crate::{Config, Db, Role, Status};
 
 /// Where every node keeps its data on its own simulated disk.
@@ -42,16 +44,32 @@ enum Root {
     Simulated,
 }
 
+enum Net {
+    InProcess(Arc<InProcessNetwork>),
+    Tcp(TcpNet),
+}
+
 struct Running {
     db: Arc<Db>,
     // The run of the process on the node's simulated disk, if it has one.
     process: Option<ProcessFs>,
+    // This run's transport, over TCP; shut down when the run ends.
+    tcp: Option<Arc<TcpTransport>>,
 }
 
-/// Nodes of one cluster in this process. Dropping it closes every node.
+impl Running {
+    fn shutdown_transport(&self) {
+        if let Some(t) = &self.tcp {
+            t.shutdown();
+        }
+    }
+}
+
+/// Nodes of one cluster in this process. Dropping it closes every node (and, over
+/// TCP, shuts every transport down: no thread or socket is left).
 pub struct Cluster {
     ids: Vec<u64>,
-    net: Arc<InProcessNetwork>,
+    net: Net,
     root: Root,
     disks: BTreeMap<u64, SimFs>,
     timing: Timing,
@@ -93,7 +111,8 @@ impl Cluster {
             Storage::TempDir | Storage::Dir(_) => BTreeMap::new(),
         };
         let net = match options.transport {
-            Transport::InProcess => Arc::new(InProcessNetwork::new(options.seed)),
+            Transport::InProcess => Net::InProcess(Arc::new(InProcessNetwork::new(options.seed))),
+            Transport::Tcp => Net::Tcp(TcpNet::bind(&options.ids, options.tcp_tweak)?),
         };
         let c = Cluster {
             ids: options.ids,
@@ -135,9 +154,37 @@ impl Cluster {
         &self.ids
     }
 
-    /// The network between the nodes.
+    /// The in-process network between the nodes.
+    ///
+    /// # Panics
+    ///
+    /// On a cluster over TCP ([`Transport::Tcp`]), which has none (for tests; see
+    /// [`try_net`](Cluster::try_net) and [`tcp`](Cluster::tcp)).
     pub fn net(&self) -> &Arc<InProcessNetwork> {
-        &self.net
+        self.try_net()
+            .expect("Cluster::net: this cluster runs over TCP, not the in-process network")
+    }
+
+    /// The in-process network between the nodes, unless they talk over TCP.
+    pub fn try_net(&self) -> Option<&Arc<InProcessNetwork>> {
+        match &self.net {
+            Net::InProcess(net) => Some(net),
+            Net::Tcp(_) => None,
+        }
+    }
+
+    /// Node `id`'s TCP transport while it runs, over TCP ([`Transport::Tcp`]).
+    pub fn tcp(&self, id: u64) -> Option<Arc<TcpTransport>> {
+        self.nodes.read().get(&id)?.tcp.clone()
+    }
+
+    /// Node `id`'s TCP address, the same across its restarts, over TCP
+    /// ([`Transport::Tcp`]); a node that joins later has one once it started.
+    pub fn addr(&self, id: u64) -> Option<SocketAddr> {
+        match &self.net {
+            Net::Tcp(tcp) => tcp.addr(id),
+            Net::InProcess(_) => None,
+        }
     }
 
     /// Node `id`'s data directory (on its simulated disk, for [`Storage::Simulated`]).
@@ -156,9 +203,21 @@ impl Cluster {
     }
 
     /// Node `id`'s configuration, as [`start`](Cluster::start) opens it: timing,
-    /// seed and tweak applied; on a simulated disk, that disk as its file system.
+    /// seed and tweak applied; on a simulated disk, that disk as its file system. Over
+    /// TCP it has no transport yet: [`start_with`](Cluster::start_with) gives it one.
     pub fn config(&self, id: u64) -> Config {
-        let mut c = Config::cluster(id, self.ids.clone(), self.node_dir(id), self.net.clone());
+        let mut c = match &self.net {
+            Net::InProcess(net) => {
+                Config::cluster(id, self.ids.clone(), self.node_dir(id), net.clone())
+            }
+            // Config::cluster's fields, all but the transport.
+            Net::Tcp(_) => Config {
+                id,
+                peers: self.ids.clone(),
+                seed: id,
+                ..Config::single_node(self.node_dir(id))
+            },
+        };
         if let Some(disk) = self.disks.get(&id) {
             c.fs = Arc::new(disk.clone());
             c.seed = self.seed.wrapping_mul(31).wrapping_add(id);
@@ -180,7 +239,9 @@ impl Cluster {
 
     /// Opens node `id` with `config` (build it from [`config`](Cluster::config)); `id`
     /// may be a node outside [`ids`](Cluster::ids), one that joins later. On a
-    /// simulated disk, a new run of the node's process on its disk replaces `config.fs`.
+    /// simulated disk, a new run of the node's process on its disk replaces `config.fs`;
+    /// over TCP, a new transport on the node's address replaces `config.transport` (a
+    /// node that joins gets a new address, which the running nodes learn).
     pub fn start_with(&self, id: u64, mut config: Config) -> Result<Arc<Db>> {
         if self.nodes.read().contains_key(&id) {
             return Err(ClusterError::AlreadyRunning(id));
@@ -189,44 +250,73 @@ impl Cluster {
         if let Some(process) = &process {
             config.fs = Arc::new(process.clone());
         }
-        let db = Arc::new(Db::open(config).map_err(|source| ClusterError::Start { id, source })?);
+        let tcp = match &self.net {
+            Net::InProcess(_) => None,
+            Net::Tcp(net) => Some(net.start(id, &self.transports())?),
+        };
+        if let Some(t) = &tcp {
+            config.transport = Some(t.clone());
+        }
+        let running = match Db::open(config) {
+            Ok(db) => Running {
+                db: Arc::new(db),
+                process,
+                tcp,
+            },
+            Err(source) => {
+                if let Some(t) = tcp {
+                    t.shutdown();
+                }
+                return Err(ClusterError::Start { id, source });
+            }
+        };
+        let db = Arc::clone(&running.db);
         let mut nodes = self.nodes.write();
         if nodes.contains_key(&id) {
             // Another thread started it meanwhile; ours goes.
             drop(nodes);
             let _ = db.close();
+            running.shutdown_transport();
             return Err(ClusterError::AlreadyRunning(id));
         }
-        nodes.insert(
-            id,
-            Running {
-                db: Arc::clone(&db),
-                process,
-            },
-        );
+        nodes.insert(id, running);
         Ok(db)
     }
 
-    /// Stops node `id` cleanly ([`Db::close`]), keeping its data.
+    // The running nodes' TCP transports.
+    fn transports(&self) -> Vec<Arc<TcpTransport>> {
+        self.nodes
+            .read()
+            .values()
+            .filter_map(|r| r.tcp.clone())
+            .collect()
+    }
+
+    /// Stops node `id` cleanly ([`Db::close`]), keeping its data; over TCP, then shuts
+    /// its transport down.
     pub fn stop(&self, id: u64) -> Result<()> {
         let running = self
             .nodes
             .write()
             .remove(&id)
             .ok_or(ClusterError::NotRunning(id))?;
-        running
-            .db
-            .close()
-            .map_err(|source| ClusterError::Close { id, source })
+        let closed = running.db.close();
+        running.shutdown_transport();
+        closed.map_err(|source| ClusterError::Close { id, source })
     }
 
     /// Stops node `id` without warning by dropping it: its threads end (the persist
     /// stage finishing the writes already queued) and it leaves the network, with no
     /// leadership hand-over and no final sync. Not a power loss (see
     /// [`crash`](Cluster::crash)): what the page cache holds survives. Waits for
-    /// handles borrowed from [`node`](Cluster::node) to be dropped first.
+    /// handles borrowed from [`node`](Cluster::node) to be dropped first. Over TCP, its
+    /// transport is shut down after it.
     pub fn kill(&self, id: u64) -> Result<()> {
-        let Running { mut db, process } = self
+        let Running {
+            mut db,
+            process,
+            tcp,
+        } = self
             .nodes
             .write()
             .remove(&id)
@@ -237,6 +327,9 @@ impl Cluster {
             match Arc::try_unwrap(db) {
                 Ok(db) => {
                     drop(db);
+                    if let Some(t) = tcp {
+                        t.shutdown();
+                    }
                     return Ok(());
                 }
                 Err(shared) if Instant::now() < deadline => {
@@ -248,6 +341,7 @@ impl Cluster {
                     let running = Running {
                         db: shared,
                         process,
+                        tcp,
                     };
                     self.nodes.write().insert(id, running);
                     return Err(ClusterError::Busy {
@@ -260,15 +354,16 @@ impl Cluster {
     }
 
     /// Power loss on node `id`: its disk keeps only what was synced (per `mode`), and
-    /// its threads stop; handles still borrowed get `Stopped`. A node that is not
-    /// running has nothing to lose: `Ok`.
+    /// its threads stop (over TCP, its transport too); handles still borrowed get
+    /// `Stopped`. A node that is not running has nothing to lose: `Ok`.
     pub fn crash(&self, id: u64, mode: CrashMode) -> Result<()> {
         if !self.disks.contains_key(&id) {
             return Err(ClusterError::NotSimulated(id));
         }
-        let Some(Running { db, process }) = self.nodes.write().remove(&id) else {
+        let Some(running) = self.nodes.write().remove(&id) else {
             return Ok(());
         };
+        let Running { db, process, .. } = &running;
         // The disk and the process first, so nothing the node does from here on
         // reaches the disk.
         if let Some(process) = process {
@@ -276,6 +371,7 @@ impl Cluster {
         }
         // Stops and joins the threads; their I/O fails from now on.
         let _ = db.close();
+        running.shutdown_transport();
         Ok(())
     }
 
@@ -447,16 +543,22 @@ impl Cluster {
             .sum()
     }
 
-    /// Closes every running node cleanly; the first error, after trying them all.
+    /// Closes every running node cleanly (over TCP, then shuts every transport down);
+    /// the first error, after trying them all.
     pub fn close(&self) -> Result<()> {
         let nodes = std::mem::take(&mut *self.nodes.write());
         let mut first = Ok(());
         for (id, running) in nodes {
-            if let Err(source) = running.db.close() {
+            let closed = running.db.close();
+            running.shutdown_transport();
+            if let Err(source) = closed {
                 if first.is_ok() {
                     first = Err(ClusterError::Close { id, source });
                 }
             }
+        }
+        if let Net::Tcp(net) = &self.net {
+            net.shutdown_unused();
         }
         first
     }

@@ -26,6 +26,17 @@ pub enum ClusterError {
         #[source]
         source: crate::Error,
     },
+    /// A node's TCP transport ([`Transport::Tcp`](super::Transport::Tcp)) did not
+    /// start: its address could not be bound (still in use after a while of retrying)
+    /// or a thread could not be started.
+    #[error("cannot start node {id}'s TCP transport: {source}")]
+    Transport {
+        /// The node.
+        id: u64,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// [`Db::close`](crate::Db::close) reported an error (the node stopped anyway).
     #[error("node {id} did not close cleanly: {source}")]
     Close {

@@ -3,18 +3,27 @@
 //!
 //! Owns: starting, stopping, dropping, crashing and restarting nodes of a cluster in
 //! this process ([`Cluster`]), on a real directory or each node on its own simulated
-//! disk ([`Storage`]), over the in-process network ([`Transport`]); the test timing
-//! ([`fast`]); waiting on a condition instead of a fixed sleep ([`wait_until`],
-//! [`agreed_leader`]); reading metrics ([`metric_value`]).
+//! disk ([`Storage`]), over the in-process network or TCP on loopback ([`Transport`]);
+//! the test timing ([`fast`], [`loopback_tcp`]); binding a TCP address given back
+//! moments ago ([`start_tcp`]); waiting on a condition instead of a fixed sleep
+//! ([`wait_until`], [`agreed_leader`]); reading metrics ([`metric_value`]).
+//!
+//! Over TCP each node's port is picked once, when the cluster opens; a node that
+//! restarts gets a new transport on the same address, and stopping, killing or
+//! crashing a node, or dropping the cluster, shuts its transport down. The two
+//! file-system choices and the two transports combine freely (a simulated disk can
+//! crash under a node on TCP). A cluster over TCP has no in-process network to cut:
+//! [`Cluster::net`] panics on one ([`Cluster::try_net`] does not), and
+//! [`Cluster::tcp`] gives a running node's transport.
 //!
 //! Must not: reach into the engine's internals. It uses only the public API (`Db`,
 //! `Config`, the transports), so what it exercises is what an embedder gets.
 //!
 //! A few [`Cluster`] methods panic, which is what a test wants: `new` and `with` when a
-//! node does not start, `db` when the node is not running, and `wait_leader`,
-//! `wait_converged` and `wait_applied` when the wait times out. Each has a twin that
-//! returns an `Option` or a [`ClusterError`] instead (`open`, `node`, `try_wait_*`);
-//! `keel bench cluster` and `keel demo` use only those.
+//! node does not start, `db` when the node is not running, `net` over TCP, and
+//! `wait_leader`, `wait_converged` and `wait_applied` when the wait times out. Each has
+//! a twin that returns an `Option` or a [`ClusterError`] instead (`open`, `node`,
+//! `try_net`, `try_wait_*`); `keel bench cluster` and `keel demo` use only those.
 //!
 //! ```no_run
 //! use keel::testing::{Cluster, CrashMode, Options, Storage};
@@ -32,6 +41,7 @@ mod error;
 mod metrics;
 mod options;
 mod process_fs;
+mod tcp;
 mod wait;
 
 pub use cluster::{Cluster, DATA_DIR, WAIT};
@@ -39,6 +49,7 @@ pub use error::{ClusterError, Result};
 /// What a crash keeps of a simulated disk's unsynced writes ([`Cluster::crash`]).
 pub use keel_fs::CrashMode;
 pub use metrics::metric_value;
-pub use options::{fast, Options, Storage, Timing, Transport, Tweak};
+pub use options::{fast, Options, Storage, TcpTweak, Timing, Transport, Tweak};
 pub use process_fs::ProcessFs;
+pub use tcp::{loopback_tcp, start_tcp};
 pub use wait::{agreed_leader, wait_until, Leader, POLL};

@@ -1,14 +1,20 @@
 //! How a [`Cluster`](super::Cluster) is built: [`Options`] and its parts — where the
 //! nodes keep their data ([`Storage`]), how they reach each other ([`Transport`]), their
-//! clock ([`Timing`], [`fast`]) and a [`Tweak`] of every node's configuration.
+//! clock ([`Timing`], [`fast`]), a [`Tweak`] of every node's configuration and, over TCP,
+//! a [`TcpTweak`] of every node's transport settings.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use crate::transport::TcpConfig;
 use crate::Config;
 
 /// Adjusts every node's configuration, after the [`Timing`] is applied.
 pub type Tweak = Arc<dyn Fn(Config) -> Config + Send + Sync>;
+
+/// Adjusts every node's TCP transport settings ([`Transport::Tcp`]), starting from
+/// [`loopback_tcp`](super::loopback_tcp)'s; the listen address stays the harness's.
+pub type TcpTweak = Arc<dyn Fn(TcpConfig) -> TcpConfig + Send + Sync>;
 
 /// Where the nodes keep their data.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -29,6 +35,13 @@ pub enum Storage {
 pub enum Transport {
     /// [`InProcessNetwork`](crate::transport::InProcessNetwork): can drop, delay and partition messages.
     InProcess,
+    /// Each node its own [`TcpTransport`](crate::transport::TcpTransport) on 127.0.0.1
+    /// ([`loopback_tcp`](super::loopback_tcp)): real sockets, no fault injection. A
+    /// node's port is picked when the cluster opens and kept when it restarts; every
+    /// transport knows every node's address. [`Cluster::net`](super::Cluster::net)
+    /// has no network to give; [`Cluster::tcp`](super::Cluster::tcp) gives a node's
+    /// transport.
+    Tcp,
 }
 
 /// The nodes' clock settings.
@@ -77,6 +90,7 @@ pub struct Options {
     pub(super) timing: Timing,
     pub(super) seed: u64,
     pub(super) tweak: Option<Tweak>,
+    pub(super) tcp_tweak: Option<TcpTweak>,
 }
 
 impl std::fmt::Debug for Options {
@@ -88,6 +102,7 @@ impl std::fmt::Debug for Options {
             .field("timing", &self.timing)
             .field("seed", &self.seed)
             .field("tweak", &self.tweak.is_some())
+            .field("tcp_tweak", &self.tcp_tweak.is_some())
             .finish()
     }
 }
@@ -103,6 +118,7 @@ impl Options {
             timing: Timing::Test,
             seed: 7,
             tweak: None,
+            tcp_tweak: None,
         }
     }
 
@@ -131,7 +147,7 @@ impl Options {
         self
     }
 
-    /// The seed of the network's message loss. On [`Storage::Simulated`] also of each
+    /// The seed of the in-process network's message loss. On [`Storage::Simulated`] also of each
     /// disk (`seed * 1000 + id`) and each node's Raft (`seed * 31 + id`), so one number
     /// replays a run; on a real directory a node keeps [`Config::cluster`]'s seed (its id).
     pub fn seed(mut self, seed: u64) -> Options {
@@ -142,6 +158,16 @@ impl Options {
     /// Adjusts every node's configuration, after the timing is applied.
     pub fn tweak(mut self, tweak: impl Fn(Config) -> Config + Send + Sync + 'static) -> Options {
         self.tweak = Some(Arc::new(tweak));
+        self
+    }
+
+    /// Adjusts every node's TCP transport settings ([`Transport::Tcp`]); the listen
+    /// address stays the harness's. Ignored on the in-process network.
+    pub fn tcp_tweak(
+        mut self,
+        tweak: impl Fn(TcpConfig) -> TcpConfig + Send + Sync + 'static,
+    ) -> Options {
+        self.tcp_tweak = Some(Arc::new(tweak));
         self
     }
 }
