@@ -1109,8 +1109,13 @@ fn idle_connections_that_never_say_hello_cannot_keep_peers_out() {
         "the peers never got a connection to node 1 through the idle ones: {stats:?}"
     );
     c.wait_leader();
-    // Node 1 takes part: a write through it commits, and reads everywhere see it.
-    c.db(1).put(b"through", b"the flood").unwrap();
+    // Node 1 takes part: a write through it commits, and reads everywhere see it. The
+    // two restarted nodes may still be settling (a vote, a redial), so a write that
+    // times out is tried again: the same put twice is harmless.
+    wait_until(Duration::from_secs(30), || {
+        c.db(1).put(b"through", b"the flood").ok()
+    })
+    .expect("a write through node 1 within 30 s");
     for id in 1..=3 {
         assert_eq!(
             c.db(id).get(b"through").unwrap(),
