@@ -42,7 +42,7 @@ fn modules(dir: &Path, prefix: &[String], out: &mut BTreeMap<Vec<String>, PathBu
             modules(&path, &sub, out);
         } else if let Some(stem) = name.strip_suffix(".rs") {
             let mut module = prefix.to_vec();
-            if !(stem == "mod" || (stem == "lib" && prefix.is_empty())) {
+            if !(stem == "mod" || ((stem == "lib" || stem == "main") && prefix.is_empty())) {
                 module.push(stem.to_string());
             }
             out.insert(module, path);
@@ -218,8 +218,14 @@ fn resolve(
 
 /// File → the files it imports.
 fn imports() -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
+    imports_of(&src_dir())
+}
+
+/// File → the files it imports, for the crate whose sources are in `src` (its root
+/// `lib.rs` or `main.rs`).
+fn imports_of(src: &Path) -> BTreeMap<Vec<String>, BTreeSet<Vec<String>>> {
     let mut mods = BTreeMap::new();
-    modules(&src_dir(), &[], &mut mods);
+    modules(src, &[], &mut mods);
     let texts: BTreeMap<&Vec<String>, String> = mods
         .iter()
         .map(|(module, path)| {
@@ -363,6 +369,28 @@ fn no_import_cycle_between_the_engines_files() {
         "shared.rs imports a stage: {:?}",
         graph[&shared]
     );
+}
+
+// The same rule for every other crate of the workspace (the engine's own test above adds
+// the engine's particular rules).
+#[test]
+fn no_import_cycle_between_the_files_of_any_crate() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for krate in [
+        "raft-core",
+        "fs",
+        "wal",
+        "snapshot",
+        "log-cache",
+        "load",
+        "cli",
+    ] {
+        let all = cycles(&imports_of(&root.join(krate).join("src")));
+        assert!(
+            all.is_empty(),
+            "{krate}: files that import each other: {all:#?}"
+        );
+    }
 }
 
 #[test]

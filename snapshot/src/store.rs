@@ -16,7 +16,7 @@
 
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use keel_fs::FileSystem;
@@ -29,12 +29,11 @@ use crate::error::{Result, SnapshotError};
 use crate::file_io::{FileReader, FileWriter};
 use crate::info::{MemberAddresses, SnapshotInfo};
 use crate::state_machine::{SnapshotConsumer, SnapshotProducer};
-use crate::transfer::{SnapshotReceiver, SnapshotSender};
 
 const SNAP_EXT: &str = ".snap";
-const TMP_EXT: &str = ".tmp";
+pub(crate) const TMP_EXT: &str = ".tmp";
 const BROKEN_EXT: &str = ".broken";
-const PARTIAL_EXT: &str = ".partial";
+pub(crate) const PARTIAL_EXT: &str = ".partial";
 // Read-ahead for stored snapshots: large enough that frame heads cost no extra calls.
 const READ_BUFFER_BYTES: usize = 256 << 10;
 
@@ -171,11 +170,11 @@ pub struct Retention {
 /// changes (install, rename, delete) are serialized by an internal lock.
 #[derive(Debug)]
 pub struct SnapshotStore {
-    fs: Arc<dyn FileSystem>,
-    dir: PathBuf,
+    pub(crate) fs: Arc<dyn FileSystem>,
+    pub(crate) dir: PathBuf,
     options: StoreOptions,
     dir_lock: Mutex<()>,
-    next_receive_id: AtomicU64,
+    pub(crate) next_receive_id: AtomicU64,
 }
 
 impl SnapshotStore {
@@ -526,82 +525,6 @@ impl SnapshotStore {
         })
     }
 
-    /// A sender streaming snapshot `id` chunk by chunk, starting at chunk `from_seq`
-    /// (0 for a fresh transfer, the receiver's [`next_seq`](SnapshotReceiver::next_seq)
-    /// to resume one).
-    pub fn sender(&self, id: SnapshotId, from_seq: u64) -> Result<SnapshotSender> {
-        let path = self.path_of(id);
-        if !self
-            .fs
-            .exists(&path)
-            .map_err(|e| SnapshotError::io(&path, e))?
-        {
-            return Err(SnapshotError::NotFound {
-                term: id.term,
-                index: id.index,
-            });
-        }
-        let file = self
-            .fs
-            .open_readonly(&path)
-            .map_err(|e| SnapshotError::io(&path, e))?;
-        SnapshotSender::new(file, path, from_seq)
-    }
-
-    /// A receiver that writes an incoming chunk stream into a temporary file in this
-    /// directory and installs it as a snapshot once the final check passes.
-    pub fn receiver(self: &Arc<Self>) -> Result<SnapshotReceiver> {
-        let n = self.next_receive_id.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.dir.join(format!("receive-{n:08}{TMP_EXT}"));
-        if self
-            .fs
-            .exists(&tmp)
-            .map_err(|e| SnapshotError::io(&tmp, e))?
-        {
-            self.fs
-                .remove_file(&tmp)
-                .map_err(|e| SnapshotError::io(&tmp, e))?;
-        }
-        let file = self
-            .fs
-            .create(&tmp)
-            .map_err(|e| SnapshotError::io(&tmp, e))?;
-        Ok(SnapshotReceiver::new(Arc::clone(self), file, tmp, None))
-    }
-
-    /// A receiver for the snapshot `expected` (as announced by the leader's snapshot
-    /// message): a stream carrying any other snapshot is refused. If an earlier
-    /// attempt left a partial file for it (even across a crash), the receiver resumes
-    /// after its last good chunk; send from [`SnapshotReceiver::next_seq`].
-    pub fn receiver_for(self: &Arc<Self>, expected: &SnapshotMetadata) -> Result<SnapshotReceiver> {
-        let id = SnapshotId::of(expected);
-        let partial = self.dir.join(format!("{}{PARTIAL_EXT}", id.file_name()));
-        self.remove_partials_below(id.index)?;
-        let exists = self
-            .fs
-            .exists(&partial)
-            .map_err(|e| SnapshotError::io(&partial, e))?;
-        if exists {
-            let file = self
-                .fs
-                .open(&partial)
-                .map_err(|e| SnapshotError::io(&partial, e))?;
-            return SnapshotReceiver::resume(Arc::clone(self), file, partial, expected.clone());
-        }
-        let file = self
-            .fs
-            .create(&partial)
-            .map_err(|e| SnapshotError::io(&partial, e))?;
-        // Make the partial file's name durable so what it gathers can outlive a crash.
-        self.sync_dir()?;
-        Ok(SnapshotReceiver::new(
-            Arc::clone(self),
-            file,
-            partial,
-            Some(expected.clone()),
-        ))
-    }
-
     // Moves a received, synced temporary file into place as snapshot `id`.
     pub(crate) fn install(&self, tmp: &Path, id: SnapshotId) -> Result<PathBuf> {
         let path = self.path_of(id);
@@ -624,7 +547,7 @@ impl SnapshotStore {
     // Removes partial transfers of snapshots below `index` (each superseded by a newer
     // snapshot), so at most the transfers still worth resuming stay on disk. Returns
     // whether anything was removed; the caller syncs the directory.
-    fn remove_partials_below(&self, index: u64) -> Result<bool> {
+    pub(crate) fn remove_partials_below(&self, index: u64) -> Result<bool> {
         let mut removed = false;
         for name in self.names()? {
             let stale = name
@@ -658,7 +581,7 @@ impl SnapshotStore {
             .map_err(|e| SnapshotError::io(&self.dir, e))
     }
 
-    fn sync_dir(&self) -> Result<()> {
+    pub(crate) fn sync_dir(&self) -> Result<()> {
         self.fs
             .sync_dir(&self.dir)
             .map_err(|e| SnapshotError::io(&self.dir, e))

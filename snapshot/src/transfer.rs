@@ -21,6 +21,7 @@
 use std::io::BufReader;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use keel_fs::FsFile;
@@ -31,7 +32,87 @@ use crate::chunk::{
 };
 use crate::error::{Result, SnapshotError};
 use crate::file_io::{FileReader, FileWriter};
-use crate::store::{SnapshotId, SnapshotStore};
+use crate::store::{SnapshotId, SnapshotStore, PARTIAL_EXT, TMP_EXT};
+
+// The store's transfer endpoints live here, beside the sender and receiver they make,
+// so that the store does not import this module back.
+impl SnapshotStore {
+    /// A sender streaming snapshot `id` chunk by chunk, starting at chunk `from_seq`
+    /// (0 for a fresh transfer, the receiver's [`next_seq`](SnapshotReceiver::next_seq)
+    /// to resume one).
+    pub fn sender(&self, id: SnapshotId, from_seq: u64) -> Result<SnapshotSender> {
+        let path = self.path_of(id);
+        if !self
+            .fs
+            .exists(&path)
+            .map_err(|e| SnapshotError::io(&path, e))?
+        {
+            return Err(SnapshotError::NotFound {
+                term: id.term,
+                index: id.index,
+            });
+        }
+        let file = self
+            .fs
+            .open_readonly(&path)
+            .map_err(|e| SnapshotError::io(&path, e))?;
+        SnapshotSender::new(file, path, from_seq)
+    }
+
+    /// A receiver that writes an incoming chunk stream into a temporary file in this
+    /// directory and installs it as a snapshot once the final check passes.
+    pub fn receiver(self: &Arc<Self>) -> Result<SnapshotReceiver> {
+        let n = self.next_receive_id.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.dir.join(format!("receive-{n:08}{TMP_EXT}"));
+        if self
+            .fs
+            .exists(&tmp)
+            .map_err(|e| SnapshotError::io(&tmp, e))?
+        {
+            self.fs
+                .remove_file(&tmp)
+                .map_err(|e| SnapshotError::io(&tmp, e))?;
+        }
+        let file = self
+            .fs
+            .create(&tmp)
+            .map_err(|e| SnapshotError::io(&tmp, e))?;
+        Ok(SnapshotReceiver::new(Arc::clone(self), file, tmp, None))
+    }
+
+    /// A receiver for the snapshot `expected` (as announced by the leader's snapshot
+    /// message): a stream carrying any other snapshot is refused. If an earlier
+    /// attempt left a partial file for it (even across a crash), the receiver resumes
+    /// after its last good chunk; send from [`SnapshotReceiver::next_seq`].
+    pub fn receiver_for(self: &Arc<Self>, expected: &SnapshotMetadata) -> Result<SnapshotReceiver> {
+        let id = SnapshotId::of(expected);
+        let partial = self.dir.join(format!("{}{PARTIAL_EXT}", id.file_name()));
+        self.remove_partials_below(id.index)?;
+        let exists = self
+            .fs
+            .exists(&partial)
+            .map_err(|e| SnapshotError::io(&partial, e))?;
+        if exists {
+            let file = self
+                .fs
+                .open(&partial)
+                .map_err(|e| SnapshotError::io(&partial, e))?;
+            return SnapshotReceiver::resume(Arc::clone(self), file, partial, expected.clone());
+        }
+        let file = self
+            .fs
+            .create(&partial)
+            .map_err(|e| SnapshotError::io(&partial, e))?;
+        // Make the partial file's name durable so what it gathers can outlive a crash.
+        self.sync_dir()?;
+        Ok(SnapshotReceiver::new(
+            Arc::clone(self),
+            file,
+            partial,
+            Some(expected.clone()),
+        ))
+    }
+}
 
 /// Streams a stored snapshot as chunks.
 #[derive(Debug)]

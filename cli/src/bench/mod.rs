@@ -12,8 +12,43 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
 
 use crate::error::{CliError, Result};
+
+/// One run's results; the JSON object of `--json`.
+#[derive(Debug, Clone, Serialize)]
+pub struct WalRow {
+    /// `raw`, `wal` or `rocksdb`.
+    pub backend: &'static str,
+    /// Concurrent writers.
+    pub writers: usize,
+    /// Entries made durable.
+    pub entries: u64,
+    /// Bytes per entry.
+    pub size: usize,
+    /// Wall time of the run.
+    pub seconds: f64,
+    /// Entries per second.
+    pub ops_per_sec: f64,
+    /// Entry payload bytes per second, in MB (10^6 bytes).
+    pub mb_per_sec: f64,
+    /// fdatasync calls made during the run.
+    pub syncs: u64,
+    /// Entries per fdatasync.
+    pub entries_per_sync: f64,
+    /// Append latency percentiles, in microseconds.
+    pub p50_us: f64,
+    /// 99th percentile.
+    pub p99_us: f64,
+    /// 99.9th percentile.
+    pub p999_us: f64,
+    /// CPU time of this process during the run ÷ wall time, in percent (200 = two
+    /// cores busy): how close the run came to being CPU-bound.
+    pub cpu_percent: f64,
+    /// Where the log was written.
+    pub dir: String,
+}
 
 /// Where a benchmark writes: the directory and, when none was given, the temporary
 /// directory that is removed when this is dropped.

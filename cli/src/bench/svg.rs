@@ -6,7 +6,7 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
-use super::wal::WalRow;
+use super::WalRow;
 use crate::error::{CliError, Result};
 
 const WIDTH_PX: u32 = 900;

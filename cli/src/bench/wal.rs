@@ -8,9 +8,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use keel_load::{Load, RawFile, Target, WalTarget};
-use serde::Serialize;
+
 use wal::WalOptions;
 
+pub use super::WalRow;
 use super::{check_size, num, round1, table, with_progress, BenchDir, Progress};
 use crate::error::{CliError, Result};
 use crate::output::Out;
@@ -60,40 +61,6 @@ pub struct WalBenchOptions {
     pub svg: Option<PathBuf>,
     /// Stop each run after this many seconds even if not every entry was written.
     pub duration_secs: Option<f64>,
-}
-
-/// One run's results; the JSON object of `--json`.
-#[derive(Debug, Clone, Serialize)]
-pub struct WalRow {
-    /// `raw`, `wal` or `rocksdb`.
-    pub backend: &'static str,
-    /// Concurrent writers.
-    pub writers: usize,
-    /// Entries made durable.
-    pub entries: u64,
-    /// Bytes per entry.
-    pub size: usize,
-    /// Wall time of the run.
-    pub seconds: f64,
-    /// Entries per second.
-    pub ops_per_sec: f64,
-    /// Entry payload bytes per second, in MB (10^6 bytes).
-    pub mb_per_sec: f64,
-    /// fdatasync calls made during the run.
-    pub syncs: u64,
-    /// Entries per fdatasync.
-    pub entries_per_sync: f64,
-    /// Append latency percentiles, in microseconds.
-    pub p50_us: f64,
-    /// 99th percentile.
-    pub p99_us: f64,
-    /// 99.9th percentile.
-    pub p999_us: f64,
-    /// CPU time of this process during the run ÷ wall time, in percent (200 = two
-    /// cores busy): how close the run came to being CPU-bound.
-    pub cpu_percent: f64,
-    /// Where the log was written.
-    pub dir: String,
 }
 
 /// Largest file the raw loop preallocates; it wraps around (overwriting) past this.

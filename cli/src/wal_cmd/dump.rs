@@ -18,31 +18,13 @@ use std::path::PathBuf;
 use raft_core::{Entry, EntryType, HardState, SnapshotMetadata};
 use wal::{Damage, ScanEvent, ScannedRecord, SegmentScan, WalRecord};
 
+pub use super::dump_rows::TypeFilter;
 use super::dump_rows::{
     Counts, DamageRow, JsonDamage, JsonHardState, JsonSnapshot, RecordRow, Summary,
 };
 use super::{damage_text, WalDir};
 use crate::error::{Result, Status};
 use crate::output::{self, Out};
-
-/// A record type `--type` can select.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TypeFilter {
-    /// Normal entries (application data, leader no-ops).
-    Normal,
-    /// Membership-change entries (simple and joint).
-    Conf,
-    /// Hard states (term, vote, commit).
-    State,
-    /// Snapshot markers.
-    Snapshot,
-    /// Suffix truncations.
-    Truncate,
-    /// Compaction points.
-    Compact,
-    /// Batch commit records.
-    Commit,
-}
 
 /// What to dump.
 #[derive(Debug, Clone)]

@@ -3,7 +3,24 @@
 use raft_core::ConfState;
 use serde::Serialize;
 
-use super::dump::TypeFilter;
+/// A record type `--type` can select.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum TypeFilter {
+    /// Normal entries (application data, leader no-ops).
+    Normal,
+    /// Membership-change entries (simple and joint).
+    Conf,
+    /// Hard states (term, vote, commit).
+    State,
+    /// Snapshot markers.
+    Snapshot,
+    /// Suffix truncations.
+    Truncate,
+    /// Compaction points.
+    Compact,
+    /// Batch commit records.
+    Commit,
+}
 
 /// One record row.
 #[derive(Debug, Serialize)]

@@ -2,7 +2,8 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::{AckedIndexer, MajorityConfig, VoteResult};
+use super::majority::MajorityConfig;
+use super::types::{AckedIndexer, VoteResult};
 
 /// The incoming and (while joint) outgoing voter sets.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

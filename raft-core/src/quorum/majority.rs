@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use super::{AckedIndexer, VoteResult};
+use super::types::{AckedIndexer, VoteResult};
 
 /// A set of voters deciding by simple majority.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -3,7 +3,9 @@
 use raft_core::codec;
 use raft_core::SnapshotMetadata;
 
-use super::{FRAME_HEAD_BYTES, FRAME_OVERHEAD_BYTES, MAX_CHUNK_SIZE_BYTES, MAX_HEADER_BYTES};
+use super::limits::{
+    FRAME_HEAD_BYTES, FRAME_OVERHEAD_BYTES, MAX_CHUNK_SIZE_BYTES, MAX_HEADER_BYTES,
+};
 use crate::error::{Result, SnapshotError};
 use crate::info::{check_member, check_members, MemberAddresses, MAX_MEMBERS};
 

@@ -3,8 +3,8 @@
 use std::io::{self, Read, Seek, SeekFrom};
 
 use super::frame::{parse_head, Chunk, ChunkKind, StreamHeader, StreamTrailer};
+use super::limits::{FRAME_HEAD_BYTES, MAX_CHUNK_SIZE_BYTES};
 use super::validator::{Accepted, StreamValidator};
-use super::{FRAME_HEAD_BYTES, MAX_CHUNK_SIZE_BYTES};
 use crate::error::{Result, SnapshotError};
 
 /// Reads frames from a byte stream, checking each frame's CRC but not the stream rules

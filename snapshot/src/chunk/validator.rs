@@ -1,7 +1,7 @@
 //! The rules of a chunk stream, checked one frame at a time.
 
 use super::frame::{ChunkKind, StreamHeader, StreamTrailer};
-use super::MAX_HEADER_BYTES;
+use super::limits::MAX_HEADER_BYTES;
 use crate::error::{Result, SnapshotError};
 
 /// What [`StreamValidator::accept`] found in a chunk.

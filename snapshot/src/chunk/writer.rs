@@ -5,7 +5,7 @@ use std::io::{self, Write};
 use raft_core::SnapshotMetadata;
 
 use super::frame::{frame_head, ChunkKind, StreamHeader, StreamTrailer};
-use super::{FRAME_HEAD_BYTES, FRAME_OVERHEAD_BYTES, MAX_CHUNK_SIZE_BYTES};
+use super::limits::{FRAME_HEAD_BYTES, FRAME_OVERHEAD_BYTES, MAX_CHUNK_SIZE_BYTES};
 use crate::error::{Result, SnapshotError};
 use crate::info::{MemberAddresses, SnapshotInfo};
 
