@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
-use keel_fs::FileSystem;
+use keel_fs::{FileSystem, FsFile};
 use parking_lot::Mutex;
 use raft_core::SnapshotMetadata;
 
@@ -289,19 +289,7 @@ impl SnapshotStore {
         let id = SnapshotId::of(metadata);
         let path = self.path_of(id);
         let tmp = self.dir.join(format!("{}{TMP_EXT}", id.file_name()));
-        if self
-            .fs
-            .exists(&tmp)
-            .map_err(|e| SnapshotError::io(&tmp, e))?
-        {
-            self.fs
-                .remove_file(&tmp)
-                .map_err(|e| SnapshotError::io(&tmp, e))?;
-        }
-        let file = self
-            .fs
-            .create(&tmp)
-            .map_err(|e| SnapshotError::io(&tmp, e))?;
+        let file = self.create_fresh(&tmp)?;
         let writer = FileWriter::syncing_every(file, self.options.save_sync_every_bytes);
         let result = self.write_stream(writer, info, producer, &tmp);
         let (file_bytes, trailer) = match result {
@@ -579,6 +567,17 @@ impl SnapshotStore {
         self.fs
             .list_dir(&self.dir)
             .map_err(|e| SnapshotError::io(&self.dir, e))
+    }
+
+    // Creates the temporary file `tmp`, empty: one left by an earlier run (a crash
+    // mid-save or mid-receive) is removed first.
+    pub(crate) fn create_fresh(&self, tmp: &Path) -> Result<Arc<dyn FsFile>> {
+        if self.fs.exists(tmp).map_err(|e| SnapshotError::io(tmp, e))? {
+            self.fs
+                .remove_file(tmp)
+                .map_err(|e| SnapshotError::io(tmp, e))?;
+        }
+        self.fs.create(tmp).map_err(|e| SnapshotError::io(tmp, e))
     }
 
     pub(crate) fn sync_dir(&self) -> Result<()> {

@@ -64,19 +64,7 @@ impl SnapshotStore {
     pub fn receiver(self: &Arc<Self>) -> Result<SnapshotReceiver> {
         let n = self.next_receive_id.fetch_add(1, Ordering::Relaxed);
         let tmp = self.dir.join(format!("receive-{n:08}{TMP_EXT}"));
-        if self
-            .fs
-            .exists(&tmp)
-            .map_err(|e| SnapshotError::io(&tmp, e))?
-        {
-            self.fs
-                .remove_file(&tmp)
-                .map_err(|e| SnapshotError::io(&tmp, e))?;
-        }
-        let file = self
-            .fs
-            .create(&tmp)
-            .map_err(|e| SnapshotError::io(&tmp, e))?;
+        let file = self.create_fresh(&tmp)?;
         Ok(SnapshotReceiver::new(Arc::clone(self), file, tmp, None))
     }
 
