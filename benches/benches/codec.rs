@@ -1,4 +1,4 @@
-//! Throughput of raft-core's binary codec (`raft_core::codec`).
+//! Throughput of raft-core's binary codec (`keel_raft::codec`).
 //!
 //! Two payloads, each measured three ways, all reported in bytes of *encoded* output per
 //! second (`Throughput::Bytes` of the versioned encoding, so MB/s figures are comparable
@@ -28,13 +28,13 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, Criterion, Throughput};
-use raft_core::codec::{self, Codec};
-use raft_core::{Entry, Message, MessageType};
+use keel_raft::codec::{self, Codec};
+use keel_raft::{Entry, Message, MessageType};
 
 /// Deterministic, non-constant payload bytes (the codec copies them verbatim, so the
 /// content does not matter beyond not being trivially compressible by the hardware).
 fn payload(len: usize, seed: u64) -> Vec<u8> {
-    let mut rng = raft_core::Rng::new(seed);
+    let mut rng = keel_raft::Rng::new(seed);
     (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 

@@ -1,6 +1,6 @@
 //! Log cache read throughput, hit vs miss, in entries/s (group `log_cache_64x256B`).
 //!
-//! 100 000 entries of 256-byte payload are written to a real `wal::Wal` (`StdFs`, in a
+//! 100 000 entries of 256-byte payload are written to a real `keel_wal::Wal` (`StdFs`, in a
 //! temporary directory under `KEEL_BENCH_DIR`, default `/var/tmp`; `SyncPolicy::Never`,
 //! synced once at the end) and mirrored into a `LogCache` whose window (default 16 MiB)
 //! holds the newest ~60 000 of them.
@@ -10,7 +10,7 @@
 //! * `hit` — ranges inside the window (cloned from memory);
 //! * `miss_wal` — ranges below the window, read from the real WAL (index lookup,
 //!   memory-mapped segment, per-entry CRC, index and term checks, decoding);
-//! * `miss_memlog` — the same ranges with a `wal::MemLogStore` behind the cache: the
+//! * `miss_memlog` — the same ranges with a `keel_wal::MemLogStore` behind the cache: the
 //!   cache's own miss path without the WAL's decoding and checks, for reference.
 //!
 //! ```text
@@ -25,8 +25,8 @@ use std::time::Duration;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use keel_fs::StdFs;
 use keel_log_cache::{LogCache, LogCacheOptions};
-use raft_core::{Entry, Storage};
-use wal::{LogBatch, LogStore, MemLogStore, SyncPolicy, Wal, WalOptions};
+use keel_raft::{Entry, Storage};
+use keel_wal::{LogBatch, LogStore, MemLogStore, SyncPolicy, Wal, WalOptions};
 
 fn temp_dir(prefix: &str) -> tempfile::TempDir {
     let root = std::env::var_os("KEEL_BENCH_DIR")

@@ -46,9 +46,9 @@ use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, SamplingMode, Throughput};
 use keel_fs::StdFs;
-use raft_core::SnapshotMetadata;
-use snapshot::{SnapshotConsumer, SnapshotProducer, SnapshotStore};
-use snapshot::{SnapshotId, StoreOptions};
+use keel_raft::SnapshotMetadata;
+use keel_snapshot::{SnapshotConsumer, SnapshotProducer, SnapshotStore};
+use keel_snapshot::{SnapshotId, StoreOptions};
 
 const MIB: usize = 1 << 20;
 
@@ -79,7 +79,7 @@ fn temp_dir(prefix: &str) -> tempfile::TempDir {
 /// One MiB of cheap pseudo-random bytes (raft-core's seeded generator), the template of
 /// every slice.
 fn template_slice() -> Vec<u8> {
-    let mut rng = raft_core::Rng::new(1);
+    let mut rng = keel_raft::Rng::new(1);
     let mut out = Vec::with_capacity(MIB);
     while out.len() < MIB {
         out.extend_from_slice(&rng.next_u64().to_le_bytes());
@@ -247,7 +247,7 @@ fn snapshot_benches(c: &mut Criterion) {
 
     // One stored snapshot for the loads.
     let saved = store.save(&meta(), &producer).expect("save for load");
-    let check = |loaded: Option<snapshot::Loaded<(u64, u64)>>| {
+    let check = |loaded: Option<keel_snapshot::Loaded<(u64, u64)>>| {
         let loaded = loaded.expect("a snapshot");
         assert_eq!(loaded.id, SnapshotId::of(&meta()));
         assert_eq!(loaded.image.0, total_bytes);

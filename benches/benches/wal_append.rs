@@ -6,13 +6,13 @@
 //! * `raw`: a `write` + `fdatasync` loop on a file preallocated with `fallocate` (as the
 //!   WAL's segments are); each writer's append is serialized behind one mutex, so this
 //!   is one log's limit on this disk: one sync per entry.
-//! * `wal`: [`wal::Wal`] with default options (64 MiB preallocated segments, sync
+//! * `wal`: [`keel_wal::Wal`] with default options (64 MiB preallocated segments, sync
 //!   always). Writers take the next index under a lock and release it once their batch
 //!   is queued ([`Wal::write_queued`]), so indexes are appended in order while group
 //!   commit merges concurrent appends into one write and one `fdatasync`.
 //! * `rocksdb` (feature `rocksdb`): RocksDB's own synced writes: one `WriteBatch` of one
 //!   entry keyed by big-endian index, `sync = true`; RocksDB's write groups merge them.
-//! * `rocks_log` (feature `rocksdb`): [`wal::RocksLogStore`], the RocksDB `LogStore`
+//! * `rocks_log` (feature `rocksdb`): [`keel_wal::RocksLogStore`], the RocksDB `LogStore`
 //!   (ordered unsynced write, then a shared `flush_wal(true)`).
 //!
 //! The targets and the writer loop are [`keel_load`]'s, which `keel bench wal` runs
@@ -39,7 +39,7 @@ use criterion::{Criterion, SamplingMode, Throughput};
 use hdrhistogram::Histogram;
 use keel_load::{payload, LoadError, RawFile, Target, WalTarget};
 use tempfile::TempDir;
-use wal::WalOptions;
+use keel_wal::WalOptions;
 
 const WRITERS: [usize; 4] = [1, 4, 16, 64];
 const SIZES: [usize; 3] = [128, 1024, 16 * 1024];
@@ -95,7 +95,7 @@ mod rocks {
     use std::sync::atomic::Ordering;
 
     use keel_load::StoreTarget;
-    use raft_core::{codec, Entry};
+    use keel_raft::{codec, Entry};
     use rocksdb::{ColumnFamilyDescriptor, Options, WriteBatch, WriteOptions, DB};
 
     /// RocksDB's synced writes, merged by its own write groups.
@@ -149,7 +149,7 @@ mod rocks {
     /// keel's RocksDB `LogStore`.
     pub fn log() -> Arc<dyn Target> {
         in_temp(|d| {
-            let log = wal::RocksLogStore::open(d).expect("open rocks log");
+            let log = keel_wal::RocksLogStore::open(d).expect("open rocks log");
             StoreTarget::new(log, |l| Some(l.syncs()))
         })
     }

@@ -7,11 +7,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use keel_fs::StdFs;
-use raft_core::{
+use keel_raft::{
     codec, ConfChangeSingle, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, HardState,
     SnapshotMetadata,
 };
-use wal::{LogBatch, LogStore, Wal, WalOptions};
+use keel_wal::{LogBatch, LogStore, Wal, WalOptions};
 
 fn main() -> ExitCode {
     let Some(dir) = std::env::args_os().nth(1).map(PathBuf::from) else {
@@ -27,7 +27,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn write(dir: &std::path::Path) -> Result<(), wal::LogError> {
+fn write(dir: &std::path::Path) -> Result<(), keel_wal::LogError> {
     let opts = WalOptions {
         segment_size_bytes: 4096,
         preallocate: false,

@@ -20,13 +20,13 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
-use keel::{Db, Role};
+use keel_engine::{Db, Role};
 
 use crate::bench::cluster::{cluster_error, start_cluster};
 use crate::bench::{num, BenchDir};
 use crate::error::{CliError, Result, Status};
 use crate::output::Out;
-use keel::testing::{wait_until, Cluster, Leader};
+use keel_engine::testing::{wait_until, Cluster, Leader};
 
 /// What `keel demo` was asked to do.
 #[derive(Debug, Clone)]
@@ -58,7 +58,7 @@ fn key(c: usize, i: u64) -> Vec<u8> {
 fn value(c: usize, i: u64, size: usize) -> Vec<u8> {
     let mut v = format!("{c}:{i}:").into_bytes();
     // Filler derived from the key, so a value written for another key never matches.
-    let mut rng = raft_core::Rng::new((c as u64) << 32 ^ i);
+    let mut rng = keel_raft::Rng::new((c as u64) << 32 ^ i);
     while v.len() < size {
         v.push(b'a' + rng.range(0, 26) as u8);
     }

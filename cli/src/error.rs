@@ -55,11 +55,11 @@ pub enum CliError {
         /// What was being done.
         context: String,
         /// The underlying error.
-        source: wal::LogError,
+        source: keel_wal::LogError,
     },
     /// The snapshot library failed for a reason other than damage.
     #[error("{0}")]
-    Snapshot(#[from] snapshot::SnapshotError),
+    Snapshot(#[from] keel_snapshot::SnapshotError),
     /// The arguments cannot work together (a bench or demo setting out of range).
     #[error("{0}")]
     Usage(String),
@@ -77,7 +77,7 @@ pub enum CliError {
         /// What was being done.
         context: String,
         /// The underlying error.
-        source: keel::Error,
+        source: keel_engine::Error,
     },
     /// Writing a file the user asked for (the sweep's SVG chart) failed.
     #[error("cannot write {path}: {reason}")]

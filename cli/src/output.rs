@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 use std::io::{self, BufWriter, Stdout, Write};
 
-use raft_core::{
+use keel_raft::{
     codec, ConfChange, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, EntryType,
     HardState,
 };

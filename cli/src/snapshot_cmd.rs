@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use keel_fs::StdFs;
-use snapshot::{list_snapshots, verify_file, SnapshotError, SnapshotId};
+use keel_snapshot::{list_snapshots, verify_file, SnapshotError, SnapshotId};
 
 use crate::error::{CliError, Result, Status};
 use crate::output::{self, Out};

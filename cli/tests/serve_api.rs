@@ -146,7 +146,7 @@ fn writes_and_reads_through_every_node_and_bad_input_is_refused() {
     assert_eq!(parse_answer(&out).expect("answer").code, 431);
     // Random bytes (a fixed-seed generator): every answer is a well-formed HTTP
     // response or a closed connection, never a hang or a crash.
-    let mut rng = raft_core::Rng::new(0x9e37_79b9_7f4a_7c15);
+    let mut rng = keel_raft::Rng::new(0x9e37_79b9_7f4a_7c15);
     for round in 0..40 {
         let len = 1 + (round * 37) % 600;
         let junk: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
@@ -307,7 +307,7 @@ fn a_single_node_serves_without_peers_and_explains_bad_flags() {
     let mut bad_flags = vec![
         (vec!["--peers", "2=127.0.0.1:1"], "must list this node"),
         (vec!["--peers", "1=nonsense"], "HOST:PORT"),
-        (vec!["--log", "nonsense"], "use wal or rocksdb"),
+        (vec!["--log", "nonsense"], "use keel_wal or rocksdb"),
         (vec!["--state", "nonsense"], "use memory or rocksdb"),
         (vec!["--join"], "--join"),
     ];

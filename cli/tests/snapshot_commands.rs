@@ -5,9 +5,9 @@ mod common;
 
 use common::{contents, flip_byte, keel_at, make_wal};
 use keel_fs::StdFs;
-use raft_core::{ConfState, SnapshotMetadata};
-use snapshot::memory::Map;
-use snapshot::{SnapshotStore, StoreOptions};
+use keel_raft::{ConfState, SnapshotMetadata};
+use keel_snapshot::memory::Map;
+use keel_snapshot::{SnapshotStore, StoreOptions};
 
 fn meta(index: u64, term: u64) -> SnapshotMetadata {
     SnapshotMetadata {

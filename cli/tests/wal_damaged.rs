@@ -261,7 +261,7 @@ fn garbage_segment_files_never_panic() {
     let data = tempfile::tempdir().expect("tempdir");
     let wal = data.path().join("wal");
     std::fs::create_dir(&wal).expect("mkdir");
-    let mut rng = raft_core::Rng::new(0x9e37_79b9_7f4a_7c15);
+    let mut rng = keel_raft::Rng::new(0x9e37_79b9_7f4a_7c15);
     let garbage: Vec<u8> = (0..20_000).map(|_| rng.next_u64() as u8).collect();
     std::fs::write(wal.join("0000000000000001-0000000000000001.wal"), &garbage).expect("write");
     std::fs::write(wal.join("0000000000000002-0000000000000009.wal"), b"").expect("write");

@@ -185,8 +185,8 @@ fn dump_table_stat_and_repair_on_a_clean_wal() {
 #[test]
 fn reading_a_live_wal_with_a_preallocated_file_changes_nothing() {
     use keel_fs::StdFs;
-    use raft_core::{Entry, HardState};
-    use wal::{LogBatch, LogStore, Wal, WalOptions};
+    use keel_raft::{Entry, HardState};
+    use keel_wal::{LogBatch, LogStore, Wal, WalOptions};
 
     let data = tempfile::tempdir().expect("tempdir");
     let dir = data.path().join("wal");

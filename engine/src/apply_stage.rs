@@ -21,9 +21,9 @@ use std::time::Instant;
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use keel_log_cache::LogCache;
 use parking_lot::{RwLock, RwLockWriteGuard};
-use raft_core::{codec, ConfChange, ConfChangeV2, ConfState, Entry, EntryType, SnapshotMetadata};
-use snapshot::{SavedSnapshot, SnapshotId, SnapshotInfo, SnapshotStore};
-use wal::LogStore;
+use keel_raft::{codec, ConfChange, ConfChangeV2, ConfState, Entry, EntryType, SnapshotMetadata};
+use keel_snapshot::{SavedSnapshot, SnapshotId, SnapshotInfo, SnapshotStore};
+use keel_wal::LogStore;
 
 use crate::command::Command;
 use crate::config::{Config, MembershipObserver};

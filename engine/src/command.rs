@@ -4,7 +4,7 @@
 //! Layout (raft-core's varint and length-prefixed bytes):
 //! `version u8 | origin varint | request id varint | op u8 | key bytes | value bytes`.
 
-use raft_core::codec::{put_bytes, put_varint, DecodeError, Reader};
+use keel_raft::codec::{put_bytes, put_varint, DecodeError, Reader};
 
 const VERSION: u8 = 1;
 const OP_PUT: u8 = 1;

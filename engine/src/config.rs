@@ -48,7 +48,7 @@ const MESSAGE_OVERHEAD_BYTES: u64 = 1024;
 
 /// The default [`Config::max_snapshot_receive_bytes`]: 64 GiB, the snapshot store's
 /// own default (see there why).
-pub const DEFAULT_MAX_SNAPSHOT_RECEIVE_BYTES: u64 = snapshot::DEFAULT_MAX_RECEIVE_BYTES;
+pub const DEFAULT_MAX_SNAPSHOT_RECEIVE_BYTES: u64 = keel_snapshot::DEFAULT_MAX_RECEIVE_BYTES;
 
 /// Configuration of one node. Start from [`Config::single_node`] or [`Config::cluster`]
 /// and change what you need.
@@ -78,7 +78,7 @@ pub struct Config {
     pub state_machine: StateMachineKind,
     /// Whether log writes are fsynced before they are acknowledged. Off is only for
     /// benchmarks and throwaway data: a crash may then lose acknowledged writes. The
-    /// log is opened with the matching [`wal::SyncPolicy`] (`Always` or `Never`), and
+    /// log is opened with the matching [`keel_wal::SyncPolicy`] (`Always` or `Never`), and
     /// only the log acts on it: the node just marks the writes that must be durable.
     pub fsync: bool,
     /// Bytes of a WAL segment file.
@@ -179,7 +179,7 @@ pub struct Config {
 pub trait MembershipObserver: Send + Sync {
     /// `change` was applied, leaving the membership `conf_state`. The default does
     /// nothing; [`changed`](Self::changed) calls it.
-    fn applied(&self, change: &raft_core::ConfChangeV2, conf_state: &raft_core::ConfState) {
+    fn applied(&self, change: &keel_raft::ConfChangeV2, conf_state: &keel_raft::ConfState) {
         let _ = (change, conf_state);
     }
 
@@ -192,8 +192,8 @@ pub trait MembershipObserver: Send + Sync {
     fn changed(
         &self,
         index: u64,
-        change: &raft_core::ConfChangeV2,
-        conf_state: &raft_core::ConfState,
+        change: &keel_raft::ConfChangeV2,
+        conf_state: &keel_raft::ConfState,
     ) {
         let _ = index;
         self.applied(change, conf_state);
@@ -393,8 +393,8 @@ impl Config {
     }
 
     /// The raft-core configuration these settings imply.
-    pub(crate) fn raft_config(&self, applied: u64) -> raft_core::Config {
-        raft_core::Config {
+    pub(crate) fn raft_config(&self, applied: u64) -> keel_raft::Config {
+        keel_raft::Config {
             id: self.id,
             election_tick: self.election_ticks,
             heartbeat_tick: self.heartbeat_ticks,
@@ -409,16 +409,16 @@ impl Config {
             check_quorum: true,
             pre_vote: true,
             seed: self.seed,
-            ..raft_core::Config::new(self.id)
+            ..keel_raft::Config::new(self.id)
         }
     }
 
     /// The sync policy the log is opened with: the one place the engine acts on `fsync`.
-    pub(crate) fn log_sync_policy(&self) -> wal::SyncPolicy {
+    pub(crate) fn log_sync_policy(&self) -> keel_wal::SyncPolicy {
         if self.fsync {
-            wal::SyncPolicy::Always
+            keel_wal::SyncPolicy::Always
         } else {
-            wal::SyncPolicy::Never
+            keel_wal::SyncPolicy::Never
         }
     }
 

@@ -75,10 +75,10 @@ pub enum Error {
     Io(#[from] std::io::Error),
     /// The Raft log failed.
     #[error("log error: {0}")]
-    Log(#[from] wal::LogError),
+    Log(#[from] keel_wal::LogError),
     /// The snapshot store failed.
     #[error("snapshot error: {0}")]
-    Snapshot(#[from] snapshot::SnapshotError),
+    Snapshot(#[from] keel_snapshot::SnapshotError),
     /// The state machine's own storage failed (the RocksDB state machine), or holds
     /// something this build cannot use.
     #[error("state machine error: {0}")]
@@ -90,15 +90,15 @@ pub enum Error {
     Raft(String),
 }
 
-impl From<raft_core::Error> for Error {
+impl From<keel_raft::Error> for Error {
     /// raft-core's error as keel's: a dropped proposal is [`Error::ProposalDropped`],
     /// an invalid raft configuration [`Error::Config`], anything else [`Error::Raft`]
     /// with raft-core's message. (Whether it stops the node is decided before this,
     /// by `fatal_raft`.)
-    fn from(e: raft_core::Error) -> Error {
+    fn from(e: keel_raft::Error) -> Error {
         match e {
-            raft_core::Error::ProposalDropped(why) => Error::ProposalDropped(why.to_string()),
-            raft_core::Error::ConfigInvalid(why) => Error::Config(why),
+            keel_raft::Error::ProposalDropped(why) => Error::ProposalDropped(why.to_string()),
+            keel_raft::Error::ConfigInvalid(why) => Error::Config(why),
             other => Error::Raft(other.to_string()),
         }
     }
@@ -182,8 +182,8 @@ impl Error {
 }
 
 /// The fatal stop raft-core's error `e` calls for, if it is one
-/// ([`raft_core::Error::is_fatal`]): the node's own log or storage is broken.
-pub(crate) fn fatal_raft(e: &raft_core::Error) -> Option<Fatal> {
+/// ([`keel_raft::Error::is_fatal`]): the node's own log or storage is broken.
+pub(crate) fn fatal_raft(e: &keel_raft::Error) -> Option<Fatal> {
     e.is_fatal()
         .then(|| Fatal::here(FatalKind::Raft, e.to_string()))
 }
@@ -238,7 +238,7 @@ pub enum FatalKind {
     /// disk is unknown, so nothing may be acknowledged on it.
     LogWrite,
     /// raft-core returned an error after which the node cannot go on
-    /// ([`raft_core::Error::is_fatal`]): its log was lost behind raft's back (a commit
+    /// ([`keel_raft::Error::is_fatal`]): its log was lost behind raft's back (a commit
     /// index past the log), or raft's storage failed to read.
     Raft,
     /// Applying committed entries to the state machine failed; skipping them would
@@ -297,7 +297,7 @@ mod tests {
 
     #[test]
     fn raft_errors_become_keel_variants() {
-        let dropped = Error::from(raft_core::Error::ProposalDropped("no leader"));
+        let dropped = Error::from(keel_raft::Error::ProposalDropped("no leader"));
         assert!(
             matches!(&dropped, Error::ProposalDropped(why) if why == "no leader"),
             "{dropped:?}"
@@ -307,16 +307,16 @@ mod tests {
             dropped.to_string(),
             "raft error: proposal dropped: no leader"
         );
-        let config = Error::from(raft_core::Error::ConfigInvalid("tick 0".into()));
+        let config = Error::from(keel_raft::Error::ConfigInvalid("tick 0".into()));
         assert!(
             matches!(&config, Error::Config(why) if why == "tick 0"),
             "{config:?}"
         );
-        let other = Error::from(raft_core::Error::StepPeerNotFound);
+        let other = Error::from(keel_raft::Error::StepPeerNotFound);
         assert!(matches!(other, Error::Raft(_)), "{other:?}");
         assert_eq!(
             other.to_string(),
-            format!("raft error: {}", raft_core::Error::StepPeerNotFound)
+            format!("raft error: {}", keel_raft::Error::StepPeerNotFound)
         );
     }
 
@@ -335,20 +335,20 @@ mod tests {
 
     #[test]
     fn only_fatal_raft_errors_stop_the_node() {
-        let lost = raft_core::Error::CommitBeyondLog {
+        let lost = keel_raft::Error::CommitBeyondLog {
             commit: 9,
             last_index: 3,
         };
         let fatal = fatal_raft(&lost).expect("a lost log stops the node");
         assert_eq!(fatal.kind, FatalKind::Raft);
         assert!(fatal.detail.contains("was the log lost"), "{fatal}");
-        let broken = raft_core::Error::Store(raft_core::StorageError::Other("EIO".into()));
+        let broken = keel_raft::Error::Store(keel_raft::StorageError::Other("EIO".into()));
         assert_eq!(fatal_raft(&broken).map(|f| f.kind), Some(FatalKind::Raft));
         // Refusals of one message or request change nothing.
         for refused in [
-            raft_core::Error::ProposalDropped("no leader"),
-            raft_core::Error::MalformedMessage("term 0"),
-            raft_core::Error::StepPeerNotFound,
+            keel_raft::Error::ProposalDropped("no leader"),
+            keel_raft::Error::MalformedMessage("term 0"),
+            keel_raft::Error::StepPeerNotFound,
         ] {
             assert!(fatal_raft(&refused).is_none(), "{refused}");
         }

@@ -46,11 +46,11 @@
 //! connections of their own; `send` never blocks).
 //!
 //! ```no_run
-//! let db = keel::Db::open(keel::Config::single_node("data/"))?;
+//! let db = keel_engine::Db::open(keel_engine::Config::single_node("data/"))?;
 //! db.put(b"k", b"v")?;
 //! assert_eq!(db.get(b"k")?, Some(b"v".to_vec()));
 //! db.close()?;
-//! # Ok::<(), keel::Error>(())
+//! # Ok::<(), keel_engine::Error>(())
 //! ```
 
 #![deny(missing_docs)]
@@ -89,6 +89,6 @@ pub use db::{Db, Role, Status};
 pub use error::{Error, Fatal, FatalKind, MembershipRefusal, Result, StopReason, UnknownOutcome};
 pub use members::{member_address, member_context, Members};
 /// Membership types used by [`Db::change_membership`], from raft-core.
-pub use raft_core::{
+pub use keel_raft::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
 };

@@ -1,6 +1,6 @@
 //! The member address book: each member's peer address, as the membership change that
 //! added it carried it. Replicated state like the map itself: the apply stage keeps it
-//! from the changes it applies, every snapshot carries it (`snapshot::SnapshotInfo`),
+//! from the changes it applies, every snapshot carries it (`keel_snapshot::SnapshotInfo`),
 //! and a node restores it from its own newest snapshot at start and from each
 //! snapshot the leader installs, then replays the log above as usual. So a member
 //! added at runtime stays reachable after the changes that added it are compacted.
@@ -12,8 +12,8 @@
 
 use std::collections::BTreeMap;
 
-use raft_core::{ConfChangeType, ConfChangeV2, ConfState};
-use snapshot::info::{check_member, MAX_MEMBERS, MAX_MEMBER_ADDRESS_BYTES};
+use keel_raft::{ConfChangeType, ConfChangeV2, ConfState};
+use keel_snapshot::info::{check_member, MAX_MEMBERS, MAX_MEMBER_ADDRESS_BYTES};
 
 /// The membership as of one log index, with the members' peer addresses.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -23,7 +23,7 @@ pub struct Members {
     /// Who the members are.
     pub conf_state: ConfState,
     /// Node id → peer address, for the members added by a change that carried one
-    /// (see [`member_context`]); at most [`snapshot::info::MAX_MEMBERS`] entries.
+    /// (see [`member_context`]); at most [`keel_snapshot::info::MAX_MEMBERS`] entries.
     pub addresses: BTreeMap<u64, String>,
 }
 
@@ -43,7 +43,7 @@ pub fn member_context(id: u64, addr: &str) -> Vec<u8> {
 
 /// The node and address a change's context carries, if the context is a
 /// [`member_context`] naming a node the change adds, with an address within
-/// [`snapshot::info::MAX_MEMBER_ADDRESS_BYTES`]. Never fails: anything else (no
+/// [`keel_snapshot::info::MAX_MEMBER_ADDRESS_BYTES`]. Never fails: anything else (no
 /// context, another format, hostile bytes) carries no address.
 pub fn member_address(change: &ConfChangeV2) -> Option<(u64, String)> {
     let (id, addr) = decode_context(&change.context)?;
@@ -83,7 +83,7 @@ fn is_member(cs: &ConfState, id: u64) -> bool {
 impl Members {
     /// The book restored from a snapshot's description, keeping only addresses of its
     /// members.
-    pub(crate) fn from_snapshot(info: snapshot::SnapshotInfo) -> Members {
+    pub(crate) fn from_snapshot(info: keel_snapshot::SnapshotInfo) -> Members {
         let mut members = Members {
             index: info.metadata.index,
             conf_state: info.metadata.conf_state,
@@ -121,7 +121,7 @@ impl Members {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raft_core::{ConfChangeSingle, ConfChangeTransition};
+    use keel_raft::{ConfChangeSingle, ConfChangeTransition};
 
     fn change(change_type: ConfChangeType, node_id: u64, context: Vec<u8>) -> ConfChangeV2 {
         ConfChangeV2 {
@@ -214,8 +214,8 @@ mod tests {
 
     #[test]
     fn a_restored_book_keeps_only_members() {
-        let info = snapshot::SnapshotInfo {
-            metadata: raft_core::SnapshotMetadata {
+        let info = keel_snapshot::SnapshotInfo {
+            metadata: keel_raft::SnapshotMetadata {
                 index: 40,
                 term: 3,
                 conf_state: voters(&[1, 4]),

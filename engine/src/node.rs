@@ -18,7 +18,7 @@ use std::thread::JoinHandle;
 use crossbeam_channel::{bounded, Sender};
 use keel_log_cache::LogCache;
 use parking_lot::{Mutex, RwLock};
-use wal::LogStore;
+use keel_wal::LogStore;
 
 use crate::apply_stage::ApplyStage;
 use crate::config::Config;

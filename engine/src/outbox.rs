@@ -7,7 +7,7 @@
 use std::sync::Arc;
 
 use crossbeam_channel::{Sender, TrySendError};
-use raft_core::{codec, Message, MessageType};
+use keel_raft::{codec, Message, MessageType};
 
 use crate::transport::Transport;
 

@@ -17,8 +17,8 @@ use std::time::Instant;
 
 use crossbeam_channel::{Receiver, Sender};
 use keel_log_cache::LogCache;
-use raft_core::{Entry, HardState, Message, SnapshotMetadata, StorageError};
-use wal::{LogBatch, LogStore};
+use keel_raft::{Entry, HardState, Message, SnapshotMetadata, StorageError};
+use keel_wal::{LogBatch, LogStore};
 
 use crate::error::{Fatal, FatalKind, StopReason};
 use crate::outbox::Outbox;
@@ -160,7 +160,7 @@ impl PersistStage {
                 let index = meta.index;
                 match self.cache.apply_snapshot(meta) {
                     Ok(()) => {}
-                    Err(raft_core::Error::Store(StorageError::SnapshotOutOfDate)) => {
+                    Err(keel_raft::Error::Store(StorageError::SnapshotOutOfDate)) => {
                         log::warn!(
                             "node {}: snapshot at {index} is older than the cache's",
                             self.shared.id,

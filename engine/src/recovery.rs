@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use keel_log_cache::{LogCache, LogCacheOptions};
 use parking_lot::RwLock;
-use raft_core::{
+use keel_raft::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
     EntryType, HardState, SnapshotMetadata, Storage,
 };
-use snapshot::{SnapshotStore, StoreOptions};
-use wal::{LogBatch, LogStore, Wal, WalOptions};
+use keel_snapshot::{SnapshotStore, StoreOptions};
+use keel_wal::{LogBatch, LogStore, Wal, WalOptions};
 
 use crate::config::{Config, LogBackend, StateMachineKind};
 use crate::data_dir::DataDirLock;
@@ -33,7 +33,7 @@ pub(crate) fn open_log(config: &Config) -> Result<Arc<dyn LogStore>> {
         }
         #[cfg(feature = "rocksdb")]
         LogBackend::RocksDb => {
-            let log = wal::RocksLogStore::open_with_sync_policy(
+            let log = keel_wal::RocksLogStore::open_with_sync_policy(
                 config.data_dir.join("rocksdb"),
                 config.log_sync_policy(),
             )?;
@@ -61,7 +61,7 @@ pub(crate) fn load_snapshot(
     id: u64,
     sm: &mut dyn StateMachine,
     store: &SnapshotStore,
-) -> Result<Option<snapshot::SnapshotInfo>> {
+) -> Result<Option<keel_snapshot::SnapshotInfo>> {
     let held = sm.applied_index();
     for snap_id in store.list()? {
         let outcome = if snap_id.index <= held {
@@ -71,7 +71,7 @@ pub(crate) fn load_snapshot(
         };
         match outcome {
             Ok(meta) => return Ok(Some(meta)),
-            Err(Error::Snapshot(e @ snapshot::SnapshotError::Damaged { .. })) => {
+            Err(Error::Snapshot(e @ keel_snapshot::SnapshotError::Damaged { .. })) => {
                 log::error!("node {id}: skipping damaged snapshot {snap_id:?}: {e}");
             }
             Err(e) => return Err(e),
@@ -115,7 +115,7 @@ pub(crate) fn bootstrap(config: &Config, log: &dyn LogStore) -> Result<()> {
                 term: 1,
                 index: i as u64 + 1,
                 entry_type: EntryType::ConfChangeV2,
-                data: raft_core::codec::encode(&cc),
+                data: keel_raft::codec::encode(&cc),
             }
         })
         .collect();
@@ -147,7 +147,7 @@ fn bootstrap_membership(log: &dyn LogStore) -> Result<(Vec<u64>, u64)> {
     let mut voters = Vec::new();
     for e in log.entries(1, hi, u64::MAX)? {
         let add = (e.term == 1 && e.entry_type == EntryType::ConfChangeV2)
-            .then(|| raft_core::codec::decode::<ConfChangeV2>(&e.data).ok())
+            .then(|| keel_raft::codec::decode::<ConfChangeV2>(&e.data).ok())
             .flatten()
             .filter(|cc| cc.context.is_empty())
             .and_then(|cc| match cc.changes.as_slice() {
@@ -170,7 +170,7 @@ pub(crate) fn recover_log(
     config: &Config,
     log: &dyn LogStore,
     cache: &LogCache<dyn LogStore>,
-    loaded: Option<&raft_core::SnapshotMetadata>,
+    loaded: Option<&keel_raft::SnapshotMetadata>,
 ) -> Result<(ConfState, u64)> {
     let marker = cache.snapshot_metadata();
     let loaded_index = loaded.map_or(0, |m| m.index);

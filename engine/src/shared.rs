@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
 use parking_lot::{Condvar, Mutex, RwLock};
-use raft_core::{ConfState, RawNode, StateRole, Storage};
+use keel_raft::{ConfState, RawNode, StateRole, Storage};
 
 use crate::error::{Error, Fatal, FatalKind, StopReason};
 use crate::metrics::Metrics;

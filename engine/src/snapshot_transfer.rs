@@ -9,8 +9,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, SendTimeoutError, Sender, TrySendError};
-use raft_core::{codec, Message, MessageType, SnapshotStatus};
-use snapshot::{ReceiveStatus, SnapshotId, SnapshotSender, SnapshotStore};
+use keel_raft::{codec, Message, MessageType, SnapshotStatus};
+use keel_snapshot::{ReceiveStatus, SnapshotId, SnapshotSender, SnapshotStore};
 
 use crate::budget::{ByteBudget, Charged};
 use crate::error::StopReason;

@@ -6,8 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{key, value};
-use keel::testing::{metric_value, wait_until, Cluster};
-use keel::{Config, Db, Error};
+use keel_engine::testing::{metric_value, wait_until, Cluster};
+use keel_engine::{Config, Db, Error};
 
 #[test]
 fn writes_through_any_node_and_reads_on_followers() {
@@ -162,8 +162,8 @@ fn partition_heals_and_minority_catches_up() {
 
 #[test]
 fn removing_a_member_takes_effect_and_writes_continue() {
-    use keel::transport::Transport;
-    use keel::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+    use keel_engine::transport::Transport;
+    use keel_engine::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 
     let c = Cluster::new(3);
     let leader = c.wait_leader();
@@ -457,12 +457,12 @@ fn an_acknowledged_write_is_in_the_applied_index_at_once() {
     .unwrap();
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut cfg = keel::testing::fast(Config::single_node(dir.path()));
+    let mut cfg = keel_engine::testing::fast(Config::single_node(dir.path()));
     cfg.id = ID;
     cfg.peers = vec![ID];
     let db = Db::open(cfg).expect("open node");
     wait_until(Duration::from_secs(10), || {
-        (db.status().role == keel::Role::Leader).then_some(())
+        (db.status().role == keel_engine::Role::Leader).then_some(())
     })
     .expect("the single voter leads");
     // Answered, and its batch applied before arming: the batch held is the next one.

@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{key, single, value};
-use keel::testing::{wait_until, ProcessFs};
-use keel::{Config, Db, Error, FatalKind};
+use keel_engine::testing::{wait_until, ProcessFs};
+use keel_engine::{Config, Db, Error, FatalKind};
 use keel_fs::{CrashMode, SimFault, SimFs};
 
 // A run of the node's process on `fs` (see `ProcessFs`: a crash also ends the run's

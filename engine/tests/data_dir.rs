@@ -4,8 +4,8 @@
 mod common;
 
 use common::{key, single, value};
-use keel::testing::wait_until;
-use keel::{Db, Error};
+use keel_engine::testing::wait_until;
+use keel_engine::{Db, Error};
 use keel_fs::{CrashMode, SimFs};
 
 #[test]

@@ -18,8 +18,8 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use common::{key, single, value};
-use keel::testing::{wait_until, Cluster, Options, Storage};
-use keel::{Config, Db, Error, FatalKind, StopReason};
+use keel_engine::testing::{wait_until, Cluster, Options, Storage};
+use keel_engine::{Config, Db, Error, FatalKind, StopReason};
 
 /// Generous: the machine is small and shared.
 const WAIT: Duration = Duration::from_secs(30);
@@ -132,7 +132,7 @@ fn threads_of(id: u64) -> Vec<String> {
 
 /// Everything that must hold once node `db` stopped because `thread` panicked at
 /// `point`; `waiting` is the outcome of a call that waited at that moment.
-fn assert_failed_as_a_whole(db: &Db, point: &str, thread: &str, waiting: keel::Result<()>) {
+fn assert_failed_as_a_whole(db: &Db, point: &str, thread: &str, waiting: keel_engine::Result<()>) {
     let fatal = wait_until(WAIT, || db.status().fatal).expect("status shows the cause");
     assert_eq!(fatal.kind, FatalKind::Panic, "{fatal}");
     assert_eq!(fatal.thread, thread, "{fatal}");
@@ -146,7 +146,7 @@ fn assert_failed_as_a_whole(db: &Db, point: &str, thread: &str, waiting: keel::R
     );
 
     // Every new call fails with the cause, never proposed.
-    let expect_stopped = |what: &str, r: keel::Result<()>| {
+    let expect_stopped = |what: &str, r: keel_engine::Result<()>| {
         let err = r.expect_err(what);
         assert!(
             matches!(&err, Error::Stopped(StopReason::Fatal(f)) if *f == fatal),
@@ -159,12 +159,12 @@ fn assert_failed_as_a_whole(db: &Db, point: &str, thread: &str, waiting: keel::R
     expect_stopped("get_local", db.get_local(b"after").map(|_| ()));
     expect_stopped(
         "change_membership",
-        db.change_membership(keel::ConfChangeV2 {
-            changes: vec![keel::ConfChangeSingle {
-                change_type: keel::ConfChangeType::AddLearnerNode,
+        db.change_membership(keel_engine::ConfChangeV2 {
+            changes: vec![keel_engine::ConfChangeSingle {
+                change_type: keel_engine::ConfChangeType::AddLearnerNode,
                 node_id: 99,
             }],
-            ..keel::ConfChangeV2::default()
+            ..keel_engine::ConfChangeV2::default()
         })
         .map(|_| ()),
     );
@@ -209,7 +209,7 @@ fn saving_first_snapshot(id: u64) -> (tempfile::TempDir, Db, Arc<Gate>) {
 }
 
 // A write started in the background; its outcome once the node stopped.
-fn put_in_background(db: &Db, k: &[u8]) -> std::thread::JoinHandle<keel::Result<()>> {
+fn put_in_background(db: &Db, k: &[u8]) -> std::thread::JoinHandle<keel_engine::Result<()>> {
     let (db, k) = (db.clone(), k.to_vec());
     std::thread::spawn(move || db.put_timeout(&k, b"v", 2 * WAIT))
 }

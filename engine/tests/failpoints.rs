@@ -19,8 +19,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use common::{key, single, value};
-use keel::testing::{wait_until, Cluster, Options, ProcessFs, Storage};
-use keel::{Config, Db};
+use keel_engine::testing::{wait_until, Cluster, Options, ProcessFs, Storage};
+use keel_engine::{Config, Db};
 use keel_fs::{CrashMode, SimFs};
 
 #[derive(Default)]

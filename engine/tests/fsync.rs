@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use keel::transport::InProcessNetwork;
-use keel::{Config, Db};
+use keel_engine::transport::InProcessNetwork;
+use keel_engine::{Config, Db};
 use keel_fs::SimFs;
 
 /// Node 1 of two voters on `fs`, whose peer never answers. With ticks an hour apart

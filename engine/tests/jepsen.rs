@@ -19,8 +19,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::linearizable::{check_all, check_final, check_key, KvOp, Outcome, Record};
-use keel::testing::{Cluster, Options, Storage, Tweak};
-use keel::{Config, Error};
+use keel_engine::testing::{Cluster, Options, Storage, Tweak};
+use keel_engine::{Config, Error};
 use keel_fs::{CrashMode, SimFault};
 
 // How long a client waits for one operation: mostly long enough for an election, and
@@ -34,11 +34,11 @@ const OP_TIMEOUTS: [Duration; 3] = [
 /// The test's only randomness: raft-core's seeded generator, with the draws this test
 /// makes. (The same sequence as the hand-written SplitMix64 it replaced, so a seed
 /// printed by an older run still replays.)
-struct Rng(raft_core::Rng);
+struct Rng(keel_raft::Rng);
 
 impl Rng {
     fn new(seed: u64) -> Rng {
-        Rng(raft_core::Rng::new(seed))
+        Rng(keel_raft::Rng::new(seed))
     }
 
     fn next(&mut self) -> u64 {
@@ -84,7 +84,7 @@ fn parse_value(v: Option<Vec<u8>>) -> Option<u64> {
 /// A write's outcome as the checker must treat it. Only errors raised before the entry
 /// could reach the log, or once another entry took its place, are certain failures.
 /// `Stopped` is not: the node may have stopped after proposing it.
-fn write_outcome(r: &keel::Result<()>) -> Outcome {
+fn write_outcome(r: &keel_engine::Result<()>) -> Outcome {
     match r {
         Ok(()) => Outcome::Ok,
         Err(Error::NotLeader { .. } | Error::Busy(_) | Error::ProposalLost(_)) => Outcome::Failed,
@@ -498,7 +498,7 @@ fn jepsen(name: &str, nodes: u64, clients: usize, default_rounds: u64, default_s
         }
         Err(e) => panic!(
             "{name} failed; replay with KEEL_JEPSEN_SEED={seed} KEEL_JEPSEN_ROUNDS={rounds} \
-             cargo test -p keel --test jepsen {name}\n{e}"
+             cargo test -p keel-engine --test jepsen {name}\n{e}"
         ),
     }
 }

@@ -13,11 +13,11 @@ use std::time::Duration;
 
 use common::key;
 use crossbeam_channel::{bounded, Receiver, Sender};
-use keel::testing::{fast, wait_until, Cluster};
-use keel::transport::{
+use keel_engine::testing::{fast, wait_until, Cluster};
+use keel_engine::transport::{
     ChunkSource, MessageSink, TcpConfig, TcpTransport, Transport, TransportError,
 };
-use keel::{
+use keel_engine::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Config, Db,
     Error, MembershipObserver, COMMAND_OVERHEAD_BYTES,
 };
@@ -367,7 +367,7 @@ fn the_byte_limits_are_validated() {
     assert!(c.validate().is_ok());
     assert_eq!(
         c.max_snapshot_receive_bytes,
-        keel::DEFAULT_MAX_SNAPSHOT_RECEIVE_BYTES
+        keel_engine::DEFAULT_MAX_SNAPSHOT_RECEIVE_BYTES
     );
     assert_eq!(c.max_snapshot_receive_bytes, 64 << 30);
 }

@@ -8,10 +8,10 @@ mod common;
 use std::time::Duration;
 
 use common::{key, value};
-use keel::testing::{wait_until, Cluster};
-use keel::transport::Transport;
-use keel::{Error, FatalKind, StopReason};
-use raft_core::{codec, Message, MessageType};
+use keel_engine::testing::{wait_until, Cluster};
+use keel_engine::transport::Transport;
+use keel_engine::{Error, FatalKind, StopReason};
+use keel_raft::{codec, Message, MessageType};
 
 #[test]
 fn a_heartbeat_committing_past_the_log_stops_the_node_with_a_raft_fatal_error() {

@@ -10,8 +10,8 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use keel::testing::{fast, wait_until, Cluster};
-use keel::{
+use keel_engine::testing::{fast, wait_until, Cluster};
+use keel_engine::{
     member_address, member_context, ConfChangeSingle, ConfChangeTransition, ConfChangeType,
     ConfChangeV2, ConfState, Config, Db, Error, Members, MembershipObserver, MembershipRefusal,
     Role,
@@ -320,7 +320,7 @@ fn a_node_starts_from_a_snapshot_written_before_member_addresses() {
 
 // `change`'s outcome once no earlier change is pending any more (a change is answered
 // when raft applied it, a moment before the apply stage lets raft take the next).
-fn settled<T>(change: impl Fn() -> keel::Result<T>) -> keel::Result<T> {
+fn settled<T>(change: impl Fn() -> keel_engine::Result<T>) -> keel_engine::Result<T> {
     wait_until(Duration::from_secs(10), || match change() {
         Err(Error::MembershipRefused(MembershipRefusal::ChangePending)) => None,
         outcome => Some(outcome),

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use keel::testing::{wait_until, Cluster};
+use keel_engine::testing::{wait_until, Cluster};
 
 // Request ids restarted at 1 on every node start, and an entry carries (origin node,
 // request id). An entry a node proposed before a restart but applied only after it

@@ -8,12 +8,12 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{key, single, value};
-use keel::state_machine::{MemoryStateMachine, RocksStateMachine, StateMachine};
-use keel::testing::{fast, wait_until, Cluster};
-use keel::{Config, Db, Error, LogBackend, Op, StateMachineKind};
+use keel_engine::state_machine::{MemoryStateMachine, RocksStateMachine, StateMachine};
+use keel_engine::testing::{fast, wait_until, Cluster};
+use keel_engine::{Config, Db, Error, LogBackend, Op, StateMachineKind};
 use keel_fs::StdFs;
-use raft_core::SnapshotMetadata;
-use snapshot::{SnapshotInfo, SnapshotStore, StoreOptions};
+use keel_raft::SnapshotMetadata;
+use keel_snapshot::{SnapshotInfo, SnapshotStore, StoreOptions};
 
 fn put(k: &[u8], v: &[u8]) -> Op {
     Op::Put {
@@ -231,7 +231,7 @@ fn a_damaged_snapshot_leaves_the_live_state_whole() {
     assert!(
         matches!(
             err,
-            Error::Snapshot(snapshot::SnapshotError::Damaged { .. })
+            Error::Snapshot(keel_snapshot::SnapshotError::Damaged { .. })
         ),
         "{err}"
     );
@@ -501,7 +501,7 @@ fn a_follower_catches_up_through_a_rocksdb_snapshot() {
 
 #[test]
 fn membership_changes_behind_a_persistent_state_survive_restarts() {
-    use keel::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
+    use keel_engine::{ConfChangeSingle, ConfChangeType, ConfChangeV2};
 
     let c = Cluster::with(3, rocks_state_snapshot_often);
     let leader = c.wait_leader();

@@ -5,8 +5,8 @@ mod common;
 use std::time::Duration;
 
 use common::{key, single, value};
-use keel::testing::wait_until;
-use keel::{Db, Error, Role};
+use keel_engine::testing::wait_until;
+use keel_engine::{Db, Error, Role};
 
 #[test]
 fn put_get_delete() {

@@ -17,13 +17,13 @@ use std::time::{Duration, Instant};
 
 use common::{key, value};
 use crossbeam_channel::{bounded, Receiver, Sender};
-use keel::testing::{loopback_tcp, start_tcp, wait_until, Cluster, CrashMode, Options, Storage};
-use keel::transport::{
+use keel_engine::testing::{loopback_tcp, start_tcp, wait_until, Cluster, CrashMode, Options, Storage};
+use keel_engine::transport::{
     ChunkSource, MessageSink, TcpConfig, TcpTransport, Transport, TransportError,
 };
-use keel::Config;
+use keel_engine::Config;
 use parking_lot::Mutex;
-use raft_core::{codec, Message, MessageType, Snapshot, SnapshotMetadata};
+use keel_raft::{codec, Message, MessageType, Snapshot, SnapshotMetadata};
 
 // ---------------------------------------------------------------------------------
 // A logger that keeps the last lines, so tests can check what was logged.
@@ -818,7 +818,7 @@ fn a_three_node_db_cluster_over_tcp() {
     capture();
     let c = Cluster::open(
         Options::new(3)
-            .transport(keel::testing::Transport::Tcp)
+            .transport(keel_engine::testing::Transport::Tcp)
             .tweak(snapshot_often),
     )
     .expect("start the cluster");
@@ -884,7 +884,7 @@ fn a_node_on_a_simulated_disk_crashes_and_comes_back_over_tcp() {
     let c = Cluster::open(
         Options::new(3)
             .storage(Storage::Simulated)
-            .transport(keel::testing::Transport::Tcp)
+            .transport(keel_engine::testing::Transport::Tcp)
             .seed(11),
     )
     .expect("start the cluster");
@@ -911,7 +911,7 @@ fn a_node_on_a_simulated_disk_crashes_and_comes_back_over_tcp() {
 
 #[test]
 fn a_node_that_joins_a_tcp_cluster_gets_an_address_the_others_learn() {
-    let c = Cluster::open(Options::new(3).transport(keel::testing::Transport::Tcp))
+    let c = Cluster::open(Options::new(3).transport(keel_engine::testing::Transport::Tcp))
         .expect("start the cluster");
     let leader = c.wait_leader();
     c.db(leader).put(b"k", b"v").unwrap();
@@ -974,7 +974,7 @@ fn dropping_a_tcp_cluster_leaves_no_thread_or_socket() {
     let c = Cluster::open(
         Options::new(3)
             .ids(ids.to_vec())
-            .transport(keel::testing::Transport::Tcp),
+            .transport(keel_engine::testing::Transport::Tcp),
     )
     .expect("start the cluster");
     let ports: Vec<u16> = ids
@@ -1078,7 +1078,7 @@ fn idle_connections_that_never_say_hello_cannot_keep_peers_out() {
     capture();
     let c = Cluster::open(
         Options::new(3)
-            .transport(keel::testing::Transport::Tcp)
+            .transport(keel_engine::testing::Transport::Tcp)
             // Long enough that nothing times out during the test: only the transport's
             // handling of handshaking connections can let the peers in.
             .tcp_tweak(|mut t| {

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{key, value};
-use keel::testing::{wait_until, Cluster};
+use keel_engine::testing::{wait_until, Cluster};
 
 fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())

@@ -79,7 +79,7 @@ struct Countdown {
 
 #[derive(Debug)]
 struct State {
-    rng: raft_core::Rng,
+    rng: keel_raft::Rng,
     /// Bumped by every crash; handles from an older epoch are dead.
     epoch: u64,
     next_node_id: u64,
@@ -179,7 +179,7 @@ impl SimFs {
     pub fn new(seed: u64) -> SimFs {
         SimFs {
             state: Arc::new(Mutex::new(State {
-                rng: raft_core::Rng::new(seed),
+                rng: keel_raft::Rng::new(seed),
                 epoch: 0,
                 next_node_id: 0,
                 nodes: BTreeMap::new(),

@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 use keel_fs::StdFs;
-use raft_core::Entry;
-use wal::{LogBatch, LogError, LogStore, Wal, WalOptions};
+use keel_raft::Entry;
+use keel_wal::{LogBatch, LogError, LogStore, Wal, WalOptions};
 
 /// Why a load could not be set up or run.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +89,7 @@ pub trait Target: Send + Sync {
 /// A deterministic pseudo-random payload of `len` bytes (incompressible, in case a
 /// backend ever compresses).
 pub fn payload(len: usize) -> Vec<u8> {
-    let mut rng = raft_core::Rng::new(0x9E37_79B9_7F4A_7C15);
+    let mut rng = keel_raft::Rng::new(0x9E37_79B9_7F4A_7C15);
     (0..len).map(|_| rng.next_u64() as u8).collect()
 }
 

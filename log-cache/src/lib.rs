@@ -8,7 +8,7 @@
 //! writes it before the stages start), touch a file itself, or run threads of its own.
 //!
 //! [`LogCache`] implements raft-core's [`Storage`] in front of a durable
-//! [`wal::LogStore`]. It keeps the latest snapshot metadata, the compaction point and a
+//! [`keel_wal::LogStore`]. It keeps the latest snapshot metadata, the compaction point and a
 //! window of the most recent entries whose payload bytes stay within
 //! [`LogCacheOptions::max_bytes`]; reads inside the window are answered from memory,
 //! older ones from the log.
@@ -49,10 +49,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
-use raft_core::{
+use keel_raft::{
     ConfState, Entry, Error, RaftState, Result, Snapshot, SnapshotMetadata, Storage, StorageError,
 };
-use wal::{LogError, LogStore};
+use keel_wal::{LogError, LogStore};
 
 /// How the cache is sized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -560,7 +560,7 @@ impl<L: LogStore + ?Sized> Storage for LogCache<L> {
             if (out.len() as u64) < expected || log_high == high {
                 return Ok(out);
             }
-            size = raft_core::util::entries_size(&out);
+            size = keel_raft::util::entries_size(&out);
         } else {
             self.count(true);
         }

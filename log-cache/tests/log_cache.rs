@@ -6,9 +6,9 @@ use std::sync::Arc;
 
 use keel_log_cache::{LogCache, LogCacheOptions};
 use proptest::prelude::*;
-use raft_core::util::limit_size;
-use raft_core::{ConfState, Entry, Error, SnapshotMetadata, Storage, StorageError};
-use wal::{LogBatch, LogStore, MemLogStore};
+use keel_raft::util::limit_size;
+use keel_raft::{ConfState, Entry, Error, SnapshotMetadata, Storage, StorageError};
+use keel_wal::{LogBatch, LogStore, MemLogStore};
 
 /// The model: entries `compacted + 1 ..= compacted + entries.len()`.
 #[derive(Debug, Default)]

@@ -2,12 +2,12 @@
 //! partitions and a lossy, duplicating, reordering network, checking Raft's safety
 //! invariants after every step and liveness once the faults heal. The model and the
 //! invariants are described in `tests/sim/mod.rs`, which this example shares with
-//! `cargo test -p raft-core --test simulation`.
+//! `cargo test -p keel-raft --test simulation`.
 //!
 //! ```text
-//! cargo run --release -p raft-core --example simulate                      # 200 seeds
-//! cargo run --release -p raft-core --example simulate -- --seeds 1000000   # many seeds
-//! cargo run --release -p raft-core --example simulate -- --seed 42         # replay one, traced
+//! cargo run --release -p keel-raft --example simulate                      # 200 seeds
+//! cargo run --release -p keel-raft --example simulate -- --seeds 1000000   # many seeds
+//! cargo run --release -p keel-raft --example simulate -- --seed 42         # replay one, traced
 //! ```
 //!
 //! Exits 1 on an invariant violation (printing the seed and how to replay it), 2 on a

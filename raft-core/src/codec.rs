@@ -10,7 +10,7 @@
 //! could hold.
 //!
 //! ```
-//! use raft_core::{codec, Entry};
+//! use keel_raft::{codec, Entry};
 //! let e = Entry::new(3, 7, b"hello".to_vec());
 //! let bytes = codec::encode(&e);
 //! assert_eq!(codec::decode::<Entry>(&bytes).unwrap(), e);

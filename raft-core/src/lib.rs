@@ -16,7 +16,7 @@
 //!
 //! ```
 //! use std::collections::{HashMap, VecDeque};
-//! use raft_core::{Config, Message, MemoryStorage, RawNode, Ready, StateRole};
+//! use keel_raft::{Config, Message, MemoryStorage, RawNode, Ready, StateRole};
 //!
 //! // Three nodes, each with its own in-memory log, all knowing the membership {1, 2, 3}.
 //! let mut nodes: HashMap<u64, RawNode<MemoryStorage>> = (1..=3)

@@ -1,4 +1,4 @@
-//! Property tests for the binary codec in `raft_core::codec`.
+//! Property tests for the binary codec in `keel_raft::codec`.
 //!
 //! * Every codec type round-trips through `encode`/`decode` (and through the body-level
 //!   `encode_body`/`decode_body` and `encode_into`), with strategies that favour edge
@@ -19,8 +19,8 @@ use proptest::collection::vec;
 use proptest::prelude::*;
 use proptest::sample::Index;
 use proptest::test_runner::TestCaseError;
-use raft_core::codec::{self, Codec, DecodeError, Reader, FORMAT_VERSION};
-use raft_core::{
+use keel_raft::codec::{self, Codec, DecodeError, Reader, FORMAT_VERSION};
+use keel_raft::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
     Entry, EntryType, HardState, Message, MessageType, Snapshot, SnapshotMetadata,
 };

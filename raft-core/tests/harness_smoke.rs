@@ -4,7 +4,7 @@
 mod common;
 
 use common::Network;
-use raft_core::StateRole;
+use keel_raft::StateRole;
 
 #[test]
 fn three_nodes_elect_and_replicate() {

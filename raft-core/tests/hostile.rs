@@ -66,7 +66,7 @@ fn hostile_scripts_seed_2() {
 /// Replays the script in `SCRIPT` (hex, as printed by a failure or from a fuzz
 /// artifact with `xxd -p`); `TRACE=1` prints every stepped message.
 #[test]
-#[ignore = "replay tool: SCRIPT=<hex> cargo test -p raft-core --test hostile replay_script -- --ignored"]
+#[ignore = "replay tool: SCRIPT=<hex> cargo test -p keel-raft --test hostile replay_script -- --ignored"]
 fn replay_script() {
     replay(&std::env::var("SCRIPT").expect("SCRIPT=<hex>"));
 }

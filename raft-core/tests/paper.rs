@@ -11,7 +11,7 @@ mod common;
 use std::collections::BTreeSet;
 
 use common::{new_config, new_node_with, new_storage, read_messages, Network};
-use raft_core::*;
+use keel_raft::*;
 
 // ---- helpers ----
 

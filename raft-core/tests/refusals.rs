@@ -7,8 +7,8 @@ mod common;
 use std::cell::Cell;
 
 use common::*;
-use raft_core::tracker::ProgressState;
-use raft_core::*;
+use keel_raft::tracker::ProgressState;
+use keel_raft::*;
 
 fn msg(t: MessageType, from: u64, term: u64) -> Message {
     let mut m = Message::new(t, from, 1);

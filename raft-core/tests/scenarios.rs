@@ -11,8 +11,8 @@ mod common;
 use std::collections::{BTreeMap, VecDeque};
 
 use common::*;
-use raft_core::tracker::{Progress, ProgressState};
-use raft_core::*;
+use keel_raft::tracker::{Progress, ProgressState};
+use keel_raft::*;
 
 const ELECTION_TICK: usize = 10;
 

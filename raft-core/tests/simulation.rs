@@ -2,11 +2,11 @@
 //! lossy, duplicating, reordering network; see `sim/mod.rs` for the model and the
 //! invariants checked.
 //!
-//! * `cargo test -p raft-core --test simulation` runs seeds `0..3000`, split over four
+//! * `cargo test -p keel-raft --test simulation` runs seeds `0..3000`, split over four
 //!   tests so they run in parallel.
 //! * `KEEL_SIM_SEEDS=N` runs seeds `0..N` instead (`KEEL_SIM_SEED_START=S` shifts the
 //!   range); for millions of seeds prefer the release-built example:
-//!   `cargo run --release -p raft-core --example simulate -- --seeds 1000000`.
+//!   `cargo run --release -p keel-raft --example simulate -- --seeds 1000000`.
 //! * `KEEL_SIM_SEED=S` replays exactly seed `S` with a verbose trace (run with
 //!   `--nocapture`); `KEEL_SIM_NODES=N` overrides the cluster size.
 
@@ -74,7 +74,7 @@ fn random_seeds_part_3() {
     run_part(3);
 }
 
-/// `KEEL_SIM_SEED=S cargo test -p raft-core --test simulation replay_seed_from_env --
+/// `KEEL_SIM_SEED=S cargo test -p keel-raft --test simulation replay_seed_from_env --
 /// --nocapture` replays one seed with a trace of every step, message and event.
 #[test]
 fn replay_seed_from_env() {

@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 
-use raft_core::SnapshotMetadata;
+use keel_raft::SnapshotMetadata;
 
 /// Node id → peer address (`HOST:PORT` for keel's TCP transport), for the members
 /// whose membership change carried one.

@@ -20,11 +20,11 @@
 //! ```
 //! use std::sync::Arc;
 //! use keel_fs::SimFs;
-//! use raft_core::SnapshotMetadata;
-//! use snapshot::memory::{Map, MapConsumer};
-//! use snapshot::{ReceiveStatus, SnapshotStore, StoreOptions};
+//! use keel_raft::SnapshotMetadata;
+//! use keel_snapshot::memory::{Map, MapConsumer};
+//! use keel_snapshot::{ReceiveStatus, SnapshotStore, StoreOptions};
 //!
-//! # fn main() -> snapshot::Result<()> {
+//! # fn main() -> keel_snapshot::Result<()> {
 //! let leader = SnapshotStore::open(SimFs::new(1).shared(), "/n1/snap", StoreOptions::default())?;
 //! let follower = Arc::new(SnapshotStore::open(SimFs::new(2).shared(), "/n2/snap", StoreOptions::default())?);
 //!

@@ -21,7 +21,7 @@ use std::sync::Arc;
 
 use keel_fs::{FileSystem, FsFile};
 use parking_lot::Mutex;
-use raft_core::SnapshotMetadata;
+use keel_raft::SnapshotMetadata;
 
 use crate::chunk::DEFAULT_CHUNK_SIZE_BYTES;
 use crate::chunk::{ChunkWriter, SnapshotReader, StreamHeader, StreamTrailer};

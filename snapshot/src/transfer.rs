@@ -25,7 +25,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use keel_fs::FsFile;
-use raft_core::SnapshotMetadata;
+use keel_raft::SnapshotMetadata;
 
 use crate::chunk::{
     Accepted, Chunk, ChunkKind, FrameReader, StreamHeader, StreamValidator, FRAME_OVERHEAD_BYTES,

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use common::{meta, sample_map};
 use keel_fs::{CrashMode, SimFs};
-use snapshot::{SnapshotStore, StoreOptions};
+use keel_snapshot::{SnapshotStore, StoreOptions};
 
 #[test]
 fn a_crash_right_after_creating_the_store_keeps_its_directories() {

@@ -9,10 +9,10 @@ use std::sync::Arc;
 
 use common::{meta, sample_map};
 use keel_fs::SimFs;
-use raft_core::{ConfState, SnapshotMetadata};
-use snapshot::info::MAX_MEMBER_ADDRESS_BYTES;
-use snapshot::memory::{Map, MapConsumer};
-use snapshot::{
+use keel_raft::{ConfState, SnapshotMetadata};
+use keel_snapshot::info::MAX_MEMBER_ADDRESS_BYTES;
+use keel_snapshot::memory::{Map, MapConsumer};
+use keel_snapshot::{
     MemberAddresses, ReceiveStatus, SnapshotError, SnapshotId, SnapshotInfo, SnapshotStore,
     StoreOptions,
 };
@@ -47,7 +47,7 @@ fn member_addresses_round_trip_through_the_store() {
     let loaded = store.load_newest(&MapConsumer::default()).unwrap().unwrap();
     assert_eq!(loaded.members, members());
     assert_eq!(loaded.image, map);
-    let (header, _) = snapshot::verify_file(fs.shared().as_ref(), &saved.path).unwrap();
+    let (header, _) = keel_snapshot::verify_file(fs.shared().as_ref(), &saved.path).unwrap();
     assert_eq!(header.members, members());
 
     // Without addresses, as `save` writes.

@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use common::{meta, sample_map, CrashFs};
 use keel_fs::{CrashMode, FileSystem, SimFs};
-use snapshot::memory::{Map, MapConsumer};
-use snapshot::{SnapshotError, SnapshotId, SnapshotStore, StoreOptions};
+use keel_snapshot::memory::{Map, MapConsumer};
+use keel_snapshot::{SnapshotError, SnapshotId, SnapshotStore, StoreOptions};
 
 const DIR: &str = "/data/snap";
 
@@ -219,7 +219,7 @@ fn consumer_errors_are_not_damage() {
     store.save(&meta(1, 10), &sample_map(1, 50)).unwrap();
     // A consumer that refuses every key: the stream is sound, so the file stays.
     let strict = MapConsumer {
-        limits: snapshot::memory::MapLimits {
+        limits: keel_snapshot::memory::MapLimits {
             max_key_bytes: 1,
             max_value_bytes: 1,
         },
@@ -233,7 +233,7 @@ fn consumer_errors_are_not_damage() {
 #[test]
 fn producer_failure_leaves_no_file() {
     struct Failing;
-    impl snapshot::SnapshotProducer for Failing {
+    impl keel_snapshot::SnapshotProducer for Failing {
         fn write_snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
             out.write_all(&[0u8; 5000])?;
             Err(std::io::Error::other("state machine went away"))
@@ -379,10 +379,10 @@ fn works_on_the_real_file_system() {
         saved.file_bytes
     );
     assert_eq!(
-        snapshot::list_snapshots(fs.as_ref(), &dir).unwrap(),
+        keel_snapshot::list_snapshots(fs.as_ref(), &dir).unwrap(),
         vec![saved.id]
     );
-    let (header, _) = snapshot::verify_file(fs.as_ref(), &saved.path).unwrap();
+    let (header, _) = keel_snapshot::verify_file(fs.as_ref(), &saved.path).unwrap();
     assert_eq!(header.metadata, meta(4, 44));
 
     // Transfer into a second directory and load it there.
@@ -403,7 +403,7 @@ fn works_on_the_real_file_system() {
     bytes[mid] ^= 0xff;
     std::fs::write(&saved.path, bytes).unwrap();
     assert!(matches!(
-        snapshot::verify_file(fs.as_ref(), &saved.path),
+        keel_snapshot::verify_file(fs.as_ref(), &saved.path),
         Err(SnapshotError::Damaged { .. })
     ));
     assert!(store

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use common::{meta, sample_map};
 use keel_fs::SimFs;
-use snapshot::chunk::{Chunk, ChunkKind};
-use snapshot::memory::MapConsumer;
-use snapshot::{ReceiveStatus, SnapshotError, SnapshotId, SnapshotStore, StoreOptions};
+use keel_snapshot::chunk::{Chunk, ChunkKind};
+use keel_snapshot::memory::MapConsumer;
+use keel_snapshot::{ReceiveStatus, SnapshotError, SnapshotId, SnapshotStore, StoreOptions};
 
 const DIR: &str = "/data/snap";
 
@@ -609,8 +609,8 @@ mod resume {
 #[test]
 fn the_store_and_its_streams_can_cross_threads() {
     fn assert_send_sync<T: Send + Sync>() {}
-    assert_send_sync::<snapshot::SnapshotStore>();
+    assert_send_sync::<keel_snapshot::SnapshotStore>();
     fn assert_send<T: Send>() {}
-    assert_send::<snapshot::SnapshotReceiver>();
-    assert_send::<snapshot::SnapshotSender>();
+    assert_send::<keel_snapshot::SnapshotReceiver>();
+    assert_send::<keel_snapshot::SnapshotSender>();
 }

@@ -6,7 +6,7 @@
 
 use std::collections::VecDeque;
 
-use raft_core::{Entry, SnapshotMetadata};
+use keel_raft::{Entry, SnapshotMetadata};
 
 use crate::LogError;
 

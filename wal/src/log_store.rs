@@ -13,7 +13,7 @@
 //! (which must stay free of I/O concerns) or in the engine (which would force the log
 //! cache, `keel_log_cache`, to depend on the whole engine).
 
-use raft_core::{Entry, HardState, SnapshotMetadata};
+use keel_raft::{Entry, HardState, SnapshotMetadata};
 
 /// Why a log operation failed. A failed write or sync leaves the log unusable: the
 /// caller must stop rather than retry, since a retried fsync can falsely report success.

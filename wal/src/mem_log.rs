@@ -4,7 +4,7 @@
 use std::time::Instant;
 
 use parking_lot::RwLock;
-use raft_core::{Entry, HardState, SnapshotMetadata};
+use keel_raft::{Entry, HardState, SnapshotMetadata};
 
 use crate::log_index::{Durability, LogIndex};
 use crate::{LogBatch, LogError, LogStore, SyncPolicy};

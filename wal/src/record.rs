@@ -16,12 +16,12 @@
 //! but where it was written. A zero word marks the end of data (preallocated space is
 //! zero).
 //!
-//! All integers are little-endian. Payloads use `raft_core::codec`, except the entries
+//! All integers are little-endian. Payloads use `keel_raft::codec`, except the entries
 //! payload which frames each entry with its own length and CRC so a single entry can be
 //! read back and verified through the index without reading the whole record.
 
-use raft_core::codec;
-use raft_core::{Entry, HardState, SnapshotMetadata};
+use keel_raft::codec;
+use keel_raft::{Entry, HardState, SnapshotMetadata};
 
 /// Bytes in a segment header.
 pub const SEGMENT_HEADER_BYTES: u64 = 40;
@@ -553,7 +553,7 @@ mod tests {
 
     #[test]
     fn garbage_never_panics() {
-        let mut rng = raft_core::Rng::new(0x1234_5678);
+        let mut rng = keel_raft::Rng::new(0x1234_5678);
         for len in 0..300 {
             let data: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
             for off in (0..len as u64 + 8).step_by(8) {

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use keel_fs::{write_file_durably, FileSystem, FsFile};
-use raft_core::{HardState, SnapshotMetadata};
+use keel_raft::{HardState, SnapshotMetadata};
 
 use crate::log_index::LogIndex;
 use crate::options::RecoveryMode;

@@ -16,7 +16,7 @@ use std::path::Path;
 use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex, RwLock};
-use raft_core::{codec, Entry, HardState, SnapshotMetadata};
+use keel_raft::{codec, Entry, HardState, SnapshotMetadata};
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
 use crate::log_index::{Durability, LogIndex};

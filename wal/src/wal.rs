@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use keel_fs::FileSystem;
 use parking_lot::{Mutex, RwLock};
-use raft_core::{codec, Entry, HardState, SnapshotMetadata};
+use keel_raft::{codec, Entry, HardState, SnapshotMetadata};
 
 use crate::log_index::{Durability, LogIndex};
 use crate::options::{SyncPolicy, WalOptions};

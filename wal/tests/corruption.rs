@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use common::*;
 use keel_fs::{FileSystem, SimFs};
-use raft_core::Entry;
-use wal::{LogError, LogStore, RecoveryMode, Wal, WalOptions, WalScanner};
+use keel_raft::Entry;
+use keel_wal::{LogError, LogStore, RecoveryMode, Wal, WalOptions, WalScanner};
 
 /// A cleanly closed WAL of several segments, as (file name, bytes) pairs, and the
 /// entries it holds.
@@ -54,12 +54,12 @@ fn restore(files: &[(String, Vec<u8>)]) -> SimFs {
 
 /// Where the last valid frame of a segment ends.
 fn data_end(name: &str, bytes: &[u8]) -> usize {
-    let scan = wal::scan_segment_bytes(wal::SegmentName::parse(name).unwrap(), bytes);
+    let scan = keel_wal::scan_segment_bytes(keel_wal::SegmentName::parse(name).unwrap(), bytes);
     scan.events
         .iter()
         .filter_map(|e| match e {
-            wal::ScanEvent::Record(r) => Some(r.end_offset as usize),
-            wal::ScanEvent::Damage(_) => None,
+            keel_wal::ScanEvent::Record(r) => Some(r.end_offset as usize),
+            keel_wal::ScanEvent::Damage(_) => None,
         })
         .max()
         .unwrap()
@@ -367,8 +367,8 @@ fn scanner_reports_records_and_is_read_only() {
         let scan = scanner.scan(name).unwrap();
         assert!(scan.is_clean(), "{name}");
         for ev in scan.events {
-            if let wal::ScanEvent::Record(r) = ev {
-                if let wal::WalRecord::Entries(es) = r.record {
+            if let keel_wal::ScanEvent::Record(r) = ev {
+                if let keel_wal::WalRecord::Entries(es) = r.record {
                     entries += es.len();
                 }
             }
@@ -398,17 +398,17 @@ fn hole_in_the_unsynced_tail_is_a_torn_tail_not_damage() {
     let name = wal.segment_names()[0].to_string();
     drop(wal);
     let bytes = fs.file_bytes(&path(&name)).unwrap();
-    let scan = wal::scan_segment_bytes(wal::SegmentName::parse(&name).unwrap(), &bytes);
+    let scan = keel_wal::scan_segment_bytes(keel_wal::SegmentName::parse(&name).unwrap(), &bytes);
     // The frame holding entries 6..9.
     let hole_at = scan
         .events
         .iter()
         .find_map(|e| match e {
-            wal::ScanEvent::Record(r) => match &r.record {
-                wal::WalRecord::Entries(es) if es[0].index == 6 => Some(r.offset as usize),
+            keel_wal::ScanEvent::Record(r) => match &r.record {
+                keel_wal::WalRecord::Entries(es) if es[0].index == 6 => Some(r.offset as usize),
                 _ => None,
             },
-            wal::ScanEvent::Damage(_) => None,
+            keel_wal::ScanEvent::Damage(_) => None,
         })
         .unwrap();
     fs.mutate_file(&path(&name), |b| b[hole_at..hole_at + 64].fill(0))

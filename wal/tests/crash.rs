@@ -11,8 +11,8 @@ mod common;
 
 use common::*;
 use keel_fs::{CrashMode, SimFault};
-use raft_core::{Entry, HardState, SnapshotMetadata};
-use wal::{LogBatch, LogStore, MemLogStore, SyncPolicy, Wal, WalOptions};
+use keel_raft::{Entry, HardState, SnapshotMetadata};
+use keel_wal::{LogBatch, LogStore, MemLogStore, SyncPolicy, Wal, WalOptions};
 
 /// Everything observable about a log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,7 +38,7 @@ fn image(log: &dyn LogStore) -> LogImage {
 }
 
 /// raft-core's seeded generator, with the one draw this test needs.
-struct Rng(raft_core::Rng);
+struct Rng(keel_raft::Rng);
 
 impl Rng {
     fn below(&mut self, n: u64) -> u64 {
@@ -50,7 +50,7 @@ impl Rng {
 /// caller can name the seed.
 fn run_seed(seed: u64, sync_policy: SyncPolicy) -> Result<(), String> {
     let fs = sim(seed);
-    let mut rng = Rng(raft_core::Rng::new(seed ^ 0xA5A5));
+    let mut rng = Rng(keel_raft::Rng::new(seed ^ 0xA5A5));
     let opts = WalOptions {
         segment_size_bytes: 4096,
         sync_policy,

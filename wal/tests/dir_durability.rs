@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::{batch, ents, hs, small_opts};
 use keel_fs::{CrashMode, FileSystem, SimFs};
-use wal::{LogBatch, LogStore, Wal};
+use keel_wal::{LogBatch, LogStore, Wal};
 
 #[test]
 fn a_crash_right_after_creating_the_log_keeps_its_directories() {
@@ -44,7 +44,7 @@ fn stopping_background_work_leaves_nothing_behind_and_writes_go_on() {
     // A closing node gives its directory up before its log is dropped: nothing may
     // write there afterwards, least of all the preallocation thread.
     let tmp = tempfile::tempdir().unwrap();
-    let opts = wal::WalOptions {
+    let opts = keel_wal::WalOptions {
         preallocate: true,
         ..small_opts()
     };

@@ -9,8 +9,8 @@ use std::path::Path;
 use common::*;
 use keel_fs::FileSystem;
 use proptest::prelude::*;
-use raft_core::Entry;
-use wal::{LogBatch, LogStore, MemLogStore, SegmentName, Wal};
+use keel_raft::Entry;
+use keel_wal::{LogBatch, LogStore, MemLogStore, SegmentName, Wal};
 
 #[derive(Debug, Clone)]
 enum Op {
@@ -153,7 +153,7 @@ proptest! {
 
     #[test]
     fn scanner_never_panics(data in proptest::collection::vec(any::<u8>(), 0..2048), seq in 0u64..4) {
-        let _ = wal::scan_segment_bytes(SegmentName { seq, first_index: 1 }, &data);
+        let _ = keel_wal::scan_segment_bytes(SegmentName { seq, first_index: 1 }, &data);
     }
 
     #[test]
@@ -179,11 +179,11 @@ proptest! {
             b.extend_from_slice(&extra);
         }).unwrap();
         for mode in [
-            wal::RecoveryMode::TolerateTailCorruption,
-            wal::RecoveryMode::AbsoluteConsistency,
-            wal::RecoveryMode::TolerateAnyCorruption,
+            keel_wal::RecoveryMode::TolerateTailCorruption,
+            keel_wal::RecoveryMode::AbsoluteConsistency,
+            keel_wal::RecoveryMode::TolerateAnyCorruption,
         ] {
-            let opts = wal::WalOptions { recovery_mode: mode, ..small_opts() };
+            let opts = keel_wal::WalOptions { recovery_mode: mode, ..small_opts() };
             // Work on a copy so each mode sees the same damage.
             let copy = sim(2);
             for n in fs.list_dir(Path::new(DIR)).unwrap() {

@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{batch, ents, hs};
-use wal::{LogBatch, LogError, LogStore, RocksLogStore};
+use keel_wal::{LogBatch, LogError, LogStore, RocksLogStore};
 
 const CHILD_DIR_ENV: &str = "KEEL_ROCKS_KILL_CHILD_DIR";
 const CHILD_TEST: &str = "child_writes_until_killed";

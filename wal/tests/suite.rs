@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use common::*;
 use keel_fs::{FileSystem, SimFault, StdFs};
-use wal::{LogBatch, LogError, LogStore, MemLogStore, SyncPolicy, Wal, WalOptions};
+use keel_wal::{LogBatch, LogError, LogStore, MemLogStore, SyncPolicy, Wal, WalOptions};
 
 /// The generic suite: Raft-log semantics any backend must have.
 fn suite(log: &dyn LogStore) {
@@ -334,7 +334,7 @@ fn generic_cases_wal_real_fs() {
 #[cfg(feature = "rocksdb")]
 mod rocks {
     use super::*;
-    use wal::RocksLogStore;
+    use keel_wal::RocksLogStore;
 
     fn open_rocks(path: &Path) -> Box<dyn LogStore> {
         Box::new(RocksLogStore::open(path).unwrap())

@@ -8,7 +8,7 @@ mod common;
 
 use common::*;
 use keel_fs::SimFs;
-use wal::{LogBatch, LogStore, MemLogStore, SyncPolicy, WalOptions};
+use keel_wal::{LogBatch, LogStore, MemLogStore, SyncPolicy, WalOptions};
 
 /// A store under test, and how to read the fdatasyncs that really reached its disk
 /// (where there is a simulated disk to ask).
@@ -47,7 +47,7 @@ fn subjects(policy: SyncPolicy) -> Vec<Subject> {
     #[cfg(feature = "rocksdb")]
     {
         let dir = tempfile::tempdir().unwrap();
-        let log = wal::RocksLogStore::open_with_sync_policy(dir.path(), policy).unwrap();
+        let log = keel_wal::RocksLogStore::open_with_sync_policy(dir.path(), policy).unwrap();
         subjects.push(Subject {
             name: "rocksdb",
             log: Box::new(log),

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 
-use raft_core::{Config, Entry, MemoryStorage, Message, RawNode, Ready, StateRole};
+use keel_raft::{Config, Entry, MemoryStorage, Message, RawNode, Ready, StateRole};
 
 /// Three `RawNode`s joined by an in-memory queue; node 1 leads.
 pub struct Group {

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use keel::testing::{Cluster, ClusterError, Options, Storage, Timing, POLL};
+use keel_engine::testing::{Cluster, ClusterError, Options, Storage, Timing, POLL};
 use keel_load::{Load, WalTarget};
 use serde::Serialize;
-use wal::WalOptions;
+use keel_wal::WalOptions;
 
 use super::{
     check_size, num, round1, table, tenths_since, timed_progress, with_progress, BenchDir,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use keel_load::{Load, RawFile, Target, WalTarget};
 
-use wal::WalOptions;
+use keel_wal::WalOptions;
 
 pub use super::WalRow;
 use super::{check_size, num, round1, table, with_progress, BenchDir, Progress};
@@ -204,7 +204,7 @@ fn open_target(o: &WalBenchOptions, backend: Backend, dir: &Path) -> Result<Box<
         }
         #[cfg(feature = "rocksdb")]
         Backend::Rocksdb => {
-            let log = wal::RocksLogStore::open(dir.join("rocksdb")).map_err(|e| {
+            let log = keel_wal::RocksLogStore::open(dir.join("rocksdb")).map_err(|e| {
                 load_err(keel_load::LoadError::Log {
                     what: "open RocksDB".into(),
                     source: e,

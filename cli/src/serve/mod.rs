@@ -3,7 +3,7 @@
 //! until the node stops on a fatal error: then it logs the cause and exits with
 //! [`CliError::NodeFailed`]'s code (3) within a second, for a supervisor to restart it.
 //!
-//! Owns: turning the command line into an engine [`keel::Config`], starting and
+//! Owns: turning the command line into an engine [`keel_engine::Config`], starting and
 //! stopping the node's parts in order (transport, engine, HTTP; then the reverse),
 //! and the HTTP API ([`routes`]) on a small server of our own ([`http`]).
 
@@ -20,8 +20,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use keel::transport::{TcpConfig, TcpTransport};
-use keel::{Config, Db, LogBackend, StateMachineKind};
+use keel_engine::transport::{TcpConfig, TcpTransport};
+use keel_engine::{Config, Db, LogBackend, StateMachineKind};
 
 use self::http::{HttpConfig, HttpServer};
 use self::peers::PeerBook;
@@ -90,7 +90,7 @@ pub struct ServeArgs {
     /// a larger stream is aborted before it fills the disk. The default, 64 GiB, is
     /// above what a memory state machine can hold on the machines it is meant for
     /// (it restores the whole image into RAM); raise it for a larger RocksDB state.
-    #[arg(long, value_name = "BYTES", default_value_t = keel::DEFAULT_MAX_SNAPSHOT_RECEIVE_BYTES)]
+    #[arg(long, value_name = "BYTES", default_value_t = keel_engine::DEFAULT_MAX_SNAPSHOT_RECEIVE_BYTES)]
     pub max_snapshot_bytes: u64,
     /// How long a request waits for its commit or read before answering 504.
     #[arg(long, value_name = "MS", default_value_t = 5_000)]
@@ -236,7 +236,7 @@ fn log_backend(name: &str) -> Result<LogBackend, CliError> {
             "--log rocksdb: this keel was built without RocksDB; rebuild with \
              `cargo build --release --features rocksdb`",
         )),
-        other => Err(fail(format!("--log {other}: use wal or rocksdb"))),
+        other => Err(fail(format!("--log {other}: use keel_wal or rocksdb"))),
     }
 }
 
@@ -327,8 +327,8 @@ fn start(args: &ServeArgs) -> Result<Running, CliError> {
     // A second node on a live data directory would otherwise first fail to bind the
     // peer port the live one holds, which does not say why. Only a probe: the lock is
     // released at once, and `Db::open` takes it for good.
-    if let Err(e @ keel::Error::DataDirLocked { .. }) =
-        keel::data_dir::lock(&keel_fs::StdFs, &args.data_dir)
+    if let Err(e @ keel_engine::Error::DataDirLocked { .. }) =
+        keel_engine::data_dir::lock(&keel_fs::StdFs, &args.data_dir)
     {
         return Err(fail(format!("cannot start node {}: {e}", args.id)));
     }
@@ -355,7 +355,7 @@ fn start(args: &ServeArgs) -> Result<Running, CliError> {
             } else {
                 peers.keys().copied().collect()
             };
-            let t: Arc<dyn keel::transport::Transport> = Arc::clone(t) as _;
+            let t: Arc<dyn keel_engine::transport::Transport> = Arc::clone(t) as _;
             Config::cluster(args.id, voters, &args.data_dir, t)
         }
         None => Config {
@@ -368,7 +368,7 @@ fn start(args: &ServeArgs) -> Result<Running, CliError> {
     config.join = args.join;
     config.membership_observer = book
         .as_ref()
-        .map(|b| Arc::clone(b) as Arc<dyn keel::MembershipObserver>);
+        .map(|b| Arc::clone(b) as Arc<dyn keel_engine::MembershipObserver>);
     config.log_backend = log_backend;
     config.state_machine = state_machine;
     config.fsync = args.fsync;

@@ -1,6 +1,6 @@
 //! Peer addresses: parsing `--peers`, the context a membership change made through
 //! the API carries (the added node's address, in the engine's format:
-//! [`keel::member_context`]), and teaching the TCP transport where the members are,
+//! [`keel_engine::member_context`]), and teaching the TCP transport where the members are,
 //! from the changes as they apply and from the whole book a snapshot restores.
 //!
 //! Addresses given on this node's command line win over those carried in changes and
@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use keel::transport::TcpTransport;
-use keel::{ConfChangeType, ConfChangeV2, ConfState, Members, MembershipObserver};
+use keel_engine::transport::TcpTransport;
+use keel_engine::{ConfChangeType, ConfChangeV2, ConfState, Members, MembershipObserver};
 use parking_lot::Mutex;
 
 /// Parses `1=HOST:PORT,2=HOST:PORT`.
@@ -48,10 +48,10 @@ pub fn parse_peers(list: &str) -> Result<BTreeMap<u64, String>, String> {
 
 /// The context bytes of a membership change made through the API: the address of the
 /// node it adds (none when an existing member is promoted without one). The API's
-/// changes are built by `keel::Db::add_member` & co. now; the tests build theirs here.
+/// changes are built by `keel_engine::Db::add_member` & co. now; the tests build theirs here.
 #[cfg(test)]
 pub fn encode_context(id: u64, addr: Option<&str>) -> Vec<u8> {
-    addr.map_or_else(Vec::new, |addr| keel::member_context(id, addr))
+    addr.map_or_else(Vec::new, |addr| keel_engine::member_context(id, addr))
 }
 
 enum PeerOp {
@@ -62,7 +62,7 @@ enum PeerOp {
 // Changes queued for the transport, at most (each takes at most about a connect
 // timeout; membership changes are rare). Room for a whole restored book twice over
 // (every member removed and every one added).
-const PEER_OP_QUEUE_LEN: usize = 2 * snapshot::info::MAX_MEMBERS;
+const PEER_OP_QUEUE_LEN: usize = 2 * keel_snapshot::info::MAX_MEMBERS;
 
 /// Keeps the transport's peer list in line with the membership. Changes reach the
 /// transport from a thread of its own, in order: removing a peer waits for its writer
@@ -190,7 +190,7 @@ fn run_ops(rx: Receiver<PeerOp>, transport: Arc<TcpTransport>) {
 
 impl MembershipObserver for PeerBook {
     fn changed(&self, index: u64, change: &ConfChangeV2, conf_state: &ConfState) {
-        let carried = keel::member_address(change);
+        let carried = keel_engine::member_address(change);
         let members = member_ids(conf_state);
         let mut st = self.state.lock();
         if index < st.index {
@@ -286,8 +286,8 @@ mod tests {
         }
     }
 
-    use keel::transport::TcpConfig;
-    use keel::{ConfChangeSingle, ConfChangeTransition};
+    use keel_engine::transport::TcpConfig;
+    use keel_engine::{ConfChangeSingle, ConfChangeTransition};
 
     fn book(configured: &[(u64, &str)]) -> (Arc<PeerBook>, Arc<TcpTransport>) {
         let t = TcpTransport::start(TcpConfig::new(1, "127.0.0.1:0".parse().unwrap()))

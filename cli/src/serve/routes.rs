@@ -11,7 +11,7 @@
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use keel::{ConfState, Db, Error, Fatal};
+use keel_engine::{ConfState, Db, Error, Fatal};
 use serde_json::{json, Value};
 
 use super::http::{Handler, Request, Response};
@@ -110,15 +110,15 @@ fn method_not_allowed(allowed: &str) -> Response {
     Response::error(405, &format!("method not allowed; use {allowed}"), None)
 }
 
-fn role_name(db: &Db, st: &keel::Status) -> &'static str {
+fn role_name(db: &Db, st: &keel_engine::Status) -> &'static str {
     if st.learners.contains(&db.id()) {
         return "learner";
     }
     match st.role {
-        keel::Role::Leader => "leader",
-        keel::Role::Follower => "follower",
-        keel::Role::Candidate => "candidate",
-        keel::Role::PreCandidate => "pre-candidate",
+        keel_engine::Role::Leader => "leader",
+        keel_engine::Role::Follower => "follower",
+        keel_engine::Role::Candidate => "candidate",
+        keel_engine::Role::PreCandidate => "pre-candidate",
     }
 }
 
@@ -352,7 +352,7 @@ impl Api {
         self.change(|db| db.remove_member(id))
     }
 
-    fn change(&self, change: impl FnOnce(&Db) -> keel::Result<ConfState>) -> Response {
+    fn change(&self, change: impl FnOnce(&Db) -> keel_engine::Result<ConfState>) -> Response {
         if self.shutting_down.load(Ordering::Acquire) {
             return Response::error(503, "the node is shutting down", not_applied());
         }
@@ -407,7 +407,7 @@ mod tests {
 
     fn fatal() -> Fatal {
         Fatal {
-            kind: keel::FatalKind::Panic,
+            kind: keel_engine::FatalKind::Panic,
             thread: "keel-raft-1".into(),
             detail: "boom".into(),
         }
@@ -417,7 +417,7 @@ mod tests {
     // `Stopped` means the request was never proposed.
     #[test]
     fn a_stopped_node_answers_503_not_applied() {
-        for reason in [keel::StopReason::Closed, keel::StopReason::Fatal(fatal())] {
+        for reason in [keel_engine::StopReason::Closed, keel_engine::StopReason::Fatal(fatal())] {
             let (code, v) = answer(&Error::Stopped(reason.clone()), true);
             assert_eq!(code, 503, "{reason}: {v}");
             assert_eq!(v["applied"], false, "{v}");
@@ -429,18 +429,18 @@ mod tests {
 
     #[test]
     fn the_fatal_cause_is_part_of_the_answer() {
-        let (code, v) = answer(&Error::Stopped(keel::StopReason::Fatal(fatal())), true);
+        let (code, v) = answer(&Error::Stopped(keel_engine::StopReason::Fatal(fatal())), true);
         assert_eq!(code, 503);
         assert_eq!(v["fatal"]["kind"], "panic", "{v}");
         assert_eq!(v["fatal"]["thread"], "keel-raft-1", "{v}");
         assert_eq!(v["fatal"]["detail"], "boom", "{v}");
         // Proposed before the stop: outcome unknown, and why.
-        let stopped = keel::UnknownOutcome::Stopped(keel::StopReason::Fatal(fatal()));
+        let stopped = keel_engine::UnknownOutcome::Stopped(keel_engine::StopReason::Fatal(fatal()));
         let (code, v) = answer(&Error::Indeterminate(stopped), true);
         assert_eq!(code, 504, "{v}");
         assert_eq!(v["applied"], "unknown", "{v}");
         assert_eq!(v["fatal"]["kind"], "panic", "{v}");
-        let (code, v) = answer(&Error::Stopped(keel::StopReason::Closed), true);
+        let (code, v) = answer(&Error::Stopped(keel_engine::StopReason::Closed), true);
         assert_eq!(code, 503);
         assert!(v.get("fatal").is_none(), "{v}");
     }

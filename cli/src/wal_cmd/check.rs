@@ -2,7 +2,7 @@
 //!
 //! Two sources are combined: the scanner's list of every damaged byte range (exact
 //! offsets, all of them, in every segment) and a dry run of the WAL's own recovery
-//! ([`wal::Wal::open`] through the copy-on-write [`OverlayFs`]), which decides what is
+//! ([`keel_wal::Wal::open`] through the copy-on-write [`OverlayFs`]), which decides what is
 //! a torn tail it would cut and what is damage it refuses, and checks the index
 //! continuity of the log it rebuilds. Nothing is written either way.
 
@@ -10,8 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use keel_fs::StdFs;
-use raft_core::{HardState, SnapshotMetadata};
-use wal::{Damage, LogError, LogStore, RecoveryMode, TailCut, Wal, WalOptions};
+use keel_raft::{HardState, SnapshotMetadata};
+use keel_wal::{Damage, LogError, LogStore, RecoveryMode, TailCut, Wal, WalOptions};
 
 use super::overlay::OverlayFs;
 use super::{log_error, parse_damage};
@@ -167,8 +167,8 @@ pub fn inspect(wal: &super::WalDir) -> Result<(Verdict, u64)> {
         damage.extend(gap);
         for event in scan.events {
             match event {
-                wal::ScanEvent::Record(_) => records += 1,
-                wal::ScanEvent::Damage(d) => damage.push(d),
+                keel_wal::ScanEvent::Record(_) => records += 1,
+                keel_wal::ScanEvent::Damage(d) => damage.push(d),
             }
         }
         Ok(())

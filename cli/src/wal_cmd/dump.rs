@@ -15,8 +15,8 @@
 
 use std::path::PathBuf;
 
-use raft_core::{Entry, EntryType, HardState, SnapshotMetadata};
-use wal::{Damage, ScanEvent, ScannedRecord, SegmentScan, WalRecord};
+use keel_raft::{Entry, EntryType, HardState, SnapshotMetadata};
+use keel_wal::{Damage, ScanEvent, ScannedRecord, SegmentScan, WalRecord};
 
 pub use super::dump_rows::TypeFilter;
 use super::dump_rows::{

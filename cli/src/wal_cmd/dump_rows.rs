@@ -1,6 +1,6 @@
 //! The rows `keel wal dump` prints and their JSON schema (see [`super::dump`]).
 
-use raft_core::ConfState;
+use keel_raft::ConfState;
 use serde::Serialize;
 
 /// A record type `--type` can select.

@@ -12,7 +12,7 @@ pub mod verify;
 use std::path::{Path, PathBuf};
 
 use keel_fs::StdFs;
-use wal::{Damage, SegmentName, SegmentScan, WalDirListing, WalScanner};
+use keel_wal::{Damage, SegmentName, SegmentScan, WalDirListing, WalScanner};
 
 use crate::error::{CliError, Result};
 use crate::path;
@@ -93,9 +93,9 @@ pub fn parse_damage(text: &str) -> Option<Damage> {
 }
 
 /// Turns a WAL library error into a command error naming `path`.
-pub fn log_error(path: &Path, e: wal::LogError) -> CliError {
+pub fn log_error(path: &Path, e: keel_wal::LogError) -> CliError {
     match e {
-        wal::LogError::Io(source) => CliError::io(path, source),
+        keel_wal::LogError::Io(source) => CliError::io(path, source),
         other => CliError::Log {
             context: format!("cannot read the WAL in {}", path.display()),
             source: other,

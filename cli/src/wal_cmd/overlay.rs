@@ -2,7 +2,7 @@
 //! (opened read-only), and every change (creating, writing, truncating, renaming,
 //! removing) lands in memory and is forgotten when the view is dropped.
 //!
-//! Opening a [`wal::Wal`] through it runs the WAL's own recovery, tail cut included,
+//! Opening a [`keel_wal::Wal`] through it runs the WAL's own recovery, tail cut included,
 //! without writing a byte or taking a lock; that is how `verify` and `stat` learn
 //! exactly what opening the log (or `keel wal repair`) would do.
 

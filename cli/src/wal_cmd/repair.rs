@@ -1,12 +1,12 @@
 //! `keel wal repair PATH`: cuts a torn tail of the last segment, keeping the cut bytes
 //! in a `.broken` file next to it, and refuses (exit 1) any other damage.
 //!
-//! The cut is made by the WAL's own recovery ([`wal::Wal::open`] with
-//! [`wal::RecoveryMode::TolerateTailCorruption`]), the same code a node runs when it
+//! The cut is made by the WAL's own recovery ([`keel_wal::Wal::open`] with
+//! [`keel_wal::RecoveryMode::TolerateTailCorruption`]), the same code a node runs when it
 //! starts; a dry run through the copy-on-write overlay decides first, so damage that
 //! recovery would refuse is never half-repaired.
 //!
-//! Repair holds the data directory's lock (`DATA_DIR/LOCK`, see [`keel::data_dir`])
+//! Repair holds the data directory's lock (`DATA_DIR/LOCK`, see [`keel_engine::data_dir`])
 //! from before the dry run to the end, so it refuses (exit 2) to run beside a live node,
 //! and a node cannot start while it runs. The data directory is the parent of the WAL
 //! directory when that is named `wal/`, as a node lays it out; a WAL directory by
@@ -17,7 +17,7 @@
 use std::path::Path;
 
 use keel_fs::StdFs;
-use wal::{LogError, Wal};
+use keel_wal::{LogError, Wal};
 
 use super::check::{inspect, recovery_options, view, Verdict};
 use super::verify::entries_text;
@@ -92,14 +92,14 @@ fn refuse(wal_dir: &WalDir, places: usize) {
 
 /// Locks the data directory holding `wal_dir`, as a node does; `None` when `wal_dir`
 /// is not a node's `wal/` directory or its data directory has no `LOCK` file.
-fn lock_data_dir(wal_dir: &Path) -> Result<Option<keel::data_dir::DataDirLock>> {
+fn lock_data_dir(wal_dir: &Path) -> Result<Option<keel_engine::data_dir::DataDirLock>> {
     if wal_dir.file_name().is_none_or(|n| n != "wal") {
         return Ok(None);
     }
     let Some(data_dir) = wal_dir.parent() else {
         return Ok(None);
     };
-    keel::data_dir::lock_if_present(&StdFs, data_dir).map_err(|source| CliError::Engine {
+    keel_engine::data_dir::lock_if_present(&StdFs, data_dir).map_err(|source| CliError::Engine {
         context: format!("refusing to repair {}", wal_dir.display()),
         source,
     })

@@ -6,8 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use raft_core::{EntryType, HardState, SnapshotMetadata};
-use wal::{Damage, ScanEvent, SegmentScan, WalRecord};
+use keel_raft::{EntryType, HardState, SnapshotMetadata};
+use keel_wal::{Damage, ScanEvent, SegmentScan, WalRecord};
 
 use super::check::{dry_run, Recovery};
 use super::verify::entries_text;

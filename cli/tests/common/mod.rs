@@ -1,5 +1,5 @@
 //! Helpers shared by the `keel` command tests: running the built binary, writing WALs
-//! with `wal::Wal`, and damaging them byte by byte.
+//! with `keel_wal::Wal`, and damaging them byte by byte.
 
 #![allow(dead_code)]
 
@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use keel_fs::StdFs;
-use raft_core::{Entry, HardState};
-use wal::{LogBatch, LogStore, ScanEvent, SegmentName, Wal, WalOptions, WalScanner};
+use keel_raft::{Entry, HardState};
+use keel_wal::{LogBatch, LogStore, ScanEvent, SegmentName, Wal, WalOptions, WalScanner};
 
 /// What a `keel` run produced.
 #[derive(Debug)]

@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use keel::testing::wait_until;
+use keel_engine::testing::wait_until;
 
 /// Generous: the machine is small and shared.
 pub const DEADLINE: Duration = Duration::from_secs(60);

@@ -7,11 +7,11 @@
 use std::collections::BTreeSet;
 
 use keel_log_cache::LogCache;
-use raft_core::{
+use keel_raft::{
     codec, ConfChange, ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Raft, RawNode,
     StateRole, Storage,
 };
-use wal::LogStore;
+use keel_wal::LogStore;
 
 use crate::error::{fatal_raft, Error, Fatal, MembershipRefusal, Result, StopReason};
 use crate::reply;
@@ -133,7 +133,7 @@ pub(super) fn apply_committed(
         EntryType::ConfChange => codec::decode::<ConfChange>(&e.data).map(ConfChange::into_v2),
         _ => codec::decode::<ConfChangeV2>(&e.data),
     };
-    let outcome: std::result::Result<ConfState, raft_core::Error> = match &cc {
+    let outcome: std::result::Result<ConfState, keel_raft::Error> = match &cc {
         Ok(cc) => raw.apply_conf_change(cc),
         Err(err) => Err(err.clone().into()),
     };
@@ -207,7 +207,7 @@ pub(super) fn check<S: Storage>(r: &Raft<S>, cc: &ConfChangeV2) -> Result<()> {
         .filter(|&&id| {
             id == r.id
                 || r.prs.progress.get(&id).is_some_and(|p| {
-                    p.recent_active || p.state == raft_core::tracker::ProgressState::Replicate
+                    p.recent_active || p.state == keel_raft::tracker::ProgressState::Replicate
                 })
         })
         .count();

@@ -30,10 +30,10 @@ use std::time::Duration;
 
 use crossbeam_channel::{select, Receiver, Sender};
 use keel_log_cache::LogCache;
-use raft_core::{
+use keel_raft::{
     codec, Entry, Message, RawNode, Ready, SnapshotMetadata, SnapshotStatus, StateRole,
 };
-use wal::LogStore;
+use keel_wal::LogStore;
 
 use crate::apply_stage::ApplyTask;
 use crate::config::{Config, MembershipObserver};

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 
-use raft_core::{RawNode, ReadState, StateRole, Storage};
+use keel_raft::{RawNode, ReadState, StateRole, Storage};
 
 use crate::error::{fatal_raft, Error, Result, StopReason};
 use crate::reply;

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::proposals::Proposals;
 use crate::reply;
 
-use raft_core::ConfChangeV2;
+use keel_raft::ConfChangeV2;
 
 use super::membership::ConfChangeReply;
 use super::read_index::ReadReply;

@@ -1,4 +1,4 @@
-//! The default state machine: a map in memory, snapshotted with `snapshot::memory`'s
+//! The default state machine: a map in memory, snapshotted with `keel_snapshot::memory`'s
 //! streaming map format and rebuilt from the newest snapshot plus the log at start.
 //!
 //! Snapshots are written on their own thread while applying goes on, so the state
@@ -21,8 +21,8 @@ use std::collections::HashMap;
 use std::io::{self, Write};
 use std::sync::Arc;
 
-use snapshot::memory::{write_records, MapConsumer};
-use snapshot::{SavedSnapshot, SnapshotId, SnapshotInfo, SnapshotProducer, SnapshotStore};
+use keel_snapshot::memory::{write_records, MapConsumer};
+use keel_snapshot::{SavedSnapshot, SnapshotId, SnapshotInfo, SnapshotProducer, SnapshotStore};
 
 use super::{FrozenState, StateMachine};
 use crate::command::Op;
@@ -275,13 +275,13 @@ mod tests {
         let store = SnapshotStore::open(
             keel_fs::StdFs::shared(),
             dir.path(),
-            snapshot::StoreOptions::default(),
+            keel_snapshot::StoreOptions::default(),
         )
         .unwrap();
-        let meta = raft_core::SnapshotMetadata {
+        let meta = keel_raft::SnapshotMetadata {
             index: image.applied_index(),
             term: 1,
-            ..raft_core::SnapshotMetadata::default()
+            ..keel_raft::SnapshotMetadata::default()
         };
         let saved = image.save_snapshot(&store, &meta.into()).unwrap();
         let mut restored = MemoryStateMachine::new();
@@ -295,7 +295,7 @@ mod tests {
         let store = SnapshotStore::open(
             keel_fs::StdFs::shared(),
             dir.path(),
-            snapshot::StoreOptions::default(),
+            keel_snapshot::StoreOptions::default(),
         )
         .unwrap();
         let mut sm = MemoryStateMachine::new();
@@ -308,10 +308,10 @@ mod tests {
         )
         .unwrap();
         let info = SnapshotInfo {
-            metadata: raft_core::SnapshotMetadata {
+            metadata: keel_raft::SnapshotMetadata {
                 index: 1,
                 term: 1,
-                ..raft_core::SnapshotMetadata::default()
+                ..keel_raft::SnapshotMetadata::default()
             },
             members: [(4, "10.0.0.4:7004".to_string())].into(),
         };
@@ -377,7 +377,7 @@ mod tests {
     #[test]
     fn the_overlay_matches_a_plain_map_across_freezes() {
         for seed in 1..=20u64 {
-            let mut rng = raft_core::Rng::new(seed);
+            let mut rng = keel_raft::Rng::new(seed);
             let mut next = move |n: u64| rng.next_u64() % n;
             let mut sm = MemoryStateMachine::new();
             let mut model = Model::new();

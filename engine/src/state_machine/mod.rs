@@ -9,7 +9,7 @@
 //! Two implementations: [`MemoryStateMachine`] (in memory, rebuilt from the newest
 //! snapshot plus the log on every start) and, behind the `rocksdb` feature,
 //! `RocksStateMachine` (persistent; a restart replays only the log above its applied
-//! index). Both write snapshots in `snapshot::memory`'s layout, so either restores the
+//! index). Both write snapshots in `keel_snapshot::memory`'s layout, so either restores the
 //! other's.
 //!
 //! Taking a snapshot must not stop applying for as long as the image takes to write:

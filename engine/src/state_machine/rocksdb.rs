@@ -17,7 +17,7 @@
 //! writes whose applied index was lost. The applied index therefore never runs ahead of
 //! the data; at worst both fall back together and the log replays the difference.
 //!
-//! Snapshots stream in `snapshot::memory`'s record layout, so they are interchangeable
+//! Snapshots stream in `keel_snapshot::memory`'s record layout, so they are interchangeable
 //! with the memory state machine's. Saving iterates a RocksDB snapshot (a consistent
 //! view) twice: once to count the records the layout announces up front, once to write
 //! them. Restoring streams the records into a fresh `data-{generation + 1}` column
@@ -34,8 +34,8 @@ use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, Options, ReadOptions, SnapshotWithThreadMode, WriteBatch,
     WriteOptions, DB,
 };
-use snapshot::memory::{MapLimits, RecordReader, RecordWriter};
-use snapshot::{
+use keel_snapshot::memory::{MapLimits, RecordReader, RecordWriter};
+use keel_snapshot::{
     SavedSnapshot, SnapshotConsumer, SnapshotId, SnapshotInfo, SnapshotProducer, SnapshotStore,
 };
 
@@ -116,7 +116,7 @@ impl RocksStateMachine {
         let opts = db_options();
         let existing = if path.join("CURRENT").exists() {
             DB::list_cf(&opts, &path).map_err(|e| backend("listing column families", e))?
-        } else if wal::has_rocksdb_files(&path)? {
+        } else if keel_wal::has_rocksdb_files(&path)? {
             return Err(Error::StateMachine(format!(
                 "{} holds RocksDB files but no CURRENT file: the state machine's database \
                  is damaged (remove the directory to rebuild it from the snapshots and the log)",

@@ -1,7 +1,7 @@
 //! The contract between the apply stage and a state machine: [`StateMachine`], and the
 //! [`FrozenState`] image one hands out to be written while it goes on applying.
 
-use snapshot::{SavedSnapshot, SnapshotId, SnapshotInfo, SnapshotStore};
+use keel_snapshot::{SavedSnapshot, SnapshotId, SnapshotInfo, SnapshotStore};
 
 use crate::command::Op;
 use crate::error::Result;

@@ -26,14 +26,14 @@
 //! `try_net`, `try_wait_*`); `keel bench cluster` and `keel demo` use only those.
 //!
 //! ```no_run
-//! use keel::testing::{Cluster, CrashMode, Options, Storage};
+//! use keel_engine::testing::{Cluster, CrashMode, Options, Storage};
 //!
 //! let c = Cluster::open(Options::new(3).storage(Storage::Simulated).seed(42))?;
-//! let leader = c.try_wait_leader(keel::testing::WAIT)?;
+//! let leader = c.try_wait_leader(keel_engine::testing::WAIT)?;
 //! c.node(leader.id).expect("it leads").put(b"k", b"v").expect("put");
 //! c.crash(leader.id, CrashMode::DropUnsynced)?;
 //! c.start(leader.id)?;
-//! # Ok::<(), keel::testing::ClusterError>(())
+//! # Ok::<(), keel_engine::testing::ClusterError>(())
 //! ```
 
 mod cluster;

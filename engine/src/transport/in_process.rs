@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
 use parking_lot::Mutex;
-use raft_core::Rng;
+use keel_raft::Rng;
 
 use super::{ChunkSource, MessageSink, Transport, TransportError};
 

@@ -1,11 +1,11 @@
 //! Test data shared by the engine's integration tests. The cluster harness, the test
-//! timing and the waits are `keel::testing` (the `test-util` feature).
+//! timing and the waits are `keel_engine::testing` (the `test-util` feature).
 #![allow(dead_code)]
 
 use std::path::Path;
 
-use keel::testing::fast;
-use keel::Config;
+use keel_engine::testing::fast;
+use keel_engine::Config;
 
 pub fn key(i: u64) -> Vec<u8> {
     format!("key-{i:06}").into_bytes()

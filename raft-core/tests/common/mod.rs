@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 
-use raft_core::*;
+use keel_raft::*;
 
 /// Hard cap on messages delivered by one `send`, so a livelock fails the test instead
 /// of hanging it.

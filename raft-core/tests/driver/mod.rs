@@ -16,7 +16,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use raft_core::*;
+use keel_raft::*;
 
 /// Reads the script; past the end every read yields 0 and `done` turns true.
 pub struct Input<'a> {

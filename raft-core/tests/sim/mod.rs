@@ -3,7 +3,7 @@
 //! One seed fixes everything: the cluster size (3–7), PreVote / CheckQuorum, whether
 //! Readies are persisted asynchronously, whether snapshots and log compaction run, the
 //! network's drop / duplicate / delay rates, and every random choice after that. All
-//! randomness comes from [`raft_core::Rng`], so a seed replays bit for bit.
+//! randomness comes from [`keel_raft::Rng`], so a seed replays bit for bit.
 //!
 //! The model:
 //!
@@ -48,7 +48,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt::Write as _;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use raft_core::{
+use keel_raft::{
     Config, Entry, EntryType, HardState, MemoryStorage, Message, MessageType, RawNode, Rng,
     Snapshot, SnapshotStatus, StateRole, Storage,
 };
@@ -176,12 +176,12 @@ impl Stats {
 pub fn replay_command(seed: u64, nodes: Option<usize>) -> String {
     match nodes {
         None => format!(
-            "KEEL_SIM_SEED={seed} cargo test -p raft-core --test simulation replay_seed_from_env -- --nocapture \
-             (or: cargo run -p raft-core --example simulate -- --seed {seed})"
+            "KEEL_SIM_SEED={seed} cargo test -p keel-raft --test simulation replay_seed_from_env -- --nocapture \
+             (or: cargo run -p keel-raft --example simulate -- --seed {seed})"
         ),
         Some(n) => format!(
-            "KEEL_SIM_SEED={seed} KEEL_SIM_NODES={n} cargo test -p raft-core --test simulation replay_seed_from_env -- --nocapture \
-             (or: cargo run -p raft-core --example simulate -- --seed {seed} --nodes {n})"
+            "KEEL_SIM_SEED={seed} KEEL_SIM_NODES={n} cargo test -p keel-raft --test simulation replay_seed_from_env -- --nocapture \
+             (or: cargo run -p keel-raft --example simulate -- --seed {seed} --nodes {n})"
         ),
     }
 }

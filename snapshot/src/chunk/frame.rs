@@ -1,7 +1,7 @@
 //! The frame layout: kinds, the frame head and CRC, and the header and trailer payloads.
 
-use raft_core::codec;
-use raft_core::SnapshotMetadata;
+use keel_raft::codec;
+use keel_raft::SnapshotMetadata;
 
 use super::limits::{
     FRAME_HEAD_BYTES, FRAME_OVERHEAD_BYTES, MAX_CHUNK_SIZE_BYTES, MAX_HEADER_BYTES,

@@ -7,7 +7,7 @@
 //! ```
 //!
 //! where the CRC-32 covers every byte before it in the frame. Frame 0 is the header
-//! (magic, stream version, chunk size, the codec-encoded [`SnapshotMetadata`](raft_core::SnapshotMetadata)
+//! (magic, stream version, chunk size, the codec-encoded [`SnapshotMetadata`](keel_raft::SnapshotMetadata)
 //! and the members' addresses: see [`StreamHeader`] for its layout); frames
 //! `1..=n` carry state-machine bytes, each at most the header's chunk size; frame `n + 1`
 //! is the trailer (total data bytes, data chunk count, and a CRC-32 over the payloads of

@@ -2,7 +2,7 @@
 
 use std::io::{self, Read, Write};
 
-use raft_core::{ConfState, SnapshotMetadata};
+use keel_raft::{ConfState, SnapshotMetadata};
 
 use super::frame::frame_head;
 use super::*;
@@ -303,7 +303,7 @@ fn the_header_carries_member_addresses() {
     let meta_len = u32::from_le_bytes(payload[13..17].try_into().unwrap()) as usize;
     assert_eq!(
         &payload[17..17 + meta_len],
-        raft_core::codec::encode(&meta()).as_slice()
+        keel_raft::codec::encode(&meta()).as_slice()
     );
     let at = 17 + meta_len;
     assert_eq!(
@@ -327,7 +327,7 @@ fn a_version_1_header_reads_without_members() {
     let mut v1 = b"KEELSNAP".to_vec();
     v1.push(1);
     v1.extend_from_slice(&16u32.to_le_bytes());
-    v1.extend_from_slice(&raft_core::codec::encode(&meta()));
+    v1.extend_from_slice(&keel_raft::codec::encode(&meta()));
     let header = StreamHeader::decode_payload(0, &v1).unwrap();
     assert_eq!(header.metadata, meta());
     assert_eq!(header.chunk_size_bytes, 16);

@@ -2,7 +2,7 @@
 
 use std::io::{self, Write};
 
-use raft_core::SnapshotMetadata;
+use keel_raft::SnapshotMetadata;
 
 use super::frame::{frame_head, ChunkKind, StreamHeader, StreamTrailer};
 use super::limits::{FRAME_HEAD_BYTES, FRAME_OVERHEAD_BYTES, MAX_CHUNK_SIZE_BYTES};

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use keel_fs::{FileSystem, FsFile, ReadView};
-use raft_core::{ConfState, SnapshotMetadata};
-use snapshot::memory::Map;
+use keel_raft::{ConfState, SnapshotMetadata};
+use keel_snapshot::memory::Map;
 
 /// Counts mutating calls (create, write, sync, rename, remove, set_len, allocate,
 /// directory sync) and fails the `limit`-th one and every later one, as if the process

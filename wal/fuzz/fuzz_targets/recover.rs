@@ -8,8 +8,8 @@ use std::path::Path;
 
 use keel_fs::{FileSystem, SimFs};
 use libfuzzer_sys::fuzz_target;
-use raft_core::Entry;
-use wal::{LogBatch, LogStore, RecoveryMode, SyncPolicy, Wal, WalOptions};
+use keel_raft::Entry;
+use keel_wal::{LogBatch, LogStore, RecoveryMode, SyncPolicy, Wal, WalOptions};
 
 fuzz_target!(|data: &[u8]| {
     for mode in [
@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
         let last = *wal.segment_names().last().unwrap();
         wal.close().unwrap();
         fs.mutate_file(&dir.join(last.to_string()), |b| {
-            let start = wal::SEGMENT_HEADER_BYTES as usize;
+            let start = keel_wal::SEGMENT_HEADER_BYTES as usize;
             let end = (start + data.len()).min(b.len());
             b[start..end].copy_from_slice(&data[..end - start]);
         })

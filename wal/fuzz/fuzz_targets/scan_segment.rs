@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use wal::{scan_segment_bytes, SegmentName};
+use keel_wal::{scan_segment_bytes, SegmentName};
 
 fuzz_target!(|data: &[u8]| {
     let name = SegmentName {

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use keel_fs::{FileSystem, SimFs};
-use raft_core::{Entry, HardState, SnapshotMetadata};
-use wal::{LogBatch, LogStore, RecoveryMode, SyncPolicy, Wal, WalOptions};
+use keel_raft::{Entry, HardState, SnapshotMetadata};
+use keel_wal::{LogBatch, LogStore, RecoveryMode, SyncPolicy, Wal, WalOptions};
 
 pub const DIR: &str = "/wal";
 

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use raft_core::Rng;
+use keel_raft::Rng;
 
 /// The delays between failed attempts: doubling from `initial_ms` up to `max_ms`,
 /// each drawn uniformly from its upper half ("equal jitter").

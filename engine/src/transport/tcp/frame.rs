@@ -32,7 +32,7 @@ pub(crate) enum FrameType {
     Ping = 4,
     /// The encoded `Snapshot` Raft message that opens a snapshot stream.
     SnapshotMessage = 5,
-    /// One snapshot chunk frame (`snapshot::Chunk::encode` bytes).
+    /// One snapshot chunk frame (`keel_snapshot::Chunk::encode` bytes).
     Chunk = 6,
     /// The end of the chunk stream.
     ChunkEnd = 7,

@@ -67,7 +67,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use parking_lot::{Mutex, RwLock};
-use raft_core::MessageType;
+use keel_raft::MessageType;
 
 pub use self::config::{TcpConfig, MAX_FRAME_BYTES, MIN_FRAME_BYTES};
 pub use self::stats::TcpStats;

@@ -2,8 +2,8 @@
 //! raft-core's codec without decoding the rest. The receiver compares the sender with
 //! the one the connection's handshake proved, so a peer cannot speak for another.
 
-use raft_core::codec::Reader;
-use raft_core::MessageType;
+use keel_raft::codec::Reader;
+use keel_raft::MessageType;
 
 /// The head of an encoded message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,7 +17,7 @@ pub(crate) struct Route {
 /// build's format (version byte, type tag, `to`, `from`; see raft-core's codec).
 pub(crate) fn route_of(bytes: &[u8]) -> Option<Route> {
     let mut r = Reader::new(bytes);
-    if r.u8().ok()? != raft_core::codec::FORMAT_VERSION {
+    if r.u8().ok()? != keel_raft::codec::FORMAT_VERSION {
         return None;
     }
     let tag = r.u8().ok()?;
@@ -30,7 +30,7 @@ pub(crate) fn route_of(bytes: &[u8]) -> Option<Route> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use raft_core::{codec, Message};
+    use keel_raft::{codec, Message};
 
     #[test]
     fn reads_the_head_of_real_messages() {

@@ -9,7 +9,7 @@ use std::net::{Shutdown, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use raft_core::MessageType;
+use keel_raft::MessageType;
 
 use super::dial::dial;
 use super::frame::{self, DeadlineReader, FrameType};
