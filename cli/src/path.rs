@@ -9,8 +9,10 @@ use crate::error::{CliError, Result};
 
 /// The WAL directory for `path`.
 pub fn wal_dir(path: &Path) -> Result<PathBuf> {
-    resolve(path, "wal", |name| keel_wal::SegmentName::parse(name).is_some())
-        .and_then(|found| found.ok_or_else(|| CliError::NoWal(path.to_path_buf())))
+    resolve(path, "wal", |name| {
+        keel_wal::SegmentName::parse(name).is_some()
+    })
+    .and_then(|found| found.ok_or_else(|| CliError::NoWal(path.to_path_buf())))
 }
 
 /// The snapshot directory for `path`.

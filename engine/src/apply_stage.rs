@@ -20,19 +20,19 @@ use std::time::Instant;
 
 use crossbeam_channel::{bounded, select, Receiver, Sender};
 use keel_log_cache::LogCache;
-use parking_lot::{RwLock, RwLockWriteGuard};
 use keel_raft::{codec, ConfChange, ConfChangeV2, ConfState, Entry, EntryType, SnapshotMetadata};
 use keel_snapshot::{SavedSnapshot, SnapshotId, SnapshotInfo, SnapshotStore};
 use keel_wal::LogStore;
+use parking_lot::{RwLock, RwLockWriteGuard};
 
-use crate::command::Command;
+use crate::command::Envelope;
 use crate::config::{Config, MembershipObserver};
 use crate::error::{Error, Fatal, FatalKind, StopReason};
 use crate::members::Members;
-use crate::proposals::Applied;
-use crate::recovery::Recovered;
+use crate::proposals::{Applied, Proposals};
+use crate::recovery::{self, Image, Recovered};
 use crate::shared::Shared;
-use crate::state_machine::StateMachine;
+use crate::state_machine::{Command, StateMachine};
 use crate::supervisor::{self, Stage};
 use crate::thread_policy::{self, ThreadPolicy};
 
@@ -57,12 +57,14 @@ pub(crate) struct SavingSnapshot {
     thread: JoinHandle<()>,
 }
 
-pub(crate) struct ApplyStage {
+pub(crate) struct ApplyStage<S: StateMachine> {
     shared: Arc<Shared>,
+    /// The callers waiting for their commands' responses.
+    proposals: Arc<Proposals<S::Response>>,
     tasks: Receiver<ApplyTask>,
     /// Wakes the raft stage after progress (capacity 1: one pending wake-up is enough).
     wake_raft: Sender<()>,
-    sm: Arc<RwLock<dyn StateMachine>>,
+    sm: Arc<RwLock<S>>,
     cache: LogCache<dyn LogStore>,
     store: Arc<SnapshotStore>,
     /// Membership as of the entry at `conf_index`.
@@ -97,23 +99,37 @@ pub(crate) struct ApplyStage {
     observer: Option<Arc<dyn MembershipObserver>>,
 }
 
-impl ApplyStage {
-    /// The apply stage of the node `shared` describes, starting from what recovery
-    /// loaded (`rec`): takes work from `tasks` and wakes the raft stage through
-    /// `wake_raft` after progress.
+/// What the apply stage starts from besides recovery's storage: the node's shared
+/// state, the state machine and the registry of callers waiting for its responses.
+pub(crate) struct ApplyInputs<S: StateMachine> {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) sm: Arc<RwLock<S>>,
+    pub(crate) proposals: Arc<Proposals<S::Response>>,
+}
+
+impl<S: StateMachine> ApplyStage<S> {
+    /// The apply stage of the node `inputs.shared` describes, starting from what
+    /// recovery loaded (`rec`): takes work from `tasks` and wakes the raft stage
+    /// through `wake_raft` after progress.
     pub(crate) fn new(
         config: &Config,
         rec: &Recovered,
-        shared: Arc<Shared>,
+        inputs: ApplyInputs<S>,
         tasks: Receiver<ApplyTask>,
         wake_raft: Sender<()>,
-    ) -> ApplyStage {
+    ) -> ApplyStage<S> {
         let loaded = rec.loaded.as_ref();
+        let ApplyInputs {
+            shared,
+            sm,
+            proposals,
+        } = inputs;
         ApplyStage {
             shared,
+            proposals,
             tasks,
             wake_raft,
-            sm: Arc::clone(&rec.sm),
+            sm,
             cache: rec.cache.clone(),
             store: Arc::clone(&rec.store),
             conf_state: rec.conf_state.clone(),
@@ -136,7 +152,7 @@ impl ApplyStage {
     }
 }
 
-impl Stage for ApplyStage {
+impl<S: StateMachine> Stage for ApplyStage<S> {
     /// Runs until the raft stage drops its sender, until entries cannot be applied or
     /// a snapshot cannot be installed, or until another thread of the node failed.
     fn run(&mut self) -> StopReason {
@@ -198,7 +214,7 @@ impl Stage for ApplyStage {
     }
 }
 
-impl ApplyStage {
+impl<S: StateMachine> ApplyStage<S> {
     // What a snapshot thread that ended without an answer left: it panicked, and its
     // supervisor recorded that before the answer's channel closed.
     fn saver_vanished(&self) -> Error {
@@ -244,8 +260,10 @@ impl ApplyStage {
         let held = sm.applied_index();
         // One batch for the state machine, answers after it: nobody is told their write
         // was applied before it is.
-        let mut ops = Vec::new();
-        let mut answers = Vec::with_capacity(entries.len());
+        let mut commands = Vec::new();
+        // For each command, where its entry is in `answers`.
+        let mut answer_of = Vec::new();
+        let mut answers: Vec<Applied<S::Response>> = Vec::with_capacity(entries.len());
         for e in entries {
             if e.index <= self.applied_through {
                 // Covered by a snapshot installed after it was handed out.
@@ -265,15 +283,20 @@ impl ApplyStage {
             self.logged_bytes_since_snapshot += e.data.len() as u64;
             let mut request = None;
             if e.entry_type == EntryType::Normal && !e.data.is_empty() {
-                match Command::decode(&e.data) {
-                    Ok(cmd) => {
-                        request = Some((cmd.origin, cmd.request_id));
-                        // At or below `held` the state already has it (a persistent
-                        // state machine's restart): applying is idempotent by index.
-                        if e.index > held {
-                            ops.push((e.index, cmd.op));
-                        }
+                let decoded = Envelope::decode(&e.data)
+                    .map_err(|err| err.to_string())
+                    .and_then(|env| {
+                        request = Some((env.origin, env.request_id));
+                        S::Command::decode(env.command).map_err(|err| err.to_string())
+                    });
+                match decoded {
+                    // At or below `held` the state already has it (a persistent state
+                    // machine's restart): applying is idempotent by index.
+                    Ok(command) if e.index > held => {
+                        answer_of.push(answers.len());
+                        commands.push((e.index, command));
                     }
+                    Ok(_) => {}
                     // Every replica sees the same bytes, so every one skips it.
                     Err(err) => {
                         log::error!("node {my_id}: entry {} is undecodable: {err}", e.index)
@@ -284,25 +307,39 @@ impl ApplyStage {
                 index: e.index,
                 term: e.term,
                 request,
+                response: None,
             });
         }
-        if let (Some((first, _)), Some((last, _))) = (ops.first(), ops.last()) {
-            let (first, last) = (*first, *last);
+        if let (Some((first, _)), Some((last, _))) = (commands.first(), commands.last()) {
+            let (first, last, count) = (*first, *last, commands.len());
             // Local storage failed: skipping would leave this replica different from the
             // others, so the node stops instead.
-            sm.apply_batch(ops).map_err(|err| {
+            let responses = sm.apply_batch(commands).map_err(|err| {
                 Fatal::here(
                     FatalKind::StateMachine,
                     format!("applying entries {first}..={last} failed: {err}"),
                 )
             })?;
+            if responses.len() != count {
+                return Err(Fatal::here(
+                    FatalKind::StateMachine,
+                    format!(
+                        "the state machine answered {} of the {count} commands at \
+                         {first}..={last}",
+                        responses.len()
+                    ),
+                ));
+            }
+            for (at, response) in answer_of.into_iter().zip(responses) {
+                answers[at].response = Some(response);
+            }
         }
-        sm.skip_to(self.applied_through);
+        sm.mark_applied(self.applied_through);
         drop(sm);
         // Published before anyone is answered: a caller told its write was applied
         // finds it in this node's applied index (status, reads) as well.
         self.shared.applied.advance(self.applied_through);
-        self.shared.proposals.on_applied(my_id, &answers);
+        self.proposals.on_applied(my_id, answers);
         Ok(())
     }
 
@@ -337,9 +374,9 @@ impl ApplyStage {
             // A persistent state machine applied past it before a restart; the entries
             // after it are committed, so the state needs nothing from the snapshot,
             // only the member addresses its header carries.
-            self.store.info(id).map_err(Error::from)
+            self.store.info(id)
         } else {
-            sm.restore_snapshot(&self.store, id)
+            recovery::restore(&mut *sm, &self.store, id)
         }
         .map_err(|e| {
             Fatal::here(
@@ -361,7 +398,7 @@ impl ApplyStage {
         self.applied_term = loaded.term;
         self.last_snapshot_index = self.last_snapshot_index.max(loaded.index);
         self.logged_bytes_since_snapshot = 0;
-        self.shared.proposals.on_snapshot(loaded.index);
+        self.proposals.on_snapshot(loaded.index);
         self.commit_index.fetch_max(loaded.index, Ordering::Relaxed);
         log::info!(
             "node {}: installed snapshot at index {}",
@@ -408,13 +445,15 @@ impl ApplyStage {
         let Some(frozen) = sm.freeze() else {
             // Readers keep reading while the image is written; only applying waits.
             let sm = RwLockWriteGuard::downgrade(sm);
-            let saved = sm.save_snapshot(&self.store, &info);
+            let saved = self
+                .store
+                .save_info(&info, &Image(&|out| sm.write_snapshot(out)))
+                .map_err(Error::from);
             drop(sm);
             self.finish_snapshot(info.metadata, started, saved);
             return;
         };
         drop(sm);
-        assert_eq!(frozen.applied_index(), applied, "frozen image");
         // Capacity 1: the thread sends exactly one answer and never waits for it to be
         // taken.
         let (answer, done) = bounded(1);
@@ -430,7 +469,9 @@ impl ApplyStage {
                 // A panic stops the node; `answer` closes only after that is recorded.
                 let saved = supervisor::guarded(&shared, || {
                     fail::fail_point!("snapshotBeforeSave");
-                    frozen.save_snapshot(&store, &job_info)
+                    store
+                        .save_info(&job_info, &Image(&|out| frozen.write_snapshot(out)))
+                        .map_err(Error::from)
                 });
                 if let Some(saved) = saved {
                     let _ = answer.send(saved);

@@ -70,6 +70,7 @@ mod persist_stage;
 mod proposals;
 mod raft_stage;
 mod recovery;
+mod replica;
 mod reply;
 mod shared;
 mod snapshot_transfer;
@@ -80,15 +81,16 @@ pub mod testing;
 mod thread_policy;
 pub mod transport;
 
-pub use command::{Command, Op};
+pub use command::{Op, COMMAND_FRAMING_MAX_BYTES};
 pub use config::{
     Config, LogBackend, MembershipObserver, StateMachineKind, COMMAND_OVERHEAD_BYTES,
     DEFAULT_MAX_SNAPSHOT_RECEIVE_BYTES,
 };
-pub use db::{Db, Role, Status};
+pub use db::Db;
 pub use error::{Error, Fatal, FatalKind, MembershipRefusal, Result, StopReason, UnknownOutcome};
-pub use members::{member_address, member_context, Members};
 /// Membership types used by [`Db::change_membership`], from raft-core.
 pub use keel_raft::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
 };
+pub use members::{member_address, member_context, Members};
+pub use replica::{Replica, Role, Status};

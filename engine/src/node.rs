@@ -17,10 +17,10 @@ use std::thread::JoinHandle;
 
 use crossbeam_channel::{bounded, Sender};
 use keel_log_cache::LogCache;
-use parking_lot::{Mutex, RwLock};
 use keel_wal::LogStore;
+use parking_lot::{Mutex, RwLock};
 
-use crate::apply_stage::ApplyStage;
+use crate::apply_stage::{ApplyInputs, ApplyStage};
 use crate::config::Config;
 use crate::error::{Fatal, FatalKind, Result};
 use crate::members::Members;
@@ -38,12 +38,14 @@ use crate::thread_policy::ThreadPolicy;
 use crate::transport::MessageSink;
 
 /// A running node: its shared state, the handles callers use, and its threads.
-pub(crate) struct Node {
+pub(crate) struct Node<S: StateMachine> {
     pub(crate) shared: Arc<Shared>,
+    /// The callers waiting for their commands' responses (also in `shared`, untyped).
+    pub(crate) proposals: Arc<Proposals<S::Response>>,
     pub(crate) requests: Sender<Request>,
     /// Bytes of the writes in `requests`, at most (`request_queue_max_bytes`).
     pub(crate) request_budget: Arc<crate::budget::ByteBudget>,
-    pub(crate) sm: Arc<RwLock<dyn StateMachine>>,
+    pub(crate) sm: Arc<RwLock<S>>,
     pub(crate) cache: LogCache<dyn LogStore>,
     pub(crate) config: Config,
     /// The member address book the apply stage keeps.
@@ -60,19 +62,22 @@ fn stage_policy(hints: bool) -> Option<ThreadPolicy> {
     hints.then_some(ThreadPolicy::Stage)
 }
 
-impl Node {
-    /// Recovers the node `config` describes, builds its stages and starts their threads.
-    pub(crate) fn open(config: Config) -> Result<Node> {
+impl<S: StateMachine> Node<S> {
+    /// Recovers the node `config` describes around state machine `sm`, builds its
+    /// stages and starts their threads.
+    pub(crate) fn open(config: Config, sm: S) -> Result<Node<S>> {
         config.validate()?;
         let id = config.id;
         let policy = stage_policy(config.scheduler_hints);
-        let rec = recovery::recover(&config)?;
+        let (rec, sm) = recovery::recover(&config, sm)?;
+        let sm = Arc::new(RwLock::new(sm));
+        let proposals = Arc::new(Proposals::new(config.max_pending_requests));
 
         let (stop_tx, stop_rx) = bounded(1);
         let shared = Arc::new(Shared::new(
             id,
             Metrics::new(id)?,
-            Proposals::new(config.max_pending_requests),
+            Arc::clone(&proposals) as Arc<dyn crate::proposals::PendingWrites>,
             AppliedWatch::new(rec.applied),
             rec.conf_state.clone(),
             stop_tx.clone(),
@@ -136,7 +141,17 @@ impl Node {
             outbox,
             inflight,
         );
-        let apply = ApplyStage::new(&config, &rec, Arc::clone(&shared), apply_rx, wake_tx);
+        let apply = ApplyStage::new(
+            &config,
+            &rec,
+            ApplyInputs {
+                shared: Arc::clone(&shared),
+                sm: Arc::clone(&sm),
+                proposals: Arc::clone(&proposals),
+            },
+            apply_rx,
+            wake_tx,
+        );
 
         let name = |stage: &str| format!("keel-{stage}-{id}");
         let mut threads = vec![
@@ -171,9 +186,10 @@ impl Node {
         }
         Ok(Node {
             shared,
+            proposals,
             requests: request_tx,
             request_budget: crate::budget::ByteBudget::new(config.request_queue_max_bytes),
-            sm: rec.sm,
+            sm,
             cache: rec.cache,
             config,
             members: rec.members,
@@ -219,7 +235,7 @@ impl Node {
     }
 }
 
-impl Drop for Node {
+impl<S: StateMachine> Drop for Node<S> {
     fn drop(&mut self) {
         self.shutdown();
     }

@@ -19,14 +19,13 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::error::{Error, Result, StopReason, UnknownOutcome};
 
-struct Waiter {
-    reply: Sender<Result<u64>>,
+struct Waiter<R> {
+    reply: Sender<Result<R>>,
     position: Option<(u64, u64)>,
 }
 
-#[derive(Default)]
-struct Inner {
-    waiters: HashMap<u64, Waiter>,
+struct Inner<R> {
+    waiters: HashMap<u64, Waiter<R>>,
     // index -> (term, request id) for proposals this node appended as leader.
     by_index: BTreeMap<u64, (u64, u64)>,
 }
@@ -57,24 +56,44 @@ fn clock_nanos() -> u64 {
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX / 2))
 }
 
-/// The registry of waiting writes.
-pub(crate) struct Proposals {
-    inner: Mutex<Inner>,
+/// What the raft stage and the node's shared state need of the waiting-write registry,
+/// whatever the state machine's response type: the raft stage records where the writes
+/// it proposed landed and fails the ones raft dropped, and a stopping node answers
+/// everyone.
+pub(crate) trait PendingWrites: Send + Sync {
+    /// The leader appended the writes `ids`, in order, at indexes from `first_index`
+    /// on, in `term`.
+    fn place(&self, ids: &[u64], first_index: u64, term: u64);
+    /// Fails write `id`.
+    fn fail(&self, id: u64, err: Error);
+    /// Answers every waiting write at shutdown: each may have been proposed, and so
+    /// may still commit, so its outcome is unknown.
+    fn fail_all(&self, why: &StopReason);
+    /// Writes waiting.
+    fn pending(&self) -> usize;
+}
+
+/// The registry of waiting writes, each answered with its command's response `R`.
+pub(crate) struct Proposals<R> {
+    inner: Mutex<Inner<R>>,
     max_pending: usize,
 }
 
-impl Proposals {
-    pub(crate) fn new(max_pending: usize) -> Proposals {
+impl<R: Send + 'static> Proposals<R> {
+    pub(crate) fn new(max_pending: usize) -> Proposals<R> {
         // Never below an id handed out before (see NEXT_REQUEST_ID).
         NEXT_REQUEST_ID.fetch_max(clock_nanos(), Ordering::SeqCst);
         Proposals {
-            inner: Mutex::new(Inner::default()),
+            inner: Mutex::new(Inner {
+                waiters: HashMap::new(),
+                by_index: BTreeMap::new(),
+            }),
             max_pending,
         }
     }
 
-    /// Registers a write; the receiver yields its applied index or why it failed.
-    pub(crate) fn register(&self) -> Result<(u64, Receiver<Result<u64>>)> {
+    /// Registers a write; the receiver yields its command's response or why it failed.
+    pub(crate) fn register(&self) -> Result<(u64, Receiver<Result<R>>)> {
         // Allocated before the lock: every caller comes through here.
         let (reply, rx) = reply::channel();
         let mut inner = self.inner.lock();
@@ -102,39 +121,9 @@ impl Proposals {
         }
     }
 
-    /// The leader appended the writes `ids`, in order, at indexes from `first_index`
-    /// on, in `term`.
-    pub(crate) fn place(&self, ids: &[u64], first_index: u64, term: u64) {
-        let mut answers = Answers::new();
-        let mut inner = self.inner.lock();
-        for (index, &id) in (first_index..).zip(ids) {
-            let Some(w) = inner.waiters.get_mut(&id) else {
-                continue;
-            };
-            w.position = Some((index, term));
-            // A stale registration at this index belongs to an entry that can no
-            // longer be applied there: this one replaced it in our own log.
-            if let Some((_, old)) = inner.by_index.insert(index, (term, id)) {
-                if old != id {
-                    let lost =
-                        Error::ProposalLost(format!("replaced at index {index} by a newer entry"));
-                    finish(&mut inner, old, Err(lost), &mut answers);
-                }
-            }
-        }
-        drop(inner);
-        deliver(answers);
-    }
-
-    /// Fails write `id`.
-    pub(crate) fn fail(&self, id: u64, err: Error) {
-        let mut answers = Answers::new();
-        finish(&mut self.inner.lock(), id, Err(err), &mut answers);
-        deliver(answers);
-    }
-
-    /// A run of entries was applied, in log order.
-    pub(crate) fn on_applied(&self, my_id: u64, applied: &[Applied]) {
+    /// A run of entries was applied, in log order; each carries its command's response
+    /// if the state machine applied one.
+    pub(crate) fn on_applied(&self, my_id: u64, applied: Vec<Applied<R>>) {
         let mut answers = Answers::with_capacity(applied.len());
         let mut inner = self.inner.lock();
         for a in applied {
@@ -152,7 +141,17 @@ impl Proposals {
                 }
             }
             if let Some(id) = mine {
-                finish(&mut inner, id, Ok(a.index), &mut answers);
+                let outcome = match a.response {
+                    Some(response) => Ok(response),
+                    // Entries of this run are never at or below what the state machine
+                    // held at start (ids are never reused), so this is a command that
+                    // did not decode: skipped by every replica.
+                    None => Err(Error::ProposalLost(format!(
+                        "the command at index {} did not decode; no replica applied it",
+                        a.index
+                    ))),
+                };
+                finish(&mut inner, id, outcome, &mut answers);
             }
         }
         drop(inner);
@@ -176,10 +175,38 @@ impl Proposals {
         drop(inner);
         deliver(answers);
     }
+}
 
-    /// Answers every waiting write at shutdown: each may have been proposed, and so
-    /// may still commit, so its outcome is unknown.
-    pub(crate) fn fail_all(&self, why: &StopReason) {
+impl<R: Send + 'static> PendingWrites for Proposals<R> {
+    fn place(&self, ids: &[u64], first_index: u64, term: u64) {
+        let mut answers = Answers::new();
+        let mut inner = self.inner.lock();
+        for (index, &id) in (first_index..).zip(ids) {
+            let Some(w) = inner.waiters.get_mut(&id) else {
+                continue;
+            };
+            w.position = Some((index, term));
+            // A stale registration at this index belongs to an entry that can no
+            // longer be applied there: this one replaced it in our own log.
+            if let Some((_, old)) = inner.by_index.insert(index, (term, id)) {
+                if old != id {
+                    let lost =
+                        Error::ProposalLost(format!("replaced at index {index} by a newer entry"));
+                    finish(&mut inner, old, Err(lost), &mut answers);
+                }
+            }
+        }
+        drop(inner);
+        deliver(answers);
+    }
+
+    fn fail(&self, id: u64, err: Error) {
+        let mut answers = Answers::new();
+        finish(&mut self.inner.lock(), id, Err(err), &mut answers);
+        deliver(answers);
+    }
+
+    fn fail_all(&self, why: &StopReason) {
         let mut answers = Answers::new();
         let mut inner = self.inner.lock();
         let ids: Vec<u64> = inner.waiters.keys().copied().collect();
@@ -191,35 +218,36 @@ impl Proposals {
         deliver(answers);
     }
 
-    /// Writes waiting.
-    pub(crate) fn pending(&self) -> usize {
+    fn pending(&self) -> usize {
         self.inner.lock().waiters.len()
     }
 }
 
 /// One applied entry, as the registry needs to know it.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Applied {
+#[derive(Debug)]
+pub(crate) struct Applied<R> {
     pub(crate) index: u64,
     pub(crate) term: u64,
     /// (origin node, request id) if the entry carried a write.
     pub(crate) request: Option<(u64, u64)>,
+    /// The response of the command the state machine applied, if it applied one.
+    pub(crate) response: Option<R>,
 }
 
 // Outcomes decided under the registry's lock and delivered after it is released:
 // waking a caller is a system call, and with hundreds of callers registering writes,
 // holding the lock through every wake-up made them queue on it (a tenth of a 3-node
 // benchmark's CPU time went to spinning there).
-type Answers = Vec<(Sender<Result<u64>>, Result<u64>)>;
+type Answers<R> = Vec<(Sender<Result<R>>, Result<R>)>;
 
-fn deliver(answers: Answers) {
+fn deliver<R>(answers: Answers<R>) {
     for (reply, result) in answers {
         // The caller may have timed out and dropped its receiver; nothing to do then.
         let _ = reply.try_send(result);
     }
 }
 
-fn finish(inner: &mut Inner, id: u64, result: Result<u64>, answers: &mut Answers) {
+fn finish<R>(inner: &mut Inner<R>, id: u64, result: Result<R>, answers: &mut Answers<R>) {
     if let Some(w) = inner.waiters.remove(&id) {
         if let Some((index, _)) = w.position {
             if inner.by_index.get(&index).is_some_and(|(_, i)| *i == id) {
@@ -297,51 +325,53 @@ pub(crate) enum Waited {
 mod tests {
     use super::*;
 
-    fn applied(index: u64, term: u64, request: Option<(u64, u64)>) -> Applied {
-        Applied {
+    // An applied entry; a write's response is its index.
+    fn applied(index: u64, term: u64, request: Option<(u64, u64)>) -> Vec<Applied<u64>> {
+        vec![Applied {
             index,
             term,
             request,
-        }
+            response: request.map(|_| index),
+        }]
     }
 
     #[test]
     fn an_overwritten_proposal_fails_and_a_matching_one_succeeds() {
-        let p = Proposals::new(10);
+        let p = Proposals::<u64>::new(10);
         let (a, rx_a) = p.register().unwrap();
         let (b, rx_b) = p.register().unwrap();
         p.place(&[a, b], 5, 2);
         // Another leader's entry (term 3) landed at index 5.
-        p.on_applied(1, &[applied(5, 3, Some((2, 99)))]);
+        p.on_applied(1, applied(5, 3, Some((2, 99))));
         assert!(matches!(rx_a.try_recv(), Ok(Err(Error::ProposalLost(_)))));
         // Ours at index 6 was kept.
-        p.on_applied(1, &[applied(6, 2, Some((1, b)))]);
+        p.on_applied(1, applied(6, 2, Some((1, b))));
         assert!(matches!(rx_b.try_recv(), Ok(Ok(6))));
         assert_eq!(p.pending(), 0);
     }
 
     #[test]
     fn a_forwarded_proposal_is_matched_by_request_id() {
-        let p = Proposals::new(10);
+        let p = Proposals::<u64>::new(10);
         let (a, rx) = p.register().unwrap();
         // Never placed (a follower forwarded it); applied at whatever index.
-        p.on_applied(3, &[applied(42, 7, Some((3, a)))]);
+        p.on_applied(3, applied(42, 7, Some((3, a))));
         assert!(matches!(rx.try_recv(), Ok(Ok(42))));
     }
 
     #[test]
     fn a_replayed_entry_of_an_earlier_run_answers_nobody() {
         // An earlier run's ids were small; this run's start at the clock.
-        let p = Proposals::new(10);
+        let p = Proposals::<u64>::new(10);
         let (a, rx) = p.register().unwrap();
         assert!(a > 1 << 24, "{a}");
-        p.on_applied(1, &[applied(7, 1, Some((1, 1)))]);
+        p.on_applied(1, applied(7, 1, Some((1, 1))));
         assert!(rx.try_recv().is_err(), "answered by another run's entry");
     }
 
     #[test]
     fn registry_is_bounded_and_snapshots_make_outcomes_unknown() {
-        let p = Proposals::new(1);
+        let p = Proposals::<u64>::new(1);
         let (a, rx) = p.register().unwrap();
         assert!(matches!(p.register(), Err(Error::Busy(1))));
         p.place(&[a], 3, 1);
@@ -353,21 +383,21 @@ mod tests {
     // a restart and applied after it completed a new caller's write (a false success).
     #[test]
     fn an_entry_from_before_a_restart_never_completes_a_new_write() {
-        let before = Proposals::new(10);
+        let before = Proposals::<u64>::new(10);
         let (old, _old_rx) = before.register().unwrap();
         drop(before);
         // The restarted node, its first write pending.
-        let after = Proposals::new(10);
+        let after = Proposals::<u64>::new(10);
         let (new, rx) = after.register().unwrap();
         assert_ne!(old, new);
         // The old run's entry (origin this node, its old id) is applied now.
-        after.on_applied(1, &[applied(7, 2, Some((1, old)))]);
+        after.on_applied(1, applied(7, 2, Some((1, old))));
         assert!(
             rx.try_recv().is_err(),
             "a new write completed by an old entry"
         );
         assert_eq!(after.pending(), 1);
-        after.on_applied(1, &[applied(8, 2, Some((1, new)))]);
+        after.on_applied(1, applied(8, 2, Some((1, new))));
         assert!(matches!(rx.try_recv(), Ok(Ok(8))));
     }
 }

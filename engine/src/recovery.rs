@@ -6,19 +6,23 @@
 use std::sync::Arc;
 
 use keel_log_cache::{LogCache, LogCacheOptions};
-use parking_lot::RwLock;
 use keel_raft::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
     EntryType, HardState, SnapshotMetadata, Storage,
 };
-use keel_snapshot::{SnapshotStore, StoreOptions};
+use parking_lot::RwLock;
+use std::cell::RefCell;
+
+use keel_snapshot::{
+    SnapshotConsumer, SnapshotId, SnapshotInfo, SnapshotProducer, SnapshotStore, StoreOptions,
+};
 use keel_wal::{LogBatch, LogStore, Wal, WalOptions};
 
-use crate::config::{Config, LogBackend, StateMachineKind};
+use crate::config::{Config, LogBackend};
 use crate::data_dir::DataDirLock;
 use crate::error::{Error, Result};
 use crate::members::Members;
-use crate::state_machine::{MemoryStateMachine, StateMachine};
+use crate::state_machine::StateMachine;
 
 pub(crate) fn open_log(config: &Config) -> Result<Arc<dyn LogStore>> {
     match config.log_backend {
@@ -42,42 +46,85 @@ pub(crate) fn open_log(config: &Config) -> Result<Arc<dyn LogStore>> {
     }
 }
 
-pub(crate) fn open_state_machine(config: &Config) -> Result<Arc<RwLock<dyn StateMachine>>> {
-    Ok(match config.state_machine {
-        StateMachineKind::Memory => Arc::new(RwLock::new(MemoryStateMachine::new())),
-        #[cfg(feature = "rocksdb")]
-        StateMachineKind::RocksDb => Arc::new(RwLock::new(
-            crate::state_machine::RocksStateMachine::open(config.rocksdb_sm_dir())?,
-        )),
-    })
-}
-
 /// Brings the state machine up to the newest snapshot that passes every check and
 /// returns that snapshot's description (metadata and member addresses). Damaged
 /// snapshots are skipped (the log still reaches back to an older one, see the apply
 /// stage). A persistent state machine that already holds a snapshot's index only reads
 /// its checked header.
-pub(crate) fn load_snapshot(
+pub(crate) fn load_snapshot<S: StateMachine>(
     id: u64,
-    sm: &mut dyn StateMachine,
+    sm: &mut S,
     store: &SnapshotStore,
 ) -> Result<Option<keel_snapshot::SnapshotInfo>> {
     let held = sm.applied_index();
     for snap_id in store.list()? {
         let outcome = if snap_id.index <= held {
-            store.info(snap_id).map_err(Error::from)
+            store.info(snap_id)
         } else {
-            sm.restore_snapshot(store, snap_id)
+            // Checked end to end first: a state machine may replace its state as it
+            // reads, so damage found halfway would leave it half restored, with no
+            // older snapshot to fall back to.
+            store
+                .verify(snap_id)
+                .and_then(|_| restore(sm, store, snap_id))
         };
         match outcome {
-            Ok(meta) => return Ok(Some(meta)),
-            Err(Error::Snapshot(e @ keel_snapshot::SnapshotError::Damaged { .. })) => {
+            Ok(info) => return Ok(Some(info)),
+            Err(e @ keel_snapshot::SnapshotError::Damaged { .. }) => {
                 log::error!("node {id}: skipping damaged snapshot {snap_id:?}: {e}");
             }
-            Err(e) => return Err(e),
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(None)
+}
+
+/// Replaces the state of `sm` with snapshot `id` from `store` (checked again as it is
+/// read); returns the snapshot's description.
+pub(crate) fn restore<S: StateMachine>(
+    sm: &mut S,
+    store: &SnapshotStore,
+    id: SnapshotId,
+) -> keel_snapshot::Result<SnapshotInfo> {
+    let consumer = Restore {
+        sm: RefCell::new(sm),
+        index: id.index,
+    };
+    let (info, ()) = store.load_info(id, &consumer)?;
+    let applied = consumer.sm.into_inner().applied_index();
+    if applied != info.metadata.index {
+        return Err(keel_snapshot::SnapshotError::StateMachine(
+            std::io::Error::other(format!(
+                "restored snapshot {} but the state machine reports applied index {applied}",
+                info.metadata.index
+            )),
+        ));
+    }
+    Ok(info)
+}
+
+// The state machine as the snapshot store's consumer: its restore reads the stream.
+struct Restore<'a, S> {
+    sm: RefCell<&'a mut S>,
+    index: u64,
+}
+
+impl<S: StateMachine> SnapshotConsumer for Restore<'_, S> {
+    type Image = ();
+
+    fn read_snapshot(&self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
+        self.sm.borrow_mut().restore_snapshot(self.index, input)
+    }
+}
+
+/// The state machine of a node, as the snapshot store's producer: its image (or the
+/// state machine itself, written in place) writes the stream.
+pub(crate) struct Image<'a>(pub(crate) &'a dyn Fn(&mut dyn std::io::Write) -> std::io::Result<()>);
+
+impl SnapshotProducer for Image<'_> {
+    fn write_snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        (self.0)(out)
+    }
 }
 
 // A node that has never written anything: no log, no hard state, no snapshot.
@@ -252,7 +299,6 @@ pub(crate) struct Recovered {
     /// The data directory's lock, held until the node has stopped writing.
     pub(crate) lock: DataDirLock,
     pub(crate) store: Arc<SnapshotStore>,
-    pub(crate) sm: Arc<RwLock<dyn StateMachine>>,
     pub(crate) cache: LogCache<dyn LogStore>,
     /// The membership to start with.
     pub(crate) conf_state: ConfState,
@@ -267,9 +313,9 @@ pub(crate) struct Recovered {
 
 /// Opens (creating, and bootstrapping a brand-new cluster's) the storage of the node
 /// `config` describes: the data directory's lock, the log, the snapshot store, the
-/// state machine loaded from the newest good snapshot, and the log cache, with the log
-/// made to agree with that snapshot.
-pub(crate) fn recover(config: &Config) -> Result<Recovered> {
+/// state machine `sm` loaded from the newest good snapshot (handed back), and the log
+/// cache, with the log made to agree with that snapshot.
+pub(crate) fn recover<S: StateMachine>(config: &Config, mut sm: S) -> Result<(Recovered, S)> {
     let id = config.id;
     config.fs.create_dir_all_durably(&config.data_dir)?;
     let lock = crate::data_dir::lock(config.fs.as_ref(), &config.data_dir)?;
@@ -286,8 +332,7 @@ pub(crate) fn recover(config: &Config) -> Result<Recovered> {
     if is_brand_new(log.as_ref(), &store)? {
         bootstrap(config, log.as_ref())?;
     }
-    let sm = open_state_machine(config)?;
-    let loaded_info = load_snapshot(id, &mut *sm.write(), &store)?;
+    let loaded_info = load_snapshot(id, &mut sm, &store)?;
     let loaded = loaded_info.as_ref().map(|i| i.metadata.clone());
     let cache = LogCache::open(
         Arc::clone(&log),
@@ -297,7 +342,7 @@ pub(crate) fn recover(config: &Config) -> Result<Recovered> {
     )?;
     let (conf_state, bootstrapped) = recover_log(config, log.as_ref(), &cache, loaded.as_ref())?;
     cache.set_conf_state(conf_state.clone());
-    let held = sm.read().applied_index();
+    let held = sm.applied_index();
     let log_end = cache
         .last_index()?
         .max(loaded.as_ref().map_or(0, |m| m.index));
@@ -307,7 +352,7 @@ pub(crate) fn recover(config: &Config) -> Result<Recovered> {
         return Err(Error::Config(format!(
             "the state machine has applied index {held} but the log and snapshots end \
              at {log_end}; they were removed or lost writes (to rebuild the state \
-             machine from them, remove {})",
+             machine from them, remove its own storage: for keel's RocksDB store, {})",
             config.rocksdb_sm_dir().display()
         )));
     }
@@ -333,14 +378,14 @@ pub(crate) fn recover(config: &Config) -> Result<Recovered> {
         // Before the raft thread replays the changes above the snapshot.
         observer.restored(&members);
     }
-    Ok(Recovered {
+    let rec = Recovered {
         lock,
         store,
-        sm,
         cache,
         conf_state,
         applied,
         loaded,
         members: Arc::new(RwLock::new(members)),
-    })
+    };
+    Ok((rec, sm))
 }

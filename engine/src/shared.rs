@@ -5,15 +5,16 @@
 //! Imports no stage: every stage imports it.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use parking_lot::{Condvar, Mutex, RwLock};
 use keel_raft::{ConfState, RawNode, StateRole, Storage};
+use parking_lot::{Condvar, Mutex, RwLock};
 
 use crate::error::{Error, Fatal, FatalKind, StopReason};
 use crate::metrics::Metrics;
-use crate::proposals::{AppliedWatch, Proposals};
+use crate::proposals::{AppliedWatch, PendingWrites};
 
 /// What the raft stage publishes for `status()`.
 #[derive(Debug, Clone, Default)]
@@ -29,7 +30,9 @@ pub(crate) struct RaftView {
 pub(crate) struct Shared {
     pub(crate) id: u64,
     pub(crate) metrics: Metrics,
-    pub(crate) proposals: Proposals,
+    /// The waiting-write registry (typed by the state machine's response; the node
+    /// and the apply stage hold it as such).
+    pub(crate) proposals: Arc<dyn PendingWrites>,
     pub(crate) applied: AppliedWatch,
     view: RwLock<RaftView>,
     stopped: AtomicBool,
@@ -52,7 +55,7 @@ impl Shared {
     pub(crate) fn new(
         id: u64,
         metrics: Metrics,
-        proposals: Proposals,
+        proposals: Arc<dyn PendingWrites>,
         applied: AppliedWatch,
         conf_state: ConfState,
         wake_raft: Sender<()>,

@@ -17,13 +17,15 @@ use std::time::{Duration, Instant};
 
 use common::{key, value};
 use crossbeam_channel::{bounded, Receiver, Sender};
-use keel_engine::testing::{loopback_tcp, start_tcp, wait_until, Cluster, CrashMode, Options, Storage};
+use keel_engine::testing::{
+    loopback_tcp, start_tcp, wait_until, Cluster, CrashMode, Options, Storage,
+};
 use keel_engine::transport::{
     ChunkSource, MessageSink, TcpConfig, TcpTransport, Transport, TransportError,
 };
 use keel_engine::Config;
-use parking_lot::Mutex;
 use keel_raft::{codec, Message, MessageType, Snapshot, SnapshotMetadata};
+use parking_lot::Mutex;
 
 // ---------------------------------------------------------------------------------
 // A logger that keeps the last lines, so tests can check what was logged.

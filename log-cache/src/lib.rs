@@ -48,11 +48,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
 use keel_raft::{
     ConfState, Entry, Error, RaftState, Result, Snapshot, SnapshotMetadata, Storage, StorageError,
 };
 use keel_wal::{LogError, LogStore};
+use parking_lot::RwLock;
 
 /// How the cache is sized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

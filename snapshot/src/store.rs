@@ -20,8 +20,8 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 
 use keel_fs::{FileSystem, FsFile};
-use parking_lot::Mutex;
 use keel_raft::SnapshotMetadata;
+use parking_lot::Mutex;
 
 use crate::chunk::DEFAULT_CHUNK_SIZE_BYTES;
 use crate::chunk::{ChunkWriter, SnapshotReader, StreamHeader, StreamTrailer};

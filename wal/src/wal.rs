@@ -18,8 +18,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use keel_fs::FileSystem;
-use parking_lot::{Mutex, RwLock};
 use keel_raft::{codec, Entry, HardState, SnapshotMetadata};
+use parking_lot::{Mutex, RwLock};
 
 use crate::log_index::{Durability, LogIndex};
 use crate::options::{SyncPolicy, WalOptions};

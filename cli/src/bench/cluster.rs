@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use keel_engine::testing::{Cluster, ClusterError, Options, Storage, Timing, POLL};
 use keel_load::{Load, WalTarget};
-use serde::Serialize;
 use keel_wal::WalOptions;
+use serde::Serialize;
 
 use super::{
     check_size, num, round1, table, tenths_since, timed_progress, with_progress, BenchDir,

@@ -417,7 +417,10 @@ mod tests {
     // `Stopped` means the request was never proposed.
     #[test]
     fn a_stopped_node_answers_503_not_applied() {
-        for reason in [keel_engine::StopReason::Closed, keel_engine::StopReason::Fatal(fatal())] {
+        for reason in [
+            keel_engine::StopReason::Closed,
+            keel_engine::StopReason::Fatal(fatal()),
+        ] {
             let (code, v) = answer(&Error::Stopped(reason.clone()), true);
             assert_eq!(code, 503, "{reason}: {v}");
             assert_eq!(v["applied"], false, "{v}");
@@ -429,7 +432,10 @@ mod tests {
 
     #[test]
     fn the_fatal_cause_is_part_of_the_answer() {
-        let (code, v) = answer(&Error::Stopped(keel_engine::StopReason::Fatal(fatal())), true);
+        let (code, v) = answer(
+            &Error::Stopped(keel_engine::StopReason::Fatal(fatal())),
+            true,
+        );
         assert_eq!(code, 503);
         assert_eq!(v["fatal"]["kind"], "panic", "{v}");
         assert_eq!(v["fatal"]["thread"], "keel-raft-1", "{v}");

@@ -258,7 +258,9 @@ impl Stage for RaftStage {
         // another leader: their callers are told the outcome is unknown.
         let requests = std::mem::replace(&mut self.requests, crossbeam_channel::never());
         while let Ok(r) = requests.try_recv() {
-            r.reject(&self.shared.proposals, || Error::Stopped(why.clone()));
+            r.reject(self.shared.proposals.as_ref(), || {
+                Error::Stopped(why.clone())
+            });
         }
         drop(requests);
         // Also answers a write whose request slipped in after the queue was emptied.

@@ -3,7 +3,7 @@
 
 use crate::budget::Charged;
 use crate::error::{Error, Result};
-use crate::proposals::Proposals;
+use crate::proposals::PendingWrites;
 use crate::reply;
 
 use keel_raft::ConfChangeV2;
@@ -13,8 +13,8 @@ use super::read_index::ReadReply;
 
 /// What callers ask of the raft stage.
 pub(crate) enum Request {
-    /// Propose a write registered in `Proposals` under `id`; `data` is its encoded
-    /// [`Command`](crate::command::Command).
+    /// Propose a write registered in `Proposals` under `id`; `data` is its entry
+    /// payload (`command::encode`).
     Propose { id: u64, data: Charged<Vec<u8>> },
     /// A linearizable read: answered with the index the read may be served at.
     Read { reply: ReadReply },
@@ -34,7 +34,7 @@ pub(crate) enum Request {
 impl Request {
     /// Answers the request with `err` without handling it (its write is failed in
     /// `proposals`).
-    pub(crate) fn reject(self, proposals: &Proposals, err: impl Fn() -> Error) {
+    pub(crate) fn reject(self, proposals: &dyn PendingWrites, err: impl Fn() -> Error) {
         match self {
             Request::Propose { id, .. } => proposals.fail(id, err()),
             Request::Read { reply } => {

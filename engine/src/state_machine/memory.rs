@@ -18,15 +18,13 @@
 //! keys once per snapshot ([`sorted_records`]).
 
 use std::collections::HashMap;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::sync::Arc;
 
-use keel_snapshot::memory::{write_records, MapConsumer};
-use keel_snapshot::{SavedSnapshot, SnapshotId, SnapshotInfo, SnapshotProducer, SnapshotStore};
+use keel_snapshot::memory::{write_records, MapLimits, RecordReader};
 
 use super::{FrozenState, StateMachine};
 use crate::command::Op;
-use crate::error::Result;
 
 type Map = HashMap<Vec<u8>, Vec<u8>>;
 // Keys written since the freeze; `None` marks a deletion.
@@ -48,24 +46,12 @@ pub struct MemoryStateMachine {
 #[derive(Debug)]
 struct FrozenMap {
     map: Arc<Map>,
-    applied_index: u64,
-}
-
-impl SnapshotProducer for FrozenMap {
-    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
-        let records = sorted_records(self.map.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
-        write_records(records.len() as u64, records, out)
-    }
 }
 
 impl FrozenState for FrozenMap {
-    fn applied_index(&self) -> u64 {
-        self.applied_index
-    }
-
-    fn save_snapshot(&self, store: &SnapshotStore, info: &SnapshotInfo) -> Result<SavedSnapshot> {
-        assert_eq!(info.metadata.index, self.applied_index, "snapshot metadata");
-        Ok(store.save_info(info, self)?)
+    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        let records = sorted_records(self.map.iter().map(|(k, v)| (k.as_slice(), v.as_slice())));
+        write_records(records.len() as u64, records, out)
     }
 }
 
@@ -201,63 +187,76 @@ impl MemoryStateMachine {
         }
         FrozenMap {
             map: Arc::clone(&self.base),
-            applied_index: self.applied_index,
         }
     }
 }
 
+impl MemoryStateMachine {
+    /// The value of `key`, as of `applied_index()`.
+    pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        if let Some(written) = self.delta.as_ref().and_then(|d| d.get(key)) {
+            return written.clone();
+        }
+        self.base.get(key).cloned()
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
 impl StateMachine for MemoryStateMachine {
+    type Command = Op;
+    type Response = ();
+
     fn applied_index(&self) -> u64 {
         self.applied_index
     }
 
-    fn apply(&mut self, index: u64, op: &Op) -> Result<()> {
-        self.apply_owned(index, op.clone());
+    fn apply(&mut self, index: u64, op: Op) -> io::Result<()> {
+        self.apply_owned(index, op);
         Ok(())
     }
 
-    fn apply_batch(&mut self, ops: Vec<(u64, Op)>) -> Result<()> {
+    fn apply_batch(&mut self, ops: Vec<(u64, Op)>) -> io::Result<Vec<()>> {
+        let n = ops.len();
         for (index, op) in ops {
             self.apply_owned(index, op);
         }
-        Ok(())
+        Ok(vec![(); n])
     }
 
-    fn skip_to(&mut self, index: u64) {
+    fn mark_applied(&mut self, index: u64) {
         self.applied_index = self.applied_index.max(index);
     }
 
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        if let Some(written) = self.delta.as_ref().and_then(|d| d.get(key)) {
-            return Ok(written.clone());
-        }
-        Ok(self.base.get(key).cloned())
-    }
-
-    fn len(&self) -> u64 {
-        self.len
-    }
-
-    fn save_snapshot(&self, store: &SnapshotStore, info: &SnapshotInfo) -> Result<SavedSnapshot> {
+    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
         let map = match &self.delta {
             None => Arc::clone(&self.base),
             Some(_) => Arc::new(self.merged()),
         };
-        let image = FrozenMap {
-            map,
-            applied_index: self.applied_index,
-        };
-        image.save_snapshot(store, info)
+        FrozenMap { map }.write_snapshot(out)
     }
 
-    fn restore_snapshot(&mut self, store: &SnapshotStore, id: SnapshotId) -> Result<SnapshotInfo> {
-        let (info, map) = store.load_info(id, &MapConsumer::default())?;
-        let map: Map = map.into_iter().collect();
+    fn restore_snapshot(&mut self, index: u64, input: &mut dyn Read) -> io::Result<()> {
+        // Built beside the live map, swapped in whole.
+        let mut records = RecordReader::new(input, MapLimits::default())?;
+        let mut map =
+            Map::with_capacity(usize::try_from(records.count()).unwrap_or(0).min(1 << 20));
+        while let Some((key, value)) = records.next_record()? {
+            map.insert(key, value);
+        }
         self.len = map.len() as u64;
         self.base = Arc::new(map);
         self.delta = None;
-        self.applied_index = info.metadata.index;
-        Ok(info)
+        self.applied_index = index;
+        Ok(())
     }
 
     fn freeze(&mut self) -> Option<Box<dyn FrozenState>> {
@@ -269,63 +268,44 @@ impl StateMachine for MemoryStateMachine {
 mod tests {
     use super::*;
 
-    // Writes `image` as a snapshot and restores it into a new state machine.
-    fn written_and_restored(image: &dyn FrozenState) -> MemoryStateMachine {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(
-            keel_fs::StdFs::shared(),
-            dir.path(),
-            keel_snapshot::StoreOptions::default(),
-        )
-        .unwrap();
-        let meta = keel_raft::SnapshotMetadata {
-            index: image.applied_index(),
-            term: 1,
-            ..keel_raft::SnapshotMetadata::default()
-        };
-        let saved = image.save_snapshot(&store, &meta.into()).unwrap();
+    // Writes `image` and restores it, as of `index`, into a new state machine.
+    fn written_and_restored(image: &dyn FrozenState, index: u64) -> MemoryStateMachine {
+        let mut bytes = Vec::new();
+        image.write_snapshot(&mut bytes).unwrap();
         let mut restored = MemoryStateMachine::new();
-        restored.restore_snapshot(&store, saved.id).unwrap();
+        restored
+            .restore_snapshot(index, &mut bytes.as_slice())
+            .unwrap();
         restored
     }
 
     #[test]
-    fn a_snapshot_hands_back_the_member_addresses_it_was_written_with() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SnapshotStore::open(
-            keel_fs::StdFs::shared(),
-            dir.path(),
-            keel_snapshot::StoreOptions::default(),
-        )
-        .unwrap();
+    fn a_snapshot_written_in_place_or_frozen_restores_the_same_map() {
         let mut sm = MemoryStateMachine::new();
         sm.apply(
             1,
-            &Op::Put {
+            Op::Put {
                 key: b"k".to_vec(),
                 value: b"v".to_vec(),
             },
         )
         .unwrap();
-        let info = SnapshotInfo {
-            metadata: keel_raft::SnapshotMetadata {
-                index: 1,
-                term: 1,
-                ..keel_raft::SnapshotMetadata::default()
-            },
-            members: [(4, "10.0.0.4:7004".to_string())].into(),
-        };
-        // Written in place and from a frozen image alike.
-        let in_place = sm.save_snapshot(&store, &info).unwrap();
+        let mut in_place = Vec::new();
+        sm.write_snapshot(&mut in_place).unwrap();
+        let mut frozen = Vec::new();
+        sm.freeze().unwrap().write_snapshot(&mut frozen).unwrap();
+        assert_eq!(in_place, frozen);
         let mut restored = MemoryStateMachine::new();
-        assert_eq!(
-            restored.restore_snapshot(&store, in_place.id).unwrap(),
-            info
-        );
-        std::fs::remove_file(&in_place.path).unwrap();
-        let frozen = sm.freeze().unwrap().save_snapshot(&store, &info).unwrap();
-        assert_eq!(restored.restore_snapshot(&store, frozen.id).unwrap(), info);
-        assert_eq!(restored.get(b"k").unwrap(), Some(b"v".to_vec()));
+        restored
+            .restore_snapshot(1, &mut frozen.as_slice())
+            .unwrap();
+        assert_eq!(restored.get(b"k"), Some(b"v".to_vec()));
+        assert_eq!(restored.applied_index(), 1);
+        // A damaged image leaves an error, not a panic.
+        let cut = &frozen[..frozen.len() - 1];
+        assert!(MemoryStateMachine::new()
+            .restore_snapshot(1, &mut &cut[..])
+            .is_err());
     }
 
     #[test]
@@ -335,14 +315,14 @@ mod tests {
             key: b"k".to_vec(),
             value: v.as_bytes().to_vec(),
         };
-        sm.apply(1, &put("a")).unwrap();
-        sm.apply(2, &put("b")).unwrap();
+        sm.apply(1, put("a")).unwrap();
+        sm.apply(2, put("b")).unwrap();
         // A replay of index 1 must not roll the value back.
-        sm.apply(1, &put("a")).unwrap();
-        assert_eq!(sm.get(b"k").unwrap(), Some(b"b".to_vec()));
+        sm.apply(1, put("a")).unwrap();
+        assert_eq!(sm.get(b"k"), Some(b"b".to_vec()));
         assert_eq!(sm.applied_index(), 2);
-        sm.apply(3, &Op::Delete { key: b"k".to_vec() }).unwrap();
-        assert_eq!(sm.get(b"k").unwrap(), None);
+        sm.apply(3, Op::Delete { key: b"k".to_vec() }).unwrap();
+        assert_eq!(sm.get(b"k"), None);
     }
 
     #[test]
@@ -352,21 +332,20 @@ mod tests {
             key: k.as_bytes().to_vec(),
             value: v.as_bytes().to_vec(),
         };
-        sm.apply(1, &put("a", "1")).unwrap();
-        sm.apply(2, &put("b", "2")).unwrap();
+        sm.apply(1, put("a", "1")).unwrap();
+        sm.apply(2, put("b", "2")).unwrap();
         let frozen = sm.freeze().expect("the memory map freezes");
-        assert_eq!(frozen.applied_index(), 2);
-        sm.apply(3, &put("a", "changed")).unwrap();
-        sm.apply(4, &Op::Delete { key: b"b".to_vec() }).unwrap();
-        sm.apply(5, &put("c", "3")).unwrap();
+        sm.apply(3, put("a", "changed")).unwrap();
+        sm.apply(4, Op::Delete { key: b"b".to_vec() }).unwrap();
+        sm.apply(5, put("c", "3")).unwrap();
 
-        let restored = written_and_restored(frozen.as_ref());
-        assert_eq!(restored.get(b"a").unwrap(), Some(b"1".to_vec()));
-        assert_eq!(restored.get(b"b").unwrap(), Some(b"2".to_vec()));
-        assert_eq!(restored.get(b"c").unwrap(), None);
+        let restored = written_and_restored(frozen.as_ref(), 2);
+        assert_eq!(restored.get(b"a"), Some(b"1".to_vec()));
+        assert_eq!(restored.get(b"b"), Some(b"2".to_vec()));
+        assert_eq!(restored.get(b"c"), None);
         assert_eq!(restored.applied_index(), 2);
         // The live map kept every later apply.
-        assert_eq!(sm.get(b"a").unwrap(), Some(b"changed".to_vec()));
+        assert_eq!(sm.get(b"a"), Some(b"changed".to_vec()));
         assert_eq!(sm.len(), 2);
     }
 
@@ -381,7 +360,7 @@ mod tests {
             let mut next = move |n: u64| rng.next_u64() % n;
             let mut sm = MemoryStateMachine::new();
             let mut model = Model::new();
-            let mut frozen: Option<(Box<dyn FrozenState>, Model)> = None;
+            let mut frozen: Option<(Box<dyn FrozenState>, Model, u64)> = None;
             for index in 1..=2_000u64 {
                 let key = format!("k{}", next(64)).into_bytes();
                 let op = if next(4) == 0 {
@@ -395,25 +374,21 @@ mod tests {
                 sm.apply_batch(vec![(index, op)]).unwrap();
                 match next(50) {
                     0 if frozen.is_none() => {
-                        frozen = Some((sm.freeze().unwrap(), model.clone()));
+                        frozen = Some((sm.freeze().unwrap(), model.clone(), index));
                     }
                     1 => frozen = None,
                     _ => {}
                 }
                 assert_eq!(sm.len(), model.len() as u64, "seed {seed} index {index}");
                 let probe = format!("k{}", next(64)).into_bytes();
-                assert_eq!(
-                    sm.get(&probe).unwrap(),
-                    model.get(&probe).cloned(),
-                    "seed {seed}"
-                );
+                assert_eq!(sm.get(&probe), model.get(&probe).cloned(), "seed {seed}");
             }
             // A frozen image still writes the state as of its freeze.
-            if let Some((image, at_freeze)) = frozen {
-                let restored = written_and_restored(image.as_ref());
+            if let Some((image, at_freeze, index)) = frozen {
+                let restored = written_and_restored(image.as_ref(), index);
                 assert_eq!(restored.len(), at_freeze.len() as u64, "seed {seed}");
                 for (k, v) in &at_freeze {
-                    assert_eq!(restored.get(k).unwrap().as_ref(), Some(v), "seed {seed}");
+                    assert_eq!(restored.get(k).as_ref(), Some(v), "seed {seed}");
                 }
             }
         }

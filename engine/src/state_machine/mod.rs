@@ -1,16 +1,18 @@
-//! The state machine the apply stage drives, and its snapshots.
+//! Replicated state machines: the [`StateMachine`] trait any application implements to
+//! run on keel's pipeline, and keel's own key-value store ([`KvStore`]) on it.
 //!
 //! Once the node runs, the apply stage is the only writer (before the stages start,
-//! recovery restores the newest snapshot into it); readers (`Db::get`, `Db::get_local`)
-//! share it behind a read-write lock. Applying is idempotent by index: an entry at or below
-//! [`StateMachine::applied_index`] is skipped, so replaying the log after a restart
+//! recovery restores the newest snapshot into it); readers (`Replica::read`,
+//! `Db::get`) share it behind a read-write lock. Applying is idempotent by index: keel
+//! never hands a state machine an entry at or below its
+//! [`applied_index`](StateMachine::applied_index), so replaying the log after a restart
 //! (or a duplicated hand-out) never applies anything twice.
 //!
-//! Two implementations: [`MemoryStateMachine`] (in memory, rebuilt from the newest
-//! snapshot plus the log on every start) and, behind the `rocksdb` feature,
+//! The key-value store has two maps: [`MemoryStateMachine`] (in memory, rebuilt from
+//! the newest snapshot plus the log on every start) and, behind the `rocksdb` feature,
 //! `RocksStateMachine` (persistent; a restart replays only the log above its applied
-//! index). Both write snapshots in `keel_snapshot::memory`'s layout, so either restores the
-//! other's.
+//! index). Both write snapshots in `keel_snapshot::memory`'s layout, so either restores
+//! the other's.
 //!
 //! Taking a snapshot must not stop applying for as long as the image takes to write:
 //! a state machine that can freeze its state cheaply hands out a [`FrozenState`]
@@ -20,9 +22,10 @@
 //! freeze is written in place, holding applies back meanwhile.
 //!
 //! An error from [`StateMachine::apply`] or [`StateMachine::apply_batch`] means local
-//! storage failed (the operations themselves cannot fail): the apply stage stops the
-//! node rather than let this replica skip an entry the others applied.
+//! storage failed (a refused command is a response, not an error): the apply stage
+//! stops the node rather than let this replica skip an entry the others applied.
 
+mod kv;
 mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocksdb;
@@ -30,5 +33,6 @@ mod traits;
 
 #[cfg(feature = "rocksdb")]
 pub use self::rocksdb::{RocksStateMachine, RESTORE_BATCH_MAX_BYTES};
+pub use kv::KvStore;
 pub use memory::MemoryStateMachine;
-pub use traits::{FrozenState, StateMachine};
+pub use traits::{Command, DecodeError, FrozenState, StateMachine};

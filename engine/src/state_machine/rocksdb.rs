@@ -30,13 +30,11 @@
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
+use keel_snapshot::memory::{MapLimits, RecordReader, RecordWriter};
+use keel_snapshot::{SnapshotConsumer, SnapshotProducer};
 use rocksdb::{
     ColumnFamily, ColumnFamilyDescriptor, Options, ReadOptions, SnapshotWithThreadMode, WriteBatch,
     WriteOptions, DB,
-};
-use keel_snapshot::memory::{MapLimits, RecordReader, RecordWriter};
-use keel_snapshot::{
-    SavedSnapshot, SnapshotConsumer, SnapshotId, SnapshotInfo, SnapshotProducer, SnapshotStore,
 };
 
 use super::StateMachine;
@@ -60,7 +58,7 @@ pub struct RocksStateMachine {
     db: DB,
     path: PathBuf,
     generation: u64,
-    /// Includes entries without an operation recorded by [`StateMachine::skip_to`],
+    /// Includes entries without an operation recorded by [`StateMachine::mark_applied`],
     /// which are not written: replaying them after a restart changes nothing.
     applied_index: u64,
     limits: MapLimits,
@@ -277,33 +275,16 @@ impl RocksStateMachine {
     }
 }
 
-impl StateMachine for RocksStateMachine {
-    fn applied_index(&self) -> u64 {
-        self.applied_index
-    }
-
-    fn apply(&mut self, index: u64, op: &Op) -> Result<()> {
-        self.write_ops([(index, op)])
-    }
-
-    fn apply_batch(&mut self, ops: Vec<(u64, Op)>) -> Result<()> {
-        self.write_ops(ops.iter().map(|(i, op)| (*i, op)))
-    }
-
-    fn skip_to(&mut self, index: u64) {
-        // Not written: an entry without an operation changes nothing, so replaying it
-        // after a restart is harmless; the next applied batch records the index.
-        self.applied_index = self.applied_index.max(index);
-    }
-
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+impl RocksStateMachine {
+    /// The value of `key`, as of `applied_index()`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.db
             .get_cf(self.data_cf()?, key)
             .map_err(|e| backend("reading", e))
     }
 
     /// Counts the keys by iterating them: O(keys), for tests and tools only.
-    fn len(&self) -> u64 {
+    pub fn len(&self) -> u64 {
         let Ok(data) = self.data_cf() else {
             return 0;
         };
@@ -320,85 +301,109 @@ impl StateMachine for RocksStateMachine {
         n
     }
 
-    fn save_snapshot(&self, store: &SnapshotStore, info: &SnapshotInfo) -> Result<SavedSnapshot> {
-        if info.metadata.index != self.applied_index {
-            return Err(Error::StateMachine(format!(
-                "snapshot at {} asked of a state machine at {}",
-                info.metadata.index, self.applied_index
-            )));
-        }
-        let producer = Producer {
-            snapshot: self.db.snapshot(),
-            data: self.data_cf()?,
-        };
-        Ok(store.save_info(info, &producer)?)
+    /// Whether the map is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
-    fn restore_snapshot(&mut self, store: &SnapshotStore, id: SnapshotId) -> Result<SnapshotInfo> {
-        let next = self.generation + 1;
-        let staging = data_cf_name(next);
-        if self.db.cf_handle(&staging).is_some() {
-            // Left by a restore that failed here and could not drop it.
-            self.db
-                .drop_cf(&staging)
-                .map_err(|e| backend("dropping a leftover column family", e))?;
-        }
-        self.db
-            .create_cf(&staging, &Options::default())
-            .map_err(|e| backend("creating a column family", e))?;
-        let loaded = match self.fill(store, id, &staging) {
-            Ok(meta) => meta,
-            Err(e) => {
-                if let Err(drop_err) = self.db.drop_cf(&staging) {
-                    // Dropped on the next open (or the next restore) instead.
-                    log::warn!(
-                        "{}: dropping {staging} after a failed restore: {drop_err}",
-                        self.path.display()
-                    );
-                }
-                return Err(e);
-            }
-        };
-        // The switch: synced, and only after the new family's data is durable (flushed
-        // above), so meta never names a generation whose data a crash could lose; and
-        // before the old family is dropped, so meta never names a dropped one.
-        let meta = self.meta_cf()?;
-        let mut wb = WriteBatch::default();
-        wb.put_cf(meta, KEY_GENERATION, next.to_be_bytes());
-        wb.put_cf(meta, KEY_APPLIED, loaded.metadata.index.to_be_bytes());
-        self.write(wb, true)?;
-        let old = data_cf_name(self.generation);
-        self.generation = next;
-        self.applied_index = loaded.metadata.index;
-        if let Err(e) = self.db.drop_cf(&old) {
-            log::warn!(
-                "{}: dropping the replaced {old}: {e} (retried on the next open)",
-                self.path.display()
-            );
-        }
-        Ok(loaded)
-    }
-}
-
-impl RocksStateMachine {
-    // Streams snapshot `id` into column family `staging` and makes it durable.
-    fn fill(&self, store: &SnapshotStore, id: SnapshotId, staging: &str) -> Result<SnapshotInfo> {
+    // Streams the snapshot in `input` into column family `staging` and makes it
+    // durable.
+    fn fill(&self, input: &mut dyn Read, staging: &str) -> io::Result<()> {
         let cf = self
             .db
             .cf_handle(staging)
-            .ok_or_else(|| Error::StateMachine(format!("column family {staging} is missing")))?;
+            .ok_or_else(|| io::Error::other(format!("column family {staging} is missing")))?;
         let consumer = Consumer {
             db: &self.db,
             cf,
             limits: self.limits,
             max_batch_bytes: RESTORE_BATCH_MAX_BYTES,
         };
-        let (info, _records) = store.load_info(id, &consumer)?;
+        consumer.read_snapshot(input)?;
         // The restore wrote around the WAL; flushing writes its data to synced files.
         self.db
             .flush_cf(cf)
-            .map_err(|e| backend("flushing the restored data", e))?;
-        Ok(info)
+            .map_err(|e| io_error("flushing the restored data", e))
+    }
+}
+
+// The state machine's own errors, as the trait reports them.
+fn to_io(e: Error) -> io::Error {
+    io::Error::other(e.to_string())
+}
+
+impl StateMachine for RocksStateMachine {
+    type Command = Op;
+    type Response = ();
+
+    fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    fn apply(&mut self, index: u64, op: Op) -> io::Result<()> {
+        self.write_ops([(index, &op)]).map_err(to_io)
+    }
+
+    fn apply_batch(&mut self, ops: Vec<(u64, Op)>) -> io::Result<Vec<()>> {
+        self.write_ops(ops.iter().map(|(i, op)| (*i, op)))
+            .map_err(to_io)?;
+        Ok(vec![(); ops.len()])
+    }
+
+    fn mark_applied(&mut self, index: u64) {
+        // Not written: an entry without an operation changes nothing, so replaying it
+        // after a restart is harmless; the next applied batch records the index.
+        self.applied_index = self.applied_index.max(index);
+    }
+
+    fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+        let producer = Producer {
+            snapshot: self.db.snapshot(),
+            data: self.data_cf().map_err(to_io)?,
+        };
+        producer.write_snapshot(out)
+    }
+
+    fn restore_snapshot(&mut self, index: u64, input: &mut dyn Read) -> io::Result<()> {
+        let next = self.generation + 1;
+        let staging = data_cf_name(next);
+        if self.db.cf_handle(&staging).is_some() {
+            // Left by a restore that failed here and could not drop it.
+            self.db
+                .drop_cf(&staging)
+                .map_err(|e| io_error("dropping a leftover column family", e))?;
+        }
+        self.db
+            .create_cf(&staging, &Options::default())
+            .map_err(|e| io_error("creating a column family", e))?;
+        if let Err(e) = self.fill(input, &staging) {
+            if let Err(drop_err) = self.db.drop_cf(&staging) {
+                // Dropped on the next open (or the next restore) instead.
+                log::warn!(
+                    "{}: dropping {staging} after a failed restore: {drop_err}",
+                    self.path.display()
+                );
+            }
+            return Err(e);
+        }
+        // The switch: synced, and only after the new family's data is durable (flushed
+        // above), so meta never names a generation whose data a crash could lose; and
+        // before the old family is dropped, so meta never names a dropped one.
+        let meta = self.meta_cf().map_err(to_io)?;
+        let mut wb = WriteBatch::default();
+        wb.put_cf(meta, KEY_GENERATION, next.to_be_bytes());
+        wb.put_cf(meta, KEY_APPLIED, index.to_be_bytes());
+        self.write(wb, true).map_err(to_io)?;
+        let old = data_cf_name(self.generation);
+        self.generation = next;
+        self.applied_index = index;
+        if let Err(e) = self.db.drop_cf(&old) {
+            log::warn!(
+                "{}: dropping the replaced {old}: {e} (retried on the next open)",
+                self.path.display()
+            );
+        }
+        Ok(())
     }
 }
 

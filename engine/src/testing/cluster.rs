@@ -4,7 +4,7 @@
 //! leader; wait until the nodes converge; read their metrics.
 //!
 //! Every method takes `&self`, so clients and a nemesis on other threads can share one
-//! cluster. Callers borrow a node as an `Arc<Db>`; [`Cluster::kill`] waits until no
+//! cluster. Callers borrow a node as an `Arc<M::Node>`; [`Cluster::kill`] waits until no
 //! borrow is left, so a node is never opened twice on one data directory.
 
 use std::collections::BTreeMap;
@@ -18,12 +18,14 @@ use parking_lot::RwLock;
 
 use super::error::{ClusterError, Result};
 use super::metrics::metric_value;
+use super::model::{KvClient, KvModel};
 use super::options::{Options, Storage, Timing, Transport, Tweak};
 use super::process_fs::ProcessFs;
 use super::tcp::TcpNet;
 use super::wait::{agreed_leader, wait_until, Leader, POLL};
+use crate::state_machine::KvStore;
 use crate::transport::{InProcessNetwork, TcpTransport};
-use crate::{Config, Db, Role, Status};
+use crate::{Config, Role, Status};
 
 /// Where every node keeps its data on its own simulated disk.
 pub const DATA_DIR: &str = "/keel";
@@ -49,15 +51,15 @@ enum Net {
     Tcp(TcpNet),
 }
 
-struct Running {
-    db: Arc<Db>,
+struct Running<N> {
+    db: Arc<N>,
     // The run of the process on the node's simulated disk, if it has one.
     process: Option<ProcessFs>,
     // This run's transport, over TCP; shut down when the run ends.
     tcp: Option<Arc<TcpTransport>>,
 }
 
-impl Running {
+impl<N> Running<N> {
     fn shutdown_transport(&self) {
         if let Some(t) = &self.tcp {
             t.shutdown();
@@ -65,9 +67,11 @@ impl Running {
     }
 }
 
-/// Nodes of one cluster in this process. Dropping it closes every node (and, over
-/// TCP, shuts every transport down: no thread or socket is left).
-pub struct Cluster {
+/// Nodes of one cluster in this process, each running state machine `M` (keel's
+/// key-value store by default, its nodes then [`Db`](crate::Db)s). Dropping it closes
+/// every node (and, over TCP, shuts every transport down: no thread or socket is
+/// left).
+pub struct Cluster<M: KvModel = KvStore> {
     ids: Vec<u64>,
     net: Net,
     root: Root,
@@ -75,10 +79,10 @@ pub struct Cluster {
     timing: Timing,
     seed: u64,
     tweak: Option<Tweak>,
-    nodes: RwLock<BTreeMap<u64, Running>>,
+    nodes: RwLock<BTreeMap<u64, Running<M::Node>>>,
 }
 
-impl std::fmt::Debug for Cluster {
+impl<M: KvModel> std::fmt::Debug for Cluster<M> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
             .field("ids", &self.ids)
@@ -92,8 +96,34 @@ fn millis(d: Duration) -> u64 {
 }
 
 impl Cluster {
-    /// Builds the cluster and starts every node.
+    /// Builds a cluster of keel's key-value store and starts every node.
     pub fn open(options: Options) -> Result<Cluster> {
+        Cluster::open_model(options)
+    }
+
+    /// Nodes `1..=n` with [`Options::new`]'s defaults.
+    ///
+    /// # Panics
+    ///
+    /// If a node does not start (for tests; see [`Cluster::open`]).
+    pub fn new(n: u64) -> Cluster {
+        Cluster::open(Options::new(n)).expect("start the cluster")
+    }
+
+    /// Nodes `1..=n` with [`Options::new`]'s defaults and `tweak` applied to each
+    /// node's configuration.
+    ///
+    /// # Panics
+    ///
+    /// If a node does not start (for tests; see [`Cluster::open`]).
+    pub fn with(n: u64, tweak: impl Fn(Config) -> Config + Send + Sync + 'static) -> Cluster {
+        Cluster::open(Options::new(n).tweak(tweak)).expect("start the cluster")
+    }
+}
+
+impl<M: KvModel> Cluster<M> {
+    /// Builds a cluster of state machine `M` and starts every node.
+    pub fn open_model(options: Options) -> Result<Cluster<M>> {
         let root = match &options.storage {
             Storage::TempDir => Root::Temp(tempfile::tempdir().map_err(ClusterError::TempDir)?),
             Storage::Dir(dir) => Root::Dir(dir.clone()),
@@ -128,25 +158,6 @@ impl Cluster {
             c.start(id)?;
         }
         Ok(c)
-    }
-
-    /// Nodes `1..=n` with [`Options::new`]'s defaults.
-    ///
-    /// # Panics
-    ///
-    /// If a node does not start (for tests; see [`Cluster::open`]).
-    pub fn new(n: u64) -> Cluster {
-        Cluster::open(Options::new(n)).expect("start the cluster")
-    }
-
-    /// Nodes `1..=n` with [`Options::new`]'s defaults and `tweak` applied to each
-    /// node's configuration.
-    ///
-    /// # Panics
-    ///
-    /// If a node does not start (for tests; see [`Cluster::open`]).
-    pub fn with(n: u64, tweak: impl Fn(Config) -> Config + Send + Sync + 'static) -> Cluster {
-        Cluster::open(Options::new(n).tweak(tweak)).expect("start the cluster")
     }
 
     /// Every node id, running or not.
@@ -230,7 +241,7 @@ impl Cluster {
     }
 
     /// Opens (recovering) node `id` from its data directory; returns it.
-    pub fn start(&self, id: u64) -> Result<Arc<Db>> {
+    pub fn start(&self, id: u64) -> Result<Arc<M::Node>> {
         if !self.ids.contains(&id) {
             return Err(ClusterError::UnknownNode(id));
         }
@@ -242,7 +253,7 @@ impl Cluster {
     /// simulated disk, a new run of the node's process on its disk replaces `config.fs`;
     /// over TCP, a new transport on the node's address replaces `config.transport` (a
     /// node that joins gets a new address, which the running nodes learn).
-    pub fn start_with(&self, id: u64, mut config: Config) -> Result<Arc<Db>> {
+    pub fn start_with(&self, id: u64, mut config: Config) -> Result<Arc<M::Node>> {
         if self.nodes.read().contains_key(&id) {
             return Err(ClusterError::AlreadyRunning(id));
         }
@@ -257,7 +268,7 @@ impl Cluster {
         if let Some(t) = &tcp {
             config.transport = Some(t.clone());
         }
-        let running = match Db::open(config) {
+        let running = match M::open_node(config) {
             Ok(db) => Running {
                 db: Arc::new(db),
                 process,
@@ -275,7 +286,7 @@ impl Cluster {
         if nodes.contains_key(&id) {
             // Another thread started it meanwhile; ours goes.
             drop(nodes);
-            let _ = db.close();
+            let _ = db.replica().close();
             running.shutdown_transport();
             return Err(ClusterError::AlreadyRunning(id));
         }
@@ -292,7 +303,7 @@ impl Cluster {
             .collect()
     }
 
-    /// Stops node `id` cleanly ([`Db::close`]), keeping its data; over TCP, then shuts
+    /// Stops node `id` cleanly ([`Replica::close`](crate::Replica::close)), keeping its data; over TCP, then shuts
     /// its transport down.
     pub fn stop(&self, id: u64) -> Result<()> {
         let running = self
@@ -300,7 +311,7 @@ impl Cluster {
             .write()
             .remove(&id)
             .ok_or(ClusterError::NotRunning(id))?;
-        let closed = running.db.close();
+        let closed = running.db.replica().close();
         running.shutdown_transport();
         closed.map_err(|source| ClusterError::Close { id, source })
     }
@@ -370,13 +381,13 @@ impl Cluster {
             process.kill(mode);
         }
         // Stops and joins the threads; their I/O fails from now on.
-        let _ = db.close();
+        let _ = db.replica().close();
         running.shutdown_transport();
         Ok(())
     }
 
     /// Node `id`, if it runs.
-    pub fn node(&self, id: u64) -> Option<Arc<Db>> {
+    pub fn node(&self, id: u64) -> Option<Arc<M::Node>> {
         self.nodes.read().get(&id).map(|r| Arc::clone(&r.db))
     }
 
@@ -385,13 +396,13 @@ impl Cluster {
     /// # Panics
     ///
     /// If it does not run (for tests; see [`node`](Cluster::node)).
-    pub fn db(&self, id: u64) -> Arc<Db> {
+    pub fn db(&self, id: u64) -> Arc<M::Node> {
         self.node(id)
             .unwrap_or_else(|| panic!("node {id} is not running"))
     }
 
     /// Every running node, by id.
-    pub fn running(&self) -> Vec<Arc<Db>> {
+    pub fn running(&self) -> Vec<Arc<M::Node>> {
         self.nodes
             .read()
             .values()
@@ -424,10 +435,10 @@ impl Cluster {
 
     /// The running node that says it leads right now (the one with the highest term if
     /// two do); no agreement needed.
-    pub fn leader(&self) -> Option<Arc<Db>> {
+    pub fn leader(&self) -> Option<Arc<M::Node>> {
         self.running()
             .into_iter()
-            .map(|db| (db.status(), db))
+            .map(|db| (db.replica().status(), db))
             .filter(|(st, _)| st.role == Role::Leader)
             .max_by_key(|(st, _)| st.term)
             .map(|(_, db)| db)
@@ -450,7 +461,7 @@ impl Cluster {
         let target = self
             .running()
             .iter()
-            .map(|db| db.status().commit_index)
+            .map(|db| db.replica().status().commit_index)
             .max()
             .unwrap_or(0);
         self.try_wait_applied(target, timeout)?;
@@ -462,7 +473,7 @@ impl Cluster {
         wait_until(timeout, || {
             self.running()
                 .iter()
-                .all(|db| db.status().applied_index >= index)
+                .all(|db| db.replica().status().applied_index >= index)
                 .then_some(())
         })
         .ok_or_else(|| self.not_converged(timeout))
@@ -475,7 +486,11 @@ impl Cluster {
         let deadline = Instant::now() + timeout;
         let mut last = None;
         loop {
-            let st: Vec<Status> = self.running().iter().map(|d| d.status()).collect();
+            let st: Vec<Status> = self
+                .running()
+                .iter()
+                .map(|d| d.replica().status())
+                .collect();
             let commit = st.iter().map(|s| s.commit_index).max().unwrap_or(0);
             let same = st.iter().all(|s| s.applied_index == commit);
             if same && last == Some(commit) {
@@ -495,7 +510,11 @@ impl Cluster {
     fn not_converged(&self, timeout: Duration) -> ClusterError {
         ClusterError::NotConverged {
             waited_ms: millis(timeout),
-            statuses: self.running().iter().map(|d| d.status()).collect(),
+            statuses: self
+                .running()
+                .iter()
+                .map(|d| d.replica().status())
+                .collect(),
         }
     }
 
@@ -539,7 +558,7 @@ impl Cluster {
     pub fn metric_sum(&self, name: &str) -> f64 {
         self.running()
             .iter()
-            .map(|db| metric_value(&db.metrics_text(), name))
+            .map(|db| metric_value(&db.replica().metrics_text(), name))
             .sum()
     }
 
@@ -549,7 +568,7 @@ impl Cluster {
         let nodes = std::mem::take(&mut *self.nodes.write());
         let mut first = Ok(());
         for (id, running) in nodes {
-            let closed = running.db.close();
+            let closed = running.db.replica().close();
             running.shutdown_transport();
             if let Err(source) = closed {
                 if first.is_ok() {
@@ -573,7 +592,7 @@ impl Cluster {
     }
 }
 
-impl Drop for Cluster {
+impl<M: KvModel> Drop for Cluster<M> {
     fn drop(&mut self) {
         // Before the temporary directory goes (fields drop after this).
         let _ = self.close();

@@ -39,6 +39,7 @@
 mod cluster;
 mod error;
 mod metrics;
+mod model;
 mod options;
 mod process_fs;
 mod tcp;
@@ -49,6 +50,7 @@ pub use error::{ClusterError, Result};
 /// What a crash keeps of a simulated disk's unsynced writes ([`Cluster::crash`]).
 pub use keel_fs::CrashMode;
 pub use metrics::metric_value;
+pub use model::{KvClient, KvModel, RegisterOp, Registers};
 pub use options::{fast, Options, Storage, TcpTweak, Timing, Transport, Tweak};
 pub use process_fs::ProcessFs;
 pub use tcp::{loopback_tcp, start_tcp};

@@ -4,7 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use crate::{Db, Role};
+use super::model::KvClient;
+use crate::Role;
 
 /// How often [`wait_until`] polls: short against the 10–20 ms ticks the harness runs
 /// nodes at, long enough not to compete with them for the CPU.
@@ -36,8 +37,8 @@ pub struct Leader {
 
 /// The leader every one of `nodes` names, if they all name the same one and it is
 /// among them and says it leads; `None` for no nodes.
-pub fn agreed_leader<'a>(nodes: impl IntoIterator<Item = &'a Db>) -> Option<Leader> {
-    let statuses: Vec<_> = nodes.into_iter().map(Db::status).collect();
+pub fn agreed_leader<'a, N: KvClient>(nodes: impl IntoIterator<Item = &'a N>) -> Option<Leader> {
+    let statuses: Vec<_> = nodes.into_iter().map(|n| n.replica().status()).collect();
     let first = statuses.first()?.leader?;
     if !statuses.iter().all(|s| s.leader == Some(first)) {
         return None;

@@ -8,8 +8,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{bounded, Receiver, Sender, TrySendError};
-use parking_lot::Mutex;
 use keel_raft::Rng;
+use parking_lot::Mutex;
 
 use super::{ChunkSource, MessageSink, Transport, TransportError};
 

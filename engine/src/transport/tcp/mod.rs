@@ -66,8 +66,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use parking_lot::{Mutex, RwLock};
 use keel_raft::MessageType;
+use parking_lot::{Mutex, RwLock};
 
 pub use self::config::{TcpConfig, MAX_FRAME_BYTES, MIN_FRAME_BYTES};
 pub use self::stats::TcpStats;
