@@ -38,8 +38,8 @@ use std::time::Duration;
 use criterion::{Criterion, SamplingMode, Throughput};
 use hdrhistogram::Histogram;
 use keel_load::{payload, LoadError, RawFile, Target, WalTarget};
-use tempfile::TempDir;
 use keel_wal::WalOptions;
+use tempfile::TempDir;
 
 const WRITERS: [usize; 4] = [1, 4, 16, 64];
 const SIZES: [usize; 3] = [128, 1024, 16 * 1024];

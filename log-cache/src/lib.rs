@@ -48,11 +48,11 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
 use keel_raft::{
     ConfState, Entry, Error, RaftState, Result, Snapshot, SnapshotMetadata, Storage, StorageError,
 };
 use keel_wal::{LogError, LogStore};
+use parking_lot::RwLock;
 
 /// How the cache is sized.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -160,6 +160,36 @@ struct Shared<L: ?Sized> {
 
 /// A bounded, shareable cache of the Raft log that implements [`Storage`]. See the
 /// module documentation for the calling protocol.
+///
+/// # Example
+///
+/// ```
+/// use std::sync::Arc;
+/// use keel_log_cache::{LogCache, LogCacheOptions};
+/// use keel_raft::{Entry, Storage};
+/// use keel_wal::{LogBatch, LogStore, MemLogStore};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let log = Arc::new(MemLogStore::new()); // a `Wal` on a real node
+/// // Room for about four 100-byte entries (each counts its payload plus 24 bytes).
+/// let cache = LogCache::open(Arc::clone(&log), LogCacheOptions { max_bytes: 4 * 124 })?;
+///
+/// for index in 1..=10 {
+///     let entries = vec![Entry::new(1, index, vec![0; 100])];
+///     // The persist stage's order: the durable log first, then the cache.
+///     log.write(&LogBatch { entries: entries.clone(), ..LogBatch::default() }, true)?;
+///     cache.append(&entries)?;
+/// }
+///
+/// // Raft reads through `Storage`: the newest entries come from memory, older ones
+/// // from the log.
+/// assert_eq!(cache.entries(8, 11, u64::MAX)?.len(), 3);
+/// assert_eq!(cache.entries(1, 3, u64::MAX)?.len(), 2);
+/// let stats = cache.stats();
+/// assert_eq!((stats.window_entries, stats.hits, stats.misses), (4, 1, 1));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct LogCache<L: LogStore + ?Sized> {
     shared: Arc<Shared<L>>,

@@ -5,10 +5,10 @@
 use std::sync::Arc;
 
 use keel_log_cache::{LogCache, LogCacheOptions};
-use proptest::prelude::*;
 use keel_raft::util::limit_size;
 use keel_raft::{ConfState, Entry, Error, SnapshotMetadata, Storage, StorageError};
 use keel_wal::{LogBatch, LogStore, MemLogStore};
+use proptest::prelude::*;
 
 /// The model: entries `compacted + 1 ..= compacted + entries.len()`.
 #[derive(Debug, Default)]

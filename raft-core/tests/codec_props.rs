@@ -15,15 +15,15 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::fmt::Debug;
 
-use proptest::collection::vec;
-use proptest::prelude::*;
-use proptest::sample::Index;
-use proptest::test_runner::TestCaseError;
 use keel_raft::codec::{self, Codec, DecodeError, Reader, FORMAT_VERSION};
 use keel_raft::{
     ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
     Entry, EntryType, HardState, Message, MessageType, Snapshot, SnapshotMetadata,
 };
+use proptest::collection::vec;
+use proptest::prelude::*;
+use proptest::sample::Index;
+use proptest::test_runner::TestCaseError;
 
 // ---------------------------------------------------------------------------------------
 // Allocation accounting

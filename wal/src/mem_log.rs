@@ -3,8 +3,8 @@
 
 use std::time::Instant;
 
-use parking_lot::RwLock;
 use keel_raft::{Entry, HardState, SnapshotMetadata};
+use parking_lot::RwLock;
 
 use crate::log_index::{Durability, LogIndex};
 use crate::{LogBatch, LogError, LogStore, SyncPolicy};

@@ -15,8 +15,8 @@
 use std::path::Path;
 use std::time::Instant;
 
-use parking_lot::{Condvar, Mutex, RwLock};
 use keel_raft::{codec, Entry, HardState, SnapshotMetadata};
+use parking_lot::{Condvar, Mutex, RwLock};
 use rocksdb::{ColumnFamilyDescriptor, IteratorMode, Options, WriteBatch, WriteOptions, DB};
 
 use crate::log_index::{Durability, LogIndex};

@@ -8,9 +8,9 @@ use std::path::Path;
 
 use common::*;
 use keel_fs::FileSystem;
-use proptest::prelude::*;
 use keel_raft::Entry;
 use keel_wal::{LogBatch, LogStore, MemLogStore, SegmentName, Wal};
+use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Op {
