@@ -500,3 +500,8 @@ mod tests {
         assert_eq!(wal.wal.last_index(), 20);
     }
 }
+
+// The README's example, run as a doc-test so that the published page cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;

@@ -638,3 +638,8 @@ impl<L: LogStore + ?Sized> Storage for LogCache<L> {
         })
     }
 }
+
+// The README's example, run as a doc-test so that the published page cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;
