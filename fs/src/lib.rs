@@ -184,3 +184,8 @@ pub fn write_file_durably(
 
 #[cfg(test)]
 mod tests;
+
+// The README's example, run as a doc-test so that the published page cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;

@@ -9,6 +9,29 @@ use std::sync::Arc;
 use super::{FileLock, FileSystem, FsFile, ReadView};
 
 /// The real file system.
+///
+/// # Example
+///
+/// ```
+/// use keel_fs::{write_file_durably, FileSystem, StdFs};
+///
+/// # fn main() -> std::io::Result<()> {
+/// let dir = tempfile::tempdir()?;
+/// let fs = StdFs::shared();
+/// let data = dir.path().join("data");
+/// fs.create_dir_all_durably(&data)?;
+///
+/// // Replace a file atomically: after a crash it holds the old bytes or the new ones.
+/// write_file_durably(&*fs, &data, "config", b"version 2")?;
+/// assert_eq!(fs.read_file(&data.join("config"))?, b"version 2");
+///
+/// // One process per data directory: a second lock on the same file fails.
+/// let lock = fs.lock_file(&data.join("LOCK"))?;
+/// assert!(lock.is_held());
+/// assert!(fs.lock_file(&data.join("LOCK")).is_err());
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct StdFs;
 

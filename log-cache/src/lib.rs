@@ -160,6 +160,36 @@ struct Shared<L: ?Sized> {
 
 /// A bounded, shareable cache of the Raft log that implements [`Storage`]. See the
 /// module documentation for the calling protocol.
+///
+/// # Example
+///
+/// ```
+/// use std::sync::Arc;
+/// use keel_log_cache::{LogCache, LogCacheOptions};
+/// use keel_raft::{Entry, Storage};
+/// use keel_wal::{LogBatch, LogStore, MemLogStore};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let log = Arc::new(MemLogStore::new()); // a `Wal` on a real node
+/// // Room for about four 100-byte entries (each counts its payload plus 24 bytes).
+/// let cache = LogCache::open(Arc::clone(&log), LogCacheOptions { max_bytes: 4 * 124 })?;
+///
+/// for index in 1..=10 {
+///     let entries = vec![Entry::new(1, index, vec![0; 100])];
+///     // The persist stage's order: the durable log first, then the cache.
+///     log.write(&LogBatch { entries: entries.clone(), ..LogBatch::default() }, true)?;
+///     cache.append(&entries)?;
+/// }
+///
+/// // Raft reads through `Storage`: the newest entries come from memory, older ones
+/// // from the log.
+/// assert_eq!(cache.entries(8, 11, u64::MAX)?.len(), 3);
+/// assert_eq!(cache.entries(1, 3, u64::MAX)?.len(), 2);
+/// let stats = cache.stats();
+/// assert_eq!((stats.window_entries, stats.hits, stats.misses), (4, 1, 1));
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct LogCache<L: LogStore + ?Sized> {
     shared: Arc<Shared<L>>,
@@ -608,3 +638,8 @@ impl<L: LogStore + ?Sized> Storage for LogCache<L> {
         })
     }
 }
+
+// The README's example, run as a doc-test so that the published page cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;

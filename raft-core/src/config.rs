@@ -5,6 +5,26 @@ use crate::read_only::ReadOnlyOption;
 
 /// Configuration of a [`RawNode`](crate::RawNode). Start from [`Config::new`] and
 /// change what you need; [`Config::validate`] runs when the node is created.
+///
+/// # Example
+///
+/// ```
+/// use keel_raft::{Config, ReadOnlyOption};
+///
+/// let config = Config {
+///     election_tick: 20,
+///     heartbeat_tick: 2,
+///     check_quorum: true,
+///     pre_vote: true,
+///     read_only_option: ReadOnlyOption::LeaseBased, // needs check_quorum
+///     seed: 7,
+///     ..Config::new(1)
+/// };
+/// assert!(config.validate().is_ok());
+/// assert_eq!(config.max_election_tick(), 40);
+/// // A heartbeat no shorter than the election timeout is refused.
+/// assert!(Config { heartbeat_tick: 20, ..config }.validate().is_err());
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
     /// This node's id; never 0.

@@ -104,3 +104,8 @@ pub use rng::Rng;
 pub use status::Status;
 pub use storage::{MemoryStorage, RaftState, Storage};
 pub use types::*;
+
+// The README's example, run as a doc-test so that the published page cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;

@@ -143,6 +143,44 @@ struct ReadyRecord {
 }
 
 /// A Raft node driven by the application: no threads, no clocks, no I/O.
+///
+/// The application loop: feed it ticks ([`tick`](Self::tick)), messages from peers
+/// ([`step`](Self::step)) and proposals ([`propose`](Self::propose)); when
+/// [`has_ready`](Self::has_ready), take a [`Ready`], persist its entries and hard state,
+/// send its messages, apply its committed entries, and hand it back through
+/// [`advance`](Self::advance).
+///
+/// # Example
+///
+/// A single-voter group commits a proposal on its own:
+///
+/// ```
+/// use keel_raft::{Config, MemoryStorage, RawNode, StateRole};
+///
+/// # fn main() -> keel_raft::Result<()> {
+/// let store = MemoryStorage::new_with_conf_state(vec![1], vec![]);
+/// let mut node = RawNode::new(&Config::new(1), store)?;
+/// node.campaign()?; // alone in the group, it wins at once
+/// assert_eq!(node.role(), StateRole::Leader);
+/// node.propose(b"put k v".to_vec())?;
+///
+/// let mut applied = Vec::new();
+/// while node.has_ready() {
+///     let mut rd = node.ready();
+///     node.mut_store().append(rd.entries())?; // persist before acknowledging
+///     if let Some(hs) = rd.hs() {
+///         node.mut_store().set_hard_state(*hs);
+///     }
+///     let mut committed = rd.take_committed_entries();
+///     let mut light = node.advance(rd);
+///     committed.extend(light.take_committed_entries());
+///     applied.extend(committed.into_iter().filter(|e| !e.data.is_empty()).map(|e| e.data));
+///     node.advance_apply();
+/// }
+/// assert_eq!(applied, vec![b"put k v".to_vec()]);
+/// # Ok(())
+/// # }
+/// ```
 pub struct RawNode<S: Storage> {
     /// The state machine itself, exposed for inspection and tests.
     pub raft: Raft<S>,

@@ -41,6 +41,28 @@ pub trait Storage {
 ///
 /// It holds the latest snapshot and the log after a compaction point, which is at or
 /// below the snapshot index (a catch-up margin of entries may be kept behind a snapshot).
+///
+/// # Example
+///
+/// ```
+/// use keel_raft::{Entry, MemoryStorage, Storage};
+///
+/// # fn main() -> keel_raft::Result<()> {
+/// let mut store = MemoryStorage::new_with_conf_state(vec![1, 2, 3], vec![]);
+/// let entries: Vec<Entry> = (1..=5).map(|index| Entry::new(1, index, vec![])).collect();
+/// store.append(&entries)?;
+/// assert_eq!((store.first_index()?, store.last_index()?), (1, 5));
+/// assert_eq!(store.initial_state()?.conf_state.voters, vec![1, 2, 3]);
+///
+/// // Snapshot the state machine at 3, then drop the entries the snapshot covers.
+/// store.create_snapshot(3, None, b"state at 3".to_vec())?;
+/// store.compact(3)?;
+/// assert_eq!(store.first_index()?, 4);
+/// assert_eq!(store.term(3)?, 1); // the compaction point's term is still known
+/// assert_eq!(store.snapshot(0, 2)?.metadata.index, 3);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStorage {
     hard_state: HardState,

@@ -72,3 +72,8 @@ pub use store::{
     StoreOptions, DEFAULT_MAX_RECEIVE_BYTES,
 };
 pub use transfer::{ReceiveStatus, SnapshotReceiver, SnapshotSender};
+
+// The README's example, run as a doc-test so that the published page cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;

@@ -168,6 +168,40 @@ pub struct Retention {
 
 /// A directory of snapshots on a [`FileSystem`]. Methods take `&self`; directory
 /// changes (install, rename, delete) are serialized by an internal lock.
+///
+/// # Example
+///
+/// Save snapshots as the state machine advances, keep the newest two, and load the
+/// newest after a restart:
+///
+/// ```
+/// use keel_fs::StdFs;
+/// use keel_raft::SnapshotMetadata;
+/// use keel_snapshot::memory::{Map, MapConsumer};
+/// use keel_snapshot::{SnapshotStore, StoreOptions};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let opts = StoreOptions { retain_count: 2, ..StoreOptions::default() };
+/// let store = SnapshotStore::open(StdFs::shared(), dir.path().join("snap"), opts)?;
+///
+/// let mut state = Map::new();
+/// for index in [10, 20, 30] {
+///     state.insert(format!("key{index}").into_bytes(), b"value".to_vec());
+///     let meta = SnapshotMetadata { index, term: 1, ..SnapshotMetadata::default() };
+///     store.save(&meta, &state)?;
+/// }
+/// let retention = store.retain()?;
+/// assert_eq!(retention.deleted.len(), 1); // the snapshot at 10
+/// assert_eq!(retention.wal_purge_through, 20); // the oldest one kept
+///
+/// let reopened = SnapshotStore::open(StdFs::shared(), dir.path().join("snap"), opts)?;
+/// let newest = reopened.load_newest(&MapConsumer::default())?.expect("a snapshot");
+/// assert_eq!(newest.metadata.index, 30);
+/// assert_eq!(newest.image, state);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct SnapshotStore {
     pub(crate) fs: Arc<dyn FileSystem>,

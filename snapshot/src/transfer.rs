@@ -17,6 +17,51 @@
 //!
 //! The Raft message itself carries only the snapshot's metadata (the log cache's
 //! `Storage::snapshot` returns empty `data`); the chunks travel beside it.
+//!
+//! # Example
+//!
+//! A transfer that breaks off after two chunks and resumes where it stopped:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use keel_fs::SimFs;
+//! use keel_raft::SnapshotMetadata;
+//! use keel_snapshot::memory::{Map, MapConsumer};
+//! use keel_snapshot::{ReceiveStatus, SnapshotStore, StoreOptions};
+//!
+//! # fn main() -> keel_snapshot::Result<()> {
+//! // Small chunks so that this snapshot takes several.
+//! let opts = StoreOptions { chunk_size_bytes: 64, ..StoreOptions::default() };
+//! let leader = SnapshotStore::open(SimFs::new(1).shared(), "/leader/snap", opts)?;
+//! let follower = Arc::new(SnapshotStore::open(SimFs::new(2).shared(), "/follower/snap", opts)?);
+//!
+//! let state: Map = (0..20u32).map(|i| (i.to_be_bytes().to_vec(), vec![b'v'; 30])).collect();
+//! let meta = SnapshotMetadata { index: 100, term: 4, ..SnapshotMetadata::default() };
+//! let saved = leader.save(&meta, &state)?;
+//!
+//! // The first attempt delivers two chunks; then the connection drops.
+//! let mut sender = leader.sender(saved.id, 0)?;
+//! let mut receiver = follower.receiver_for(&meta)?;
+//! for _ in 0..2 {
+//!     let chunk = sender.next_chunk()?.expect("more chunks");
+//!     receiver.receive_frame(&chunk.encode())?;
+//! }
+//! drop(receiver); // its partial file stays
+//!
+//! // The retry picks up after the last chunk that arrived.
+//! let mut receiver = follower.receiver_for(&meta)?;
+//! assert_eq!(receiver.next_seq(), 2);
+//! let mut sender = leader.sender(saved.id, receiver.next_seq())?;
+//! let mut status = None;
+//! while let Some(chunk) = sender.next_chunk()? {
+//!     status = Some(receiver.receive(&chunk)?);
+//! }
+//! assert!(matches!(status, Some(ReceiveStatus::Installed { .. })));
+//! let loaded = follower.load_newest(&MapConsumer::default())?.expect("installed");
+//! assert_eq!(loaded.image, state);
+//! # Ok(())
+//! # }
+//! ```
 
 use std::io::BufReader;
 

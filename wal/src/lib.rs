@@ -72,3 +72,8 @@ pub use recovery::{RecoveryReport, TailCut};
 pub use rocksdb_log::{has_rocksdb_files, RocksLogStore};
 pub use segment::{SegmentName, BROKEN_SUFFIX, PREALLOC_SUFFIX, SEGMENT_SUFFIX};
 pub use wal::{Wal, WalStats};
+
+// The README's example, run as a doc-test so that the published page cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeExample;

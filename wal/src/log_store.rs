@@ -68,6 +68,45 @@ impl LogBatch {
 /// Whether a write is synced is the store's decision alone: it is opened with a
 /// [`SyncPolicy`](crate::SyncPolicy), and callers only mark the writes that must be
 /// durable before they are acknowledged.
+///
+/// # Example
+///
+/// Code written against the trait runs on any backend: here the in-memory
+/// [`MemLogStore`](crate::MemLogStore); [`Wal`](crate::Wal) in production.
+///
+/// ```
+/// use keel_raft::{Entry, SnapshotMetadata};
+/// use keel_wal::{LogBatch, LogError, LogStore, MemLogStore};
+///
+/// /// Appends `payloads` after the log's last entry, in `term`, and waits until durable.
+/// fn append(log: &dyn LogStore, term: u64, payloads: &[&[u8]]) -> Result<u64, LogError> {
+///     let first = log.last_index() + 1;
+///     let entries = payloads
+///         .iter()
+///         .zip(first..)
+///         .map(|(data, index)| Entry::new(term, index, data.to_vec()))
+///         .collect();
+///     log.write(&LogBatch { entries, ..LogBatch::default() }, true)
+/// }
+///
+/// # fn main() -> Result<(), LogError> {
+/// let log = MemLogStore::new();
+/// assert_eq!(append(&log, 1, &[b"a", b"b", b"c"])?, 3);
+/// assert_eq!(log.durable_index(), 3);
+///
+/// // A leader in term 2 overwrites the uncommitted entry 3.
+/// log.write(&LogBatch { entries: vec![Entry::new(2, 3, b"c2".to_vec())], ..LogBatch::default() }, true)?;
+/// assert_eq!(log.term(3)?, 2);
+///
+/// // A snapshot at 2 lets the entries it covers go.
+/// let snapshot = SnapshotMetadata { index: 2, term: 1, ..SnapshotMetadata::default() };
+/// log.write(&LogBatch { snapshot: Some(snapshot), ..LogBatch::default() }, true)?;
+/// log.compact(2)?;
+/// assert_eq!(log.first_index(), 3);
+/// assert!(matches!(log.entries(1, 2, u64::MAX), Err(LogError::Compacted(1))));
+/// # Ok(())
+/// # }
+/// ```
 pub trait LogStore: Send + Sync {
     /// Writes `batch`. With `durable`, the batch and everything written before it are
     /// made durable as the store's sync policy says before the call returns: under

@@ -61,6 +61,28 @@ pub enum RecoveryMode {
 }
 
 /// Configuration of a [`Wal`](crate::Wal).
+///
+/// # Example
+///
+/// Small segments synced at most every 5 ms, no background thread, and every kind of
+/// damage refused at open:
+///
+/// ```
+/// use keel_fs::SimFs;
+/// use keel_wal::{LogStore, RecoveryMode, SyncPolicy, Wal, WalOptions};
+///
+/// # fn main() -> Result<(), keel_wal::LogError> {
+/// let opts = WalOptions {
+///     segment_size_bytes: 1 << 20,
+///     sync_policy: SyncPolicy::EveryMs(5),
+///     recovery_mode: RecoveryMode::AbsoluteConsistency,
+///     preallocate: false,
+/// };
+/// let wal = Wal::open(SimFs::new(7).shared(), "/node/wal", opts)?;
+/// assert_eq!(wal.last_index(), 0);
+/// # Ok(())
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WalOptions {
     /// Target size of a segment file; a segment is allocated to this size up front and

@@ -182,6 +182,34 @@ struct Inner {
 
 /// The segmented, CRC-checked write-ahead log. See the [crate docs](crate) for the
 /// format and guarantees; open it with [`Wal::open`] and use it through [`LogStore`].
+///
+/// # Example
+///
+/// ```
+/// use keel_fs::StdFs;
+/// use keel_raft::{Entry, HardState};
+/// use keel_wal::{LogBatch, LogStore, Wal, WalOptions};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let dir = tempfile::tempdir()?;
+/// let wal = Wal::open(StdFs::shared(), dir.path().join("wal"), WalOptions::default())?;
+/// let batch = LogBatch {
+///     entries: (1..=3).map(|i| Entry::new(1, i, format!("put k{i}").into_bytes())).collect(),
+///     hard_state: Some(HardState { term: 1, vote: 1, commit: 3 }),
+///     snapshot: None,
+/// };
+/// // Durable: synced before it returns (the default `SyncPolicy::Always`).
+/// assert_eq!(wal.write(&batch, true)?, 3);
+/// wal.close()?;
+///
+/// // Reopening replays the segments.
+/// let wal = Wal::open(StdFs::shared(), dir.path().join("wal"), WalOptions::default())?;
+/// assert_eq!(wal.last_index(), 3);
+/// assert_eq!(wal.entries(2, 3, u64::MAX)?[0].data, b"put k2");
+/// assert_eq!(wal.hard_state().commit, 3);
+/// # Ok(())
+/// # }
+/// ```
 pub struct Wal {
     inner: Inner,
     report: RecoveryReport,
