@@ -30,9 +30,11 @@ use crate::config::{Config, MembershipObserver};
 use crate::error::{Error, Fatal, FatalKind, StopReason};
 use crate::members::Members;
 use crate::proposals::{Applied, Proposals};
-use crate::recovery::{self, Image, Recovered};
+use crate::recovery::Recovered;
 use crate::shared::Shared;
-use crate::state_machine::{Command, StateMachine};
+use crate::state_machine::{
+    restore_from_store, save_frozen_to_store, save_to_store, Command, StateMachine,
+};
 use crate::supervisor::{self, Stage};
 use crate::thread_policy::{self, ThreadPolicy};
 
@@ -376,7 +378,7 @@ impl<S: StateMachine> ApplyStage<S> {
             // only the member addresses its header carries.
             self.store.info(id)
         } else {
-            recovery::restore(&mut *sm, &self.store, id)
+            restore_from_store(&mut *sm, &self.store, id)
         }
         .map_err(|e| {
             Fatal::here(
@@ -445,10 +447,7 @@ impl<S: StateMachine> ApplyStage<S> {
         let Some(frozen) = sm.freeze() else {
             // Readers keep reading while the image is written; only applying waits.
             let sm = RwLockWriteGuard::downgrade(sm);
-            let saved = self
-                .store
-                .save_info(&info, &Image(&|out| sm.write_snapshot(out)))
-                .map_err(Error::from);
+            let saved = save_to_store(&*sm, &self.store, &info).map_err(Error::from);
             drop(sm);
             self.finish_snapshot(info.metadata, started, saved);
             return;
@@ -469,9 +468,7 @@ impl<S: StateMachine> ApplyStage<S> {
                 // A panic stops the node; `answer` closes only after that is recorded.
                 let saved = supervisor::guarded(&shared, || {
                     fail::fail_point!("snapshotBeforeSave");
-                    store
-                        .save_info(&job_info, &Image(&|out| frozen.write_snapshot(out)))
-                        .map_err(Error::from)
+                    save_frozen_to_store(frozen.as_ref(), &store, &job_info).map_err(Error::from)
                 });
                 if let Some(saved) = saved {
                     let _ = answer.send(saved);

@@ -20,7 +20,7 @@ pub enum LogBackend {
     RocksDb,
 }
 
-/// Which state machine a node applies to.
+/// Which key-value store a [`Db`](crate::Db) applies to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum StateMachineKind {
     /// An in-memory hash map (with an overlay while a snapshot is written from it),
@@ -33,9 +33,13 @@ pub enum StateMachineKind {
     RocksDb,
 }
 
-/// Bytes an encoded write adds to its key and value, at most: the format version, the
-/// origin node and request id (varints), the operation tag and two length varints.
-pub const COMMAND_OVERHEAD_BYTES: u64 = 1 + 10 + 10 + 1 + 10 + 10;
+/// Bytes an entry's payload adds to what a command counts against
+/// [`Config::max_entry_bytes`], at most: the format version, the origin node and request
+/// id (varints), and the framing a command may leave out of its size
+/// ([`COMMAND_FRAMING_MAX_BYTES`](crate::COMMAND_FRAMING_MAX_BYTES): for the key-value
+/// store, the operation tag and two length varints).
+pub const COMMAND_OVERHEAD_BYTES: u64 =
+    crate::command::ENVELOPE_BYTES + crate::command::COMMAND_FRAMING_MAX_BYTES;
 
 // Bytes the Raft codec adds to an entry's data, at most: type tag, term, index and
 // data length (varints).
@@ -74,7 +78,8 @@ pub struct Config {
     pub fs: Arc<dyn FileSystem>,
     /// The Raft log backend.
     pub log_backend: LogBackend,
-    /// The state machine.
+    /// Which key-value store [`Db::open`](crate::Db::open) runs. Not used by
+    /// [`Replica::open`](crate::Replica::open), which is handed its state machine.
     pub state_machine: StateMachineKind,
     /// Whether log writes are fsynced before they are acknowledged. Off is only for
     /// benchmarks and throwaway data: a crash may then lose acknowledged writes. The
@@ -107,7 +112,9 @@ pub struct Config {
     pub catch_up_entries: u64,
     /// Snapshots kept in `snap/`.
     pub snapshots_retained: usize,
-    /// Largest key + value accepted in one write.
+    /// Largest command accepted in one proposal, as
+    /// [`Command::size_bytes`](crate::state_machine::Command::size_bytes) counts it: its
+    /// encoded length, or for the key-value store its key plus value.
     pub max_entry_bytes: u64,
     /// Most bytes of entries in one append message.
     pub max_size_per_msg_bytes: u64,

@@ -10,19 +10,15 @@ use keel_raft::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState, Entry,
     EntryType, HardState, SnapshotMetadata, Storage,
 };
-use parking_lot::RwLock;
-use std::cell::RefCell;
-
-use keel_snapshot::{
-    SnapshotConsumer, SnapshotId, SnapshotInfo, SnapshotProducer, SnapshotStore, StoreOptions,
-};
+use keel_snapshot::{SnapshotStore, StoreOptions};
 use keel_wal::{LogBatch, LogStore, Wal, WalOptions};
+use parking_lot::RwLock;
 
 use crate::config::{Config, LogBackend};
 use crate::data_dir::DataDirLock;
 use crate::error::{Error, Result};
 use crate::members::Members;
-use crate::state_machine::StateMachine;
+use crate::state_machine::{restore_from_store, StateMachine};
 
 pub(crate) fn open_log(config: &Config) -> Result<Arc<dyn LogStore>> {
     match config.log_backend {
@@ -66,7 +62,7 @@ pub(crate) fn load_snapshot<S: StateMachine>(
             // older snapshot to fall back to.
             store
                 .verify(snap_id)
-                .and_then(|_| restore(sm, store, snap_id))
+                .and_then(|_| restore_from_store(sm, store, snap_id))
         };
         match outcome {
             Ok(info) => return Ok(Some(info)),
@@ -77,54 +73,6 @@ pub(crate) fn load_snapshot<S: StateMachine>(
         }
     }
     Ok(None)
-}
-
-/// Replaces the state of `sm` with snapshot `id` from `store` (checked again as it is
-/// read); returns the snapshot's description.
-pub(crate) fn restore<S: StateMachine>(
-    sm: &mut S,
-    store: &SnapshotStore,
-    id: SnapshotId,
-) -> keel_snapshot::Result<SnapshotInfo> {
-    let consumer = Restore {
-        sm: RefCell::new(sm),
-        index: id.index,
-    };
-    let (info, ()) = store.load_info(id, &consumer)?;
-    let applied = consumer.sm.into_inner().applied_index();
-    if applied != info.metadata.index {
-        return Err(keel_snapshot::SnapshotError::StateMachine(
-            std::io::Error::other(format!(
-                "restored snapshot {} but the state machine reports applied index {applied}",
-                info.metadata.index
-            )),
-        ));
-    }
-    Ok(info)
-}
-
-// The state machine as the snapshot store's consumer: its restore reads the stream.
-struct Restore<'a, S> {
-    sm: RefCell<&'a mut S>,
-    index: u64,
-}
-
-impl<S: StateMachine> SnapshotConsumer for Restore<'_, S> {
-    type Image = ();
-
-    fn read_snapshot(&self, input: &mut dyn std::io::Read) -> std::io::Result<()> {
-        self.sm.borrow_mut().restore_snapshot(self.index, input)
-    }
-}
-
-/// The state machine of a node, as the snapshot store's producer: its image (or the
-/// state machine itself, written in place) writes the stream.
-pub(crate) struct Image<'a>(pub(crate) &'a dyn Fn(&mut dyn std::io::Write) -> std::io::Result<()>);
-
-impl SnapshotProducer for Image<'_> {
-    fn write_snapshot(&self, out: &mut dyn std::io::Write) -> std::io::Result<()> {
-        (self.0)(out)
-    }
 }
 
 // A node that has never written anything: no log, no hard state, no snapshot.

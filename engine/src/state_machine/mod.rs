@@ -29,10 +29,12 @@ mod kv;
 mod memory;
 #[cfg(feature = "rocksdb")]
 mod rocksdb;
+mod stored;
 mod traits;
 
 #[cfg(feature = "rocksdb")]
 pub use self::rocksdb::{RocksStateMachine, RESTORE_BATCH_MAX_BYTES};
 pub use kv::KvStore;
 pub use memory::MemoryStateMachine;
+pub use stored::{restore_from_store, save_frozen_to_store, save_to_store};
 pub use traits::{Command, DecodeError, FrozenState, StateMachine};
