@@ -240,7 +240,18 @@ impl std::fmt::Debug for Config {
 }
 
 impl Config {
-    /// A one-node cluster storing its data under `data_dir`.
+    /// A one-node cluster storing its data under `data_dir`, with every other setting
+    /// at its default; change the fields you need before opening the node.
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let mut config = keel_engine::Config::single_node(dir.path());
+    /// config.tick_ms = 10; // elect itself within ~100 ms
+    /// let db = keel_engine::Db::open(config)?;
+    /// db.put(b"k", b"v")?;
+    /// db.close()?;
+    /// # Ok::<(), keel_engine::Error>(())
+    /// ```
     pub fn single_node(data_dir: impl AsRef<Path>) -> Config {
         Config {
             id: 1,
@@ -282,7 +293,35 @@ impl Config {
     }
 
     /// Node `id` of a cluster whose initial voters are `peers`, reaching the others
-    /// through `transport`.
+    /// through `transport` (a [`TcpTransport`](crate::transport::TcpTransport) between
+    /// processes, an [`InProcessNetwork`](crate::transport::InProcessNetwork) within one).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use keel_engine::transport::InProcessNetwork;
+    /// use keel_engine::{Config, Db};
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let net = Arc::new(InProcessNetwork::new(7));
+    /// let nodes: Vec<Db> = (1..=3)
+    ///     .map(|id| {
+    ///         let mut c = Config::cluster(id, vec![1, 2, 3], dir.path().join(id.to_string()), net.clone());
+    ///         c.tick_ms = 10;
+    ///         Db::open(c)
+    ///     })
+    ///     .collect::<Result<_, _>>()?;
+    /// // Writes need a leader: a brand-new cluster elects one within a few ticks.
+    /// while nodes.iter().any(|n| n.status().leader.is_none()) {
+    ///     std::thread::sleep(std::time::Duration::from_millis(10));
+    /// }
+    /// // Any node takes writes (a follower passes them to the leader) and reads them back.
+    /// nodes[2].put(b"k", b"v")?;
+    /// assert_eq!(nodes[0].get(b"k")?, Some(b"v".to_vec()));
+    /// for db in &nodes {
+    ///     db.close()?;
+    /// }
+    /// # Ok::<(), keel_engine::Error>(())
+    /// ```
     pub fn cluster(
         id: u64,
         peers: Vec<u64>,

@@ -60,7 +60,7 @@ pub struct Status {
 /// like to the data directory, minus the page cache: everything acknowledged was
 /// already synced).
 ///
-/// ```no_run
+/// ```
 /// use std::io::{self, Read, Write};
 /// use keel_engine::state_machine::{Command, DecodeError, StateMachine};
 /// use keel_engine::{Config, Replica};
@@ -111,7 +111,8 @@ pub struct Status {
 ///     }
 /// }
 ///
-/// let counter = Replica::open(Config::single_node("data/"), Counter::default())?;
+/// # let dir = tempfile::tempdir().unwrap();
+/// let counter = Replica::open(Config::single_node(dir.path()), Counter::default())?;
 /// assert_eq!(counter.propose(Add(2))?, 2);
 /// assert_eq!(counter.read(|c| c.total)?, 2);
 /// counter.close()?;

@@ -23,7 +23,21 @@ pub enum KvStore {
 
 impl KvStore {
     /// The store `config.state_machine` names, opened (RocksDB's in
-    /// `config.data_dir/rocksdb/sm/`).
+    /// `config.data_dir/rocksdb/sm/`). [`Db::open`](crate::Db::open) is this and
+    /// [`Replica::open`](crate::Replica::open):
+    ///
+    /// ```
+    /// use keel_engine::state_machine::KvStore;
+    /// use keel_engine::{Config, Db, Replica};
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let config = Config::single_node(dir.path());
+    /// let db = Db::from(Replica::open(config.clone(), KvStore::open(&config)?)?);
+    /// db.put(b"k", b"v")?;
+    /// assert_eq!(db.read(|kv| kv.len())?, 1);
+    /// db.close()?;
+    /// # Ok::<(), keel_engine::Error>(())
+    /// ```
     pub fn open(config: &Config) -> Result<KvStore> {
         Ok(match config.state_machine {
             StateMachineKind::Memory => KvStore::Memory(MemoryStateMachine::new()),

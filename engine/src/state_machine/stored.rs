@@ -16,6 +16,25 @@ use super::{FrozenState, StateMachine};
 
 /// Writes a snapshot of `sm`, which must be at `info.metadata.index`, into `store`
 /// durably, described by `info` (raft's metadata and the member addresses).
+///
+/// ```
+/// use keel_engine::state_machine::{restore_from_store, save_to_store, MemoryStateMachine, StateMachine};
+/// use keel_engine::Op;
+/// use keel_snapshot::{SnapshotStore, StoreOptions};
+///
+/// # fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let store = SnapshotStore::open(keel_fs::SimFs::new(1).shared(), "/snap", StoreOptions::default())?;
+/// let mut map = MemoryStateMachine::new();
+/// map.apply(1, Op::Put { key: b"k".to_vec(), value: b"v".to_vec() })?;
+/// let meta = keel_raft::SnapshotMetadata { index: 1, term: 1, ..Default::default() };
+/// let saved = save_to_store(&map, &store, &meta.into())?;
+///
+/// let mut copy = MemoryStateMachine::new();
+/// restore_from_store(&mut copy, &store, saved.id)?;
+/// assert_eq!(copy.get(b"k"), Some(b"v".to_vec()));
+/// # Ok(())
+/// # }
+/// ```
 pub fn save_to_store<S: StateMachine + ?Sized>(
     sm: &S,
     store: &SnapshotStore,

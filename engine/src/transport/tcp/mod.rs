@@ -97,6 +97,46 @@ impl std::fmt::Debug for TcpTransport {
 
 impl TcpTransport {
     /// Binds `config.listen_addr` and starts the listener and one writer per peer.
+    ///
+    /// Three nodes over loopback (in one process here; normally one per process, each
+    /// given the others' addresses):
+    ///
+    /// ```
+    /// use keel_engine::transport::{TcpConfig, TcpTransport};
+    /// use keel_engine::{Config, Db};
+    ///
+    /// # let dir = tempfile::tempdir().unwrap();
+    /// let transports = (1..=3u64)
+    ///     .map(|id| TcpTransport::start(TcpConfig::new(id, "127.0.0.1:0".parse().unwrap())))
+    ///     .collect::<std::io::Result<Vec<_>>>()?;
+    /// for t in &transports {
+    ///     for peer in &transports {
+    ///         if peer.id() != t.id() {
+    ///             t.add_peer(peer.id(), peer.local_addr().to_string())?;
+    ///         }
+    ///     }
+    /// }
+    /// let nodes = transports
+    ///     .iter()
+    ///     .map(|t| {
+    ///         let dir = dir.path().join(t.id().to_string());
+    ///         let mut c = Config::cluster(t.id(), vec![1, 2, 3], dir, t.clone());
+    ///         c.tick_ms = 10;
+    ///         Db::open(c)
+    ///     })
+    ///     .collect::<Result<Vec<_>, _>>()?;
+    /// // Writes need a leader: a brand-new cluster elects one within a few ticks.
+    /// while nodes.iter().any(|n| n.status().leader.is_none()) {
+    ///     std::thread::sleep(std::time::Duration::from_millis(10));
+    /// }
+    /// nodes[0].put(b"k", b"v")?;
+    /// assert_eq!(nodes[1].get(b"k")?, Some(b"v".to_vec()));
+    /// for (db, t) in nodes.iter().zip(&transports) {
+    ///     db.close()?;
+    ///     t.shutdown();
+    /// }
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn start(mut config: TcpConfig) -> io::Result<Arc<TcpTransport>> {
         config.validate()?;
         let listener = TcpListener::bind(config.listen_addr)?;
