@@ -53,6 +53,8 @@ impl Model for Registers {
 /// defines the tests `kv::leader_crashes`, calling `cluster_crash_at::<KvStore>(...)`,
 /// and `registers::leader_crashes`, calling `cluster_crash_at::<Registers>(...)`.
 /// Attributes before a name (`#[ignore]`, a comment) go on both tests.
+// Not every test crate that includes this module uses it.
+#[allow(unused_macros)]
 macro_rules! for_each_model {
     ($($(#[$meta:meta])* $name:ident => $scenario:ident($($arg:expr),* $(,)?);)+) => {
         mod kv {
