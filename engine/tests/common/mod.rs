@@ -79,6 +79,7 @@ macro_rules! for_each_model {
         }
     };
 }
+// Unused, like the macro, in the test crates that do not run a scenario on both.
 #[allow(unused_imports)]
 pub(crate) use for_each_model;
 
