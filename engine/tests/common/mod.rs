@@ -26,9 +26,9 @@ pub trait Model: KvModel {
     /// The module its tests are in (`kv::name`, `registers::name`): what a replay
     /// command filters on.
     const MODULE: &'static str;
-    /// Added to the node ids and seeds of its tests, so the two runs of a scenario
-    /// draw different schedules and, with the process-wide fail points, never arm each
-    /// other's nodes.
+    /// Added to the node ids (and so the seeds) of its fail-point tests, so the two
+    /// runs of a scenario, in parallel, never arm each other's nodes at the
+    /// process-wide fail points.
     const OFFSET: u64;
 }
 
