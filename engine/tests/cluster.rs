@@ -1,12 +1,16 @@
 //! In-process 3-node clusters: forwarding, linearizable reads on followers, leader
-//! failure and restart, catch-up through a snapshot, and no-leader errors.
+//! failure and restart, catch-up through a snapshot (on keel's key-value store and on
+//! the harness's `Registers`, which snapshots in place), and no-leader errors.
 
 mod common;
 
 use std::time::{Duration, Instant};
 
 use common::{key, value};
-use keel_engine::testing::{metric_value, wait_until, Cluster};
+use keel_engine::state_machine::KvStore;
+use keel_engine::testing::{
+    metric_value, wait_until, Cluster, KvClient, KvModel, Options, Registers,
+};
 use keel_engine::{Config, Db, Error};
 
 #[test]
@@ -71,12 +75,16 @@ fn snapshot_often(mut cfg: Config) -> Config {
     cfg
 }
 
-#[test]
-fn follower_down_during_compaction_catches_up_through_a_snapshot() {
-    let c = Cluster::with(3, snapshot_often);
+/// A follower stopped while the leader compacts its log past what the follower has
+/// catches up through the leader's snapshot and follows on. Returns the cluster, the
+/// leader and that follower; key `k` holds `value(80 + k)` for `k < 40`, and `after`
+/// holds `snapshot`.
+fn follower_down_during_compaction<M: KvModel>() -> (Cluster<M>, u64, u64) {
+    let options = Options::new(3).tweak(snapshot_often);
+    let c = Cluster::<M>::open_model(options).expect("start the cluster");
     let leader = c.wait_leader();
     let down = c.followers(leader)[0];
-    let before = c.db(down).status();
+    let before = c.db(down).replica().status();
     assert_eq!(before.snapshot_index, 0, "{before:?}");
     c.stop(down).expect("stop node");
     for i in 0..120 {
@@ -86,7 +94,7 @@ fn follower_down_during_compaction_catches_up_through_a_snapshot() {
     // fixed index: how far compaction gets depends on how fast the (low-priority)
     // snapshot thread kept up with the writes.
     let leader_st = wait_until(Duration::from_secs(30), || {
-        let st = c.db(leader).status();
+        let st = c.db(leader).replica().status();
         (st.first_index > before.last_index + 1).then_some(st)
     })
     .expect("leader compacted its log");
@@ -94,7 +102,7 @@ fn follower_down_during_compaction_catches_up_through_a_snapshot() {
 
     c.start(down).expect("start node");
     c.wait_converged();
-    let st = c.db(down).status();
+    let st = c.db(down).replica().status();
     // It stopped with no snapshot and the leader's log now starts past its log: the
     // only way to a snapshot at or past the leader's first index is installing the
     // leader's (a snapshot of its own would need the entries before it).
@@ -112,6 +120,43 @@ fn follower_down_during_compaction_catches_up_through_a_snapshot() {
         c.db(down).get(b"after").unwrap(),
         Some(b"snapshot".to_vec())
     );
+    (c, leader, down)
+}
+
+#[test]
+fn kv_follower_down_during_compaction_catches_up_through_a_snapshot() {
+    follower_down_during_compaction::<KvStore>();
+}
+
+// The same on a state machine that writes its snapshots in place, in a format of its
+// own; then its own responses (the value a write replaced) come from the state the
+// snapshot restored, and the follower's registers end up the leader's, applied index
+// included.
+#[test]
+fn registers_follower_down_during_compaction_catches_up_through_a_snapshot() {
+    let (c, leader, down) = follower_down_during_compaction::<Registers>();
+    let follower = c.db(down);
+    assert_eq!(follower.read_local(Registers::len).unwrap(), 41);
+    // Written last by the 81st put, before the follower came back.
+    let replaced = follower.propose(Registers::put(&key(0), b"new")).unwrap();
+    assert_eq!(replaced, Some(value(80)));
+    let replaced = follower.propose(Registers::delete(&key(0))).unwrap();
+    assert_eq!(replaced, Some(b"new".to_vec()));
+    assert_eq!(follower.propose(Registers::delete(&key(0))).unwrap(), None);
+    assert_eq!(
+        c.db(leader)
+            .propose(Registers::put(b"after", b"leader"))
+            .unwrap(),
+        Some(b"snapshot".to_vec())
+    );
+    c.wait_converged();
+    let same = wait_until(Duration::from_secs(10), || {
+        let theirs = c.db(leader).read_local(Registers::clone).unwrap();
+        let ours = follower.read_local(Registers::clone).unwrap();
+        (theirs == ours).then_some(ours)
+    })
+    .expect("the follower's registers are the leader's");
+    assert_eq!(same.len(), 40);
 }
 
 #[test]

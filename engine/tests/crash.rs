@@ -1,6 +1,8 @@
 //! Power loss on keel-fs's simulated file system: unsynced bytes are dropped, torn or
 //! garbled, and directory changes not synced are undone. Nothing acknowledged may be
-//! lost, and a failed fsync must stop the node rather than be retried.
+//! lost, and a failed fsync must stop the node rather than be retried. Each scenario
+//! runs on keel's key-value store (`kv::`) and on the harness's `Registers`
+//! (`registers::`), a state machine that snapshots in place rather than freezing.
 
 mod common;
 
@@ -8,9 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{key, single, value};
-use keel_engine::testing::{wait_until, ProcessFs};
-use keel_engine::{Config, Db, Error, FatalKind};
+use common::{for_each_model, key, single, value};
+use keel_engine::testing::{wait_until, KvClient, KvModel, ProcessFs};
+use keel_engine::{Config, Error, FatalKind};
 use keel_fs::{CrashMode, SimFault, SimFs};
 
 // A run of the node's process on `fs` (see `ProcessFs`: a crash also ends the run's
@@ -26,18 +28,23 @@ fn on_sim(fs: &SimFs) -> (Config, ProcessFs) {
     (c, run)
 }
 
-#[test]
-fn power_loss_mid_workload_keeps_every_acknowledged_write() {
+for_each_model! {
+    power_loss_mid_workload_keeps_every_acknowledged_write => power_loss_mid_workload();
+    a_failed_fsync_stops_the_node_loudly => a_failed_fsync_stops_the_node();
+}
+
+fn power_loss_mid_workload<M: KvModel>() {
     for seed in 1..=4u64 {
         let fs = SimFs::new(seed);
         let acked = Arc::new(Mutex::new(Vec::new()));
         {
             let (config, run) = on_sim(&fs);
-            let db = Db::open(config).unwrap();
+            let db = Arc::new(M::open_node(config).unwrap());
             let stop = Arc::new(AtomicBool::new(false));
             let writers: Vec<_> = (0..4u64)
                 .map(|t| {
-                    let (db, stop, acked) = (db.clone(), Arc::clone(&stop), Arc::clone(&acked));
+                    let (db, stop, acked) =
+                        (Arc::clone(&db), Arc::clone(&stop), Arc::clone(&acked));
                     std::thread::spawn(move || {
                         let mut i = t * 1_000_000;
                         while !stop.load(Ordering::Relaxed) {
@@ -61,7 +68,7 @@ fn power_loss_mid_workload_keeps_every_acknowledged_write() {
         }
         let acked = acked.lock().unwrap().clone();
         assert!(!acked.is_empty(), "seed {seed}: nothing acknowledged");
-        let db = Db::open(on_sim(&fs).0).unwrap();
+        let db = M::open_node(on_sim(&fs).0).unwrap();
         for &i in &acked {
             assert_eq!(
                 db.get(&key(i)).unwrap(),
@@ -70,20 +77,19 @@ fn power_loss_mid_workload_keeps_every_acknowledged_write() {
             );
         }
         // The workload spanned snapshots and compactions, so recovery went through them.
-        let st = db.status();
+        let st = db.replica().status();
         assert!(
             st.snapshot_index > 0 && st.first_index > 1,
             "seed {seed}: {st:?}"
         );
         db.put(b"after", b"crash").unwrap();
-        db.close().unwrap();
+        db.replica().close().unwrap();
     }
 }
 
-#[test]
-fn a_failed_fsync_stops_the_node_loudly() {
+fn a_failed_fsync_stops_the_node<M: KvModel>() {
     let fs = SimFs::new(9);
-    let db = Db::open(on_sim(&fs).0).unwrap();
+    let db = M::open_node(on_sim(&fs).0).unwrap();
     for i in 0..5 {
         db.put(&key(i), &value(i)).unwrap();
     }
@@ -91,7 +97,7 @@ fn a_failed_fsync_stops_the_node_loudly() {
     let err = db.put(b"doomed", b"x").unwrap_err();
     // Proposed and written, but not known to be durable: it may or may not survive.
     assert!(matches!(err, Error::Indeterminate(_)), "{err}");
-    let fatal = wait_until(Duration::from_secs(2), || db.status().fatal)
+    let fatal = wait_until(Duration::from_secs(2), || db.replica().status().fatal)
         .expect("the node reports why it stopped");
     assert_eq!(fatal.kind, FatalKind::LogWrite, "{fatal}");
     assert!(fatal.detail.contains("sync"), "{fatal}");
@@ -99,13 +105,13 @@ fn a_failed_fsync_stops_the_node_loudly() {
     let err = db.put(b"k", b"v").unwrap_err();
     assert_eq!(err.fatal(), Some(&fatal), "{err}");
     assert!(matches!(err, Error::Stopped(_)), "{err}");
-    assert!(db.close().is_err());
+    assert!(db.replica().close().is_err());
     drop(db);
     // After the crash that a real failed fsync implies, the acknowledged writes are there.
     fs.crash();
-    let db = Db::open(on_sim(&fs).0).unwrap();
+    let db = M::open_node(on_sim(&fs).0).unwrap();
     for i in 0..5 {
         assert_eq!(db.get(&key(i)).unwrap(), Some(value(i)));
     }
-    db.close().unwrap();
+    db.replica().close().unwrap();
 }

@@ -9,6 +9,10 @@
 //! tests run in parallel without crashing each other's nodes. The node's disk is a
 //! `SimFs` whose unsynced writes are dropped or torn right after the thread died, as
 //! at power loss, before it restarts from what the disk kept.
+//!
+//! Every scenario runs on keel's key-value store (`kv::`) and on the harness's
+//! `Registers` (`registers::`); the `Registers` runs use node ids 1000 above the
+//! key-value runs' (`Model::OFFSET`).
 #![cfg(feature = "failpoints")]
 
 mod common;
@@ -18,9 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use common::{key, single, value};
-use keel_engine::testing::{wait_until, Cluster, Options, ProcessFs, Storage};
-use keel_engine::{Config, Db};
+use common::{for_each_model, key, single, value, Model};
+use keel_engine::testing::{wait_until, Cluster, KvClient, Options, ProcessFs, Storage};
+use keel_engine::Config;
 use keel_fs::{CrashMode, SimFs};
 
 #[derive(Default)]
@@ -70,7 +74,8 @@ fn disarm(point: &'static str, id: u64) {
 }
 
 // Points a lone node passes on every write.
-fn single_node_crash_at(point: &'static str, id: u64) {
+fn single_node_crash_at<M: Model>(point: &'static str, id: u64) {
+    let id = id + M::OFFSET;
     let fs = SimFs::new(id);
     let config = |run: &ProcessFs| {
         let mut c = single(std::path::Path::new("/keel"));
@@ -82,7 +87,7 @@ fn single_node_crash_at(point: &'static str, id: u64) {
     let mut acked = Vec::new();
     let hit = {
         let run = ProcessFs::new(&fs);
-        let db = Db::open(config(&run)).unwrap();
+        let db = M::open_node(config(&run)).unwrap();
         for i in 0..20 {
             db.put(&key(i), &value(i)).unwrap();
             acked.push(i);
@@ -98,20 +103,19 @@ fn single_node_crash_at(point: &'static str, id: u64) {
         }
         disarm(point, id);
         run.kill(CrashMode::Random);
-        let _ = db.close();
+        let _ = db.replica().close();
         hit
     };
     assert!(hit.load(Ordering::SeqCst), "{point} was not reached");
-    let db = Db::open(config(&ProcessFs::new(&fs))).unwrap();
+    let db = M::open_node(config(&ProcessFs::new(&fs))).unwrap();
     for &i in &acked {
         assert_eq!(db.get(&key(i)).unwrap(), Some(value(i)), "{point}: key {i}");
     }
     db.put(b"alive", b"yes").unwrap();
-    db.close().unwrap();
+    db.replica().close().unwrap();
 }
 
-#[test]
-fn single_node_crashes_around_the_save_and_the_sync() {
+fn single_node_crashes_at_each_point<M: Model>() {
     for (n, point) in [
         "raftBeforeSave",
         "raftAfterSave",
@@ -121,7 +125,7 @@ fn single_node_crashes_around_the_save_and_the_sync() {
     .into_iter()
     .enumerate()
     {
-        single_node_crash_at(point, 10 + n as u64);
+        single_node_crash_at::<M>(point, 10 + n as u64);
     }
 }
 
@@ -144,7 +148,7 @@ enum Victim {
 }
 
 // Writes key `i` through whichever running node takes it; true if acknowledged.
-fn write_anywhere(c: &Cluster, avoid: u64, i: u64) -> bool {
+fn write_anywhere<M: Model>(c: &Cluster<M>, avoid: u64, i: u64) -> bool {
     let nodes: Vec<u64> = c
         .running_ids()
         .into_iter()
@@ -164,14 +168,15 @@ fn write_anywhere(c: &Cluster, avoid: u64, i: u64) -> bool {
 /// its disk loses what it had not synced, it restarts, and it must catch up: the same
 /// applied index and the same value for every key as the rest, and no acknowledged
 /// write missing anywhere.
-fn cluster_crash_at(point: &'static str, victim: Victim, base: u64) {
+fn cluster_crash_at<M: Model>(point: &'static str, victim: Victim, base: u64) {
+    let base = base + M::OFFSET;
     let ids: Vec<u64> = (base + 1..=base + 3).collect();
     let options = Options::new(0)
         .ids(ids.clone())
         .storage(Storage::Simulated)
         .seed(base)
         .tweak(snapshot_often);
-    let c = Cluster::open(options).expect("start the cluster");
+    let c = Cluster::<M>::open_model(options).expect("start the cluster");
     let leader = c.wait_leader();
     let target = match victim {
         Victim::Leader => leader,
@@ -179,7 +184,7 @@ fn cluster_crash_at(point: &'static str, victim: Victim, base: u64) {
     };
     let mut acked = Vec::new();
     let mut i = 0u64;
-    let mut write = |c: &Cluster, acked: &mut Vec<u64>| {
+    let mut write = |c: &Cluster<M>, acked: &mut Vec<u64>| {
         if write_anywhere(c, target, i) {
             acked.push(i);
         }
@@ -196,7 +201,7 @@ fn cluster_crash_at(point: &'static str, victim: Victim, base: u64) {
         let compacted = wait_until(Duration::from_secs(60), || {
             write(&c, &mut acked);
             let leader = c.leader()?;
-            (leader.status().first_index > 30).then_some(())
+            (leader.replica().status().first_index > 30).then_some(())
         });
         assert!(
             compacted.is_some(),
@@ -254,7 +259,7 @@ fn cluster_crash_at(point: &'static str, victim: Victim, base: u64) {
             );
         }
     }
-    let st = restarted.status();
+    let st = restarted.replica().status();
     assert_eq!(st.applied_index, applied, "{point}: {st:?}");
     if victim == Victim::Lagging {
         assert!(
@@ -264,67 +269,19 @@ fn cluster_crash_at(point: &'static str, victim: Victim, base: u64) {
     }
 }
 
-#[test]
-fn leader_crashes_before_sending() {
-    cluster_crash_at("raftBeforeLeaderSend", Victim::Leader, 100);
-}
-
-#[test]
-fn leader_crashes_before_saving() {
-    cluster_crash_at("raftBeforeSave", Victim::Leader, 110);
-}
-
-#[test]
-fn follower_crashes_before_saving() {
-    cluster_crash_at("raftBeforeSave", Victim::Follower, 120);
-}
-
-#[test]
-fn leader_crashes_after_saving() {
-    cluster_crash_at("raftAfterSave", Victim::Leader, 130);
-}
-
-#[test]
-fn follower_crashes_after_saving() {
-    cluster_crash_at("raftAfterSave", Victim::Follower, 140);
-}
-
-#[test]
-fn leader_crashes_before_the_wal_sync() {
-    cluster_crash_at("walBeforeSync", Victim::Leader, 150);
-}
-
-#[test]
-fn follower_crashes_before_the_wal_sync() {
-    cluster_crash_at("walBeforeSync", Victim::Follower, 210);
-}
-
-#[test]
-fn leader_crashes_after_the_wal_sync() {
-    cluster_crash_at("walAfterSync", Victim::Leader, 220);
-}
-
-#[test]
-fn follower_crashes_after_the_wal_sync() {
-    cluster_crash_at("walAfterSync", Victim::Follower, 160);
-}
-
-#[test]
-fn follower_crashes_before_sending_its_acks() {
-    cluster_crash_at("raftBeforeFollowerSend", Victim::Follower, 170);
-}
-
-#[test]
-fn follower_crashes_before_saving_a_snapshot() {
-    cluster_crash_at("raftBeforeSaveSnap", Victim::Lagging, 180);
-}
-
-#[test]
-fn follower_crashes_after_saving_a_snapshot() {
-    cluster_crash_at("raftAfterSaveSnap", Victim::Lagging, 190);
-}
-
-#[test]
-fn follower_crashes_after_applying_a_snapshot() {
-    cluster_crash_at("raftAfterApplySnap", Victim::Lagging, 200);
+for_each_model! {
+    single_node_crashes_around_the_save_and_the_sync => single_node_crashes_at_each_point();
+    leader_crashes_before_sending => cluster_crash_at("raftBeforeLeaderSend", Victim::Leader, 100);
+    leader_crashes_before_saving => cluster_crash_at("raftBeforeSave", Victim::Leader, 110);
+    follower_crashes_before_saving => cluster_crash_at("raftBeforeSave", Victim::Follower, 120);
+    leader_crashes_after_saving => cluster_crash_at("raftAfterSave", Victim::Leader, 130);
+    follower_crashes_after_saving => cluster_crash_at("raftAfterSave", Victim::Follower, 140);
+    leader_crashes_before_the_wal_sync => cluster_crash_at("walBeforeSync", Victim::Leader, 150);
+    follower_crashes_before_the_wal_sync => cluster_crash_at("walBeforeSync", Victim::Follower, 210);
+    leader_crashes_after_the_wal_sync => cluster_crash_at("walAfterSync", Victim::Leader, 220);
+    follower_crashes_after_the_wal_sync => cluster_crash_at("walAfterSync", Victim::Follower, 160);
+    follower_crashes_before_sending_its_acks => cluster_crash_at("raftBeforeFollowerSend", Victim::Follower, 170);
+    follower_crashes_before_saving_a_snapshot => cluster_crash_at("raftBeforeSaveSnap", Victim::Lagging, 180);
+    follower_crashes_after_saving_a_snapshot => cluster_crash_at("raftAfterSaveSnap", Victim::Lagging, 190);
+    follower_crashes_after_applying_a_snapshot => cluster_crash_at("raftAfterApplySnap", Victim::Lagging, 200);
 }

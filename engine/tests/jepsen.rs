@@ -11,6 +11,11 @@
 //! choices, message drops, crash damage and raft's elections derive from it; thread
 //! timing does not, so a replay is close, not exact). `KEEL_JEPSEN_ROUNDS` sets the
 //! number of nemesis rounds (about a second each). A failure prints the seed.
+//!
+//! Each run is made on keel's key-value store (`kv::`) and on the harness's
+//! `Registers` (`registers::`), a state machine of its own (own command encoding,
+//! responses and snapshot format, snapshots written in place): the same nemesis and
+//! checks, so nothing in the pipeline may favour the built-in store.
 
 mod common;
 
@@ -19,7 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::linearizable::{check_all, check_final, check_key, KvOp, Outcome, Record};
-use keel_engine::testing::{Cluster, Options, Storage, Tweak};
+use common::Model;
+use keel_engine::testing::{Cluster, KvClient, KvModel, Options, Storage, Tweak};
 use keel_engine::{Config, Error};
 use keel_fs::{CrashMode, SimFault};
 
@@ -137,7 +143,13 @@ struct Plan {
     seed: u64,
 }
 
-fn client(c: &Cluster, me: usize, seed: u64, keys: usize, stop: &AtomicBool) -> Vec<Record> {
+fn client<M: KvModel>(
+    c: &Cluster<M>,
+    me: usize,
+    seed: u64,
+    keys: usize,
+    stop: &AtomicBool,
+) -> Vec<Record> {
     let mut rng = Rng::new(seed);
     let mut records = Vec::new();
     let mut node = rng.pick(c.ids());
@@ -193,10 +205,10 @@ fn client(c: &Cluster, me: usize, seed: u64, keys: usize, stop: &AtomicBool) -> 
 }
 
 // One nemesis round: a fault, held for a while, then undone. Returns what it did.
-fn nemesis_round(c: &Cluster, rng: &mut Rng) -> Result<String, String> {
+fn nemesis_round<M: KvModel>(c: &Cluster<M>, rng: &mut Rng) -> Result<String, String> {
     let n = c.ids().len();
     let f = (n - 1) / 2;
-    let leader = c.leader().map(|db| db.id());
+    let leader = c.leader().map(|db| db.replica().id());
     let target = |rng: &mut Rng| match leader {
         Some(l) if rng.below(2) == 0 => l,
         _ => rng.pick(c.ids()),
@@ -344,7 +356,7 @@ struct Summary {
     max_concurrency: usize,
 }
 
-fn run(plan: &Plan) -> Result<Summary, String> {
+fn run<M: KvModel>(plan: &Plan) -> Result<Summary, String> {
     // The node count is mixed in so the 3- and 5-node runs of one seed differ.
     let mut rng = Rng::new(plan.seed ^ plan.nodes.wrapping_mul(0x2545_f491_4f6c_dd1d));
     let (tweak, settings) = tweak(&mut rng);
@@ -353,7 +365,7 @@ fn run(plan: &Plan) -> Result<Summary, String> {
         .storage(Storage::Simulated)
         .seed(plan.seed)
         .tweak(move |config| tweak(config));
-    let c = Cluster::open(options).map_err(|e| e.to_string())?;
+    let c = Cluster::<M>::open_model(options).map_err(|e| e.to_string())?;
     c.try_wait_leader(Duration::from_secs(10))
         .map_err(|_| "no first leader")?;
     let stop = AtomicBool::new(false);
@@ -465,7 +477,14 @@ fn run(plan: &Plan) -> Result<Summary, String> {
 
 // Clients stay few (and keys several) so that a key rarely has more than 8 operations
 // in flight, counting the open-ended ones: the search is exponential in that number.
-fn jepsen(name: &str, nodes: u64, clients: usize, default_rounds: u64, default_seed: u64) {
+fn jepsen<M: Model>(
+    name: &str,
+    nodes: u64,
+    clients: usize,
+    default_rounds: u64,
+    default_seed: u64,
+) {
+    let name = format!("{}::{name}", M::MODULE);
     let seed = env_u64("KEEL_JEPSEN_SEED").unwrap_or(default_seed);
     let rounds = env_u64("KEEL_JEPSEN_ROUNDS").unwrap_or(default_rounds);
     let plan = Plan {
@@ -477,7 +496,7 @@ fn jepsen(name: &str, nodes: u64, clients: usize, default_rounds: u64, default_s
     };
     println!("{name}: KEEL_JEPSEN_SEED={seed} KEEL_JEPSEN_ROUNDS={rounds}");
     let started = Instant::now();
-    match run(&plan) {
+    match run::<M>(&plan) {
         Ok(s) => {
             println!(
                 "{name}: {} ops ({} acknowledged writes, {} unknown, {} reads), {} checked, \
@@ -503,14 +522,51 @@ fn jepsen(name: &str, nodes: u64, clients: usize, default_rounds: u64, default_s
     }
 }
 
-#[test]
-fn three_nodes_under_crashes_partitions_and_loss() {
-    jepsen("three_nodes_under_crashes_partitions_and_loss", 3, 4, 10, 1);
+// The two runs, on any state machine; the tests below pick the default number of
+// nemesis rounds and the default seed.
+fn three_nodes<M: Model>(default_rounds: u64, default_seed: u64) {
+    let name = "three_nodes_under_crashes_partitions_and_loss";
+    jepsen::<M>(name, 3, 4, default_rounds, default_seed);
 }
 
-#[test]
-fn five_nodes_under_crashes_partitions_and_loss() {
-    jepsen("five_nodes_under_crashes_partitions_and_loss", 5, 5, 8, 2);
+fn five_nodes<M: Model>(default_rounds: u64, default_seed: u64) {
+    let name = "five_nodes_under_crashes_partitions_and_loss";
+    jepsen::<M>(name, 5, 5, default_rounds, default_seed);
+}
+
+mod kv {
+    use super::*;
+    use keel_engine::state_machine::KvStore;
+
+    #[test]
+    fn three_nodes_under_crashes_partitions_and_loss() {
+        three_nodes::<KvStore>(10, 1);
+    }
+
+    #[test]
+    fn five_nodes_under_crashes_partitions_and_loss() {
+        five_nodes::<KvStore>(8, 2);
+    }
+}
+
+// The same runs on `Registers`, half as long by default to keep `cargo test` quick
+// (the pipeline under the nemesis is the key-value runs' too; what is new here is the
+// state machine's own encoding, responses and snapshots), on seeds whose drawn
+// settings snapshot every 16 entries. KEEL_JEPSEN_ROUNDS and KEEL_JEPSEN_SEED set
+// both state machines' runs.
+mod registers {
+    use super::*;
+    use keel_engine::testing::Registers;
+
+    #[test]
+    fn three_nodes_under_crashes_partitions_and_loss() {
+        three_nodes::<Registers>(5, 1004);
+    }
+
+    #[test]
+    fn five_nodes_under_crashes_partitions_and_loss() {
+        five_nodes::<Registers>(4, 1007);
+    }
 }
 
 // The checker itself: it must reject what is not linearizable, or the tests above
