@@ -974,11 +974,16 @@ fn main() -> Result<(), RunError> {
             "from the log"
         }
     );
+    // `run` checked that these all equal what was put in.
+    let totals: Vec<String> = report
+        .ledgers
+        .iter()
+        .map(|(id, ledger)| format!("node {id} holds {}", ledger.total()))
+        .collect();
     println!(
-        "money conserved: {} put in, {} on each of the {} nodes",
+        "money conserved: {} put in; {}",
         report.money_in,
-        report.money_in,
-        report.ledgers.len()
+        totals.join(", ")
     );
     Ok(())
 }
