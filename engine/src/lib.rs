@@ -1,6 +1,88 @@
 //! keel's engine: the raft, persist and apply stages joined by bounded channels, the
 //! state machines, and the embedded [`Db`].
 //!
+//! # Two ways to use keel
+//!
+//! The replicated key-value map, [`Db`]:
+//!
+//! ```no_run
+//! let db = keel_engine::Db::open(keel_engine::Config::single_node("data/"))?;
+//! db.put(b"k", b"v")?;
+//! assert_eq!(db.get(b"k")?, Some(b"v".to_vec()));
+//! db.close()?;
+//! # Ok::<(), keel_engine::Error>(())
+//! ```
+//!
+//! Or your own state machine, replicated by a [`Replica`]: a type implementing
+//! [`StateMachine`](state_machine::StateMachine), with a command type implementing
+//! [`Command`](state_machine::Command). `propose` returns the command's response once
+//! it is applied; `read` runs a closure over the state, linearizably.
+//!
+//! ```
+//! use std::io::{self, Read, Write};
+//! use keel_engine::state_machine::{Command, DecodeError, StateMachine};
+//! use keel_engine::{Config, Replica};
+//!
+//! #[derive(Default)]
+//! struct Counter {
+//!     total: u64,
+//!     applied: u64, // the index of the newest log entry applied
+//! }
+//!
+//! struct Add(u64);
+//!
+//! impl Command for Add {
+//!     fn encode(&self, out: &mut Vec<u8>) {
+//!         out.extend_from_slice(&self.0.to_le_bytes());
+//!     }
+//!     fn decode(bytes: &[u8]) -> Result<Add, DecodeError> {
+//!         Ok(Add(u64::from_le_bytes(bytes.try_into()?)))
+//!     }
+//! }
+//!
+//! impl StateMachine for Counter {
+//!     type Command = Add;
+//!     type Response = u64; // the total after the addition
+//!
+//!     fn applied_index(&self) -> u64 {
+//!         self.applied
+//!     }
+//!     fn apply(&mut self, index: u64, Add(n): Add) -> io::Result<u64> {
+//!         self.total = self.total.wrapping_add(n);
+//!         self.applied = index;
+//!         Ok(self.total)
+//!     }
+//!     fn mark_applied(&mut self, index: u64) {
+//!         self.applied = index;
+//!     }
+//!     fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
+//!         out.write_all(&self.total.to_le_bytes())
+//!     }
+//!     fn restore_snapshot(&mut self, index: u64, input: &mut dyn Read) -> io::Result<()> {
+//!         let mut total = [0u8; 8];
+//!         input.read_exact(&mut total)?;
+//!         self.total = u64::from_le_bytes(total);
+//!         self.applied = index;
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # let dir = tempfile::tempdir()?;
+//! let counter = Replica::open(Config::single_node(dir.path()), Counter::default())?;
+//! assert_eq!(counter.propose(Add(2))?, 2);
+//! assert_eq!(counter.propose(Add(3))?, 5);
+//! assert_eq!(counter.read(|c| c.total)?, 5);
+//! counter.close()?;
+//! # Ok::<(), keel_engine::Error>(())
+//! ```
+//!
+//! In a cluster, each node opens its `Db` or `Replica` with [`Config::cluster`] and a
+//! [`transport`]. The crate's examples (`engine/examples/`) are complete programs that
+//! run three nodes in one process: `bank_ledger` (typed refusals, a crash, a restart
+//! caught up through a snapshot) and `job_queue` (leases measured in log entries).
+//!
+//! # What the engine owns
+//!
 //! Owns: the node's threads and the channels between them, the order in which a `Ready`
 //! is sent, persisted and applied (etcd's `raftNode.start`), the callers waiting for
 //! their writes and reads, the state machine, snapshots taken and installed, log
@@ -44,14 +126,6 @@
 //! for tests, or [`transport::tcp::TcpTransport`] (one accept thread, a reader thread
 //! per inbound connection, a writer thread and bounded queue per peer, snapshots on
 //! connections of their own; `send` never blocks).
-//!
-//! ```no_run
-//! let db = keel_engine::Db::open(keel_engine::Config::single_node("data/"))?;
-//! db.put(b"k", b"v")?;
-//! assert_eq!(db.get(b"k")?, Some(b"v".to_vec()));
-//! db.close()?;
-//! # Ok::<(), keel_engine::Error>(())
-//! ```
 
 #![deny(missing_docs)]
 
