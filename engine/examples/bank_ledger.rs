@@ -496,17 +496,12 @@ enum Outcome {
 /// Proposes `command` through `node`, retrying the failures that say the command was
 /// not applied (no leader yet, leadership changing, the queue full).
 fn propose(node: &Replica<Ledger>, command: &LedgerCommand) -> Result<Outcome, RunError> {
-    use keel_engine::Error as E;
     let deadline = Instant::now() + RETRY_FOR;
     loop {
         match node.propose(command.clone()) {
             Ok(response) => return Ok(Outcome::Applied(response)),
-            Err(e @ (E::Timeout(_) | E::Indeterminate(_))) => return Ok(Outcome::Unknown(e)),
-            Err(E::NotLeader { .. } | E::ProposalDropped(_) | E::ProposalLost(_) | E::Busy(_))
-                if Instant::now() < deadline =>
-            {
-                thread::sleep(RETRY_PAUSE)
-            }
+            Err(e) if e.outcome_unknown() => return Ok(Outcome::Unknown(e)),
+            Err(e) if e.is_retryable() && Instant::now() < deadline => thread::sleep(RETRY_PAUSE),
             Err(e) => return Err(RunError::Keel(e)),
         }
     }

@@ -627,17 +627,14 @@ impl<'a> Queue<'a> {
     /// Proposes `command`, retrying the failures that say it was not applied (no
     /// leader yet, leadership changing, the queue of requests full).
     fn propose(&self, command: QueueCommand) -> Result<QueueResponse, ClientError> {
-        use keel_engine::Error as E;
         let deadline = Instant::now() + RETRY_FOR;
         loop {
             match self.node.propose(command.clone()) {
                 Ok(response) => return Ok(response),
-                Err(e @ (E::Timeout(_) | E::Indeterminate(_))) => {
-                    return Err(ClientError::Unknown(e))
+                Err(e) if e.outcome_unknown() => return Err(ClientError::Unknown(e)),
+                Err(e) if e.is_retryable() && Instant::now() < deadline => {
+                    thread::sleep(RETRY_PAUSE)
                 }
-                Err(
-                    E::NotLeader { .. } | E::ProposalDropped(_) | E::ProposalLost(_) | E::Busy(_),
-                ) if Instant::now() < deadline => thread::sleep(RETRY_PAUSE),
                 Err(e) => return Err(ClientError::Keel(e)),
             }
         }

@@ -95,7 +95,7 @@ pub(crate) struct ApplyStage<S: StateMachine> {
     commit_index: Arc<AtomicU64>,
     /// The snapshot being written, at most one at a time.
     saving: Option<SavingSnapshot>,
-    /// The member address book as of `conf_index` (shared with `Db::members`).
+    /// The member address book as of `conf_index` (shared with `Replica::members`).
     members: Arc<RwLock<Members>>,
     /// Told the book restored from each installed snapshot.
     observer: Option<Arc<dyn MembershipObserver>>,
@@ -291,6 +291,7 @@ impl<S: StateMachine> ApplyStage<S> {
                         request = Some((env.origin, env.request_id));
                         S::Command::decode(env.command).map_err(|err| err.to_string())
                     });
+                let mut response = None;
                 match decoded {
                     // At or below `held` the state already has it (a persistent state
                     // machine's restart): applying is idempotent by index.
@@ -301,9 +302,17 @@ impl<S: StateMachine> ApplyStage<S> {
                     Ok(_) => {}
                     // Every replica sees the same bytes, so every one skips it.
                     Err(err) => {
-                        log::error!("node {my_id}: entry {} is undecodable: {err}", e.index)
+                        log::error!("node {my_id}: entry {} is undecodable: {err}", e.index);
+                        response = Some(Err(err));
                     }
                 }
+                answers.push(Applied {
+                    index: e.index,
+                    term: e.term,
+                    request,
+                    response,
+                });
+                continue;
             }
             answers.push(Applied {
                 index: e.index,
@@ -333,7 +342,7 @@ impl<S: StateMachine> ApplyStage<S> {
                 ));
             }
             for (at, response) in answer_of.into_iter().zip(responses) {
-                answers[at].response = Some(response);
+                answers[at].response = Some(Ok(response));
             }
         }
         sm.mark_applied(self.applied_through);
@@ -401,6 +410,7 @@ impl<S: StateMachine> ApplyStage<S> {
         self.last_snapshot_index = self.last_snapshot_index.max(loaded.index);
         self.logged_bytes_since_snapshot = 0;
         self.proposals.on_snapshot(loaded.index);
+        self.shared.metrics.snapshots_installed.inc();
         self.commit_index.fetch_max(loaded.index, Ordering::Relaxed);
         log::info!(
             "node {}: installed snapshot at index {}",

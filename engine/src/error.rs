@@ -53,6 +53,17 @@ pub enum Error {
     /// without a quorum, ...).
     #[error("refused: {0}")]
     MembershipRefused(MembershipRefusal),
+    /// The command was committed, but it did not decode where it was applied, so no
+    /// replica applied it (each skips it alike): a bug in the command's
+    /// [`decode`](crate::state_machine::Command::decode), or an entry written by a
+    /// version that encodes differently. Proposing it again fails the same way.
+    #[error("the command at index {index} did not decode, so no replica applied it: {reason}")]
+    Undecodable {
+        /// The entry's log index.
+        index: u64,
+        /// Why decoding failed.
+        reason: String,
+    },
     /// The request names a node that is not a member.
     #[error("node {0} is not a member")]
     UnknownNode(u64),
@@ -142,7 +153,7 @@ pub enum MembershipRefusal {
     #[error("the change would leave the cluster without voters")]
     NoVoters,
     /// Fewer than a majority of the voters the change leaves are reachable, so the
-    /// cluster could commit nothing after it. `Db::change_membership` asks again for
+    /// cluster could commit nothing after it. `Replica::change_membership` asks again for
     /// up to two election timeouts before reporting this: a leader learns who is
     /// reachable only from their answers.
     #[error(
@@ -172,6 +183,28 @@ impl Error {
         }
     }
 
+    /// Whether the call certainly had no effect and may succeed if made again, as it
+    /// is or after a short pause: no leader yet ([`Error::NotLeader`]), too many
+    /// requests waiting ([`Error::Busy`]), or a proposal raft dropped or a leader
+    /// change lost ([`Error::ProposalDropped`], [`Error::ProposalLost`]).
+    pub fn is_retryable(&self) -> bool {
+        matches!(
+            self,
+            Error::NotLeader { .. }
+                | Error::Busy(_)
+                | Error::ProposalDropped(_)
+                | Error::ProposalLost(_)
+        )
+    }
+
+    /// Whether a write's outcome is unknown: it may or may not have been applied, and
+    /// may still be ([`Error::Timeout`], [`Error::Indeterminate`]). Retrying such a
+    /// write may apply it twice unless the command is idempotent. (A read that times
+    /// out changed nothing.)
+    pub fn outcome_unknown(&self) -> bool {
+        matches!(self, Error::Timeout(_) | Error::Indeterminate(_))
+    }
+
     /// The fatal error that stopped the node, if this error reports one.
     pub fn fatal(&self) -> Option<&Fatal> {
         match self.stop_reason() {
@@ -191,7 +224,7 @@ pub(crate) fn fatal_raft(e: &keel_raft::Error) -> Option<Fatal> {
 /// Why a node stopped.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StopReason {
-    /// [`Db::close`](crate::Db::close) was called or the last handle dropped.
+    /// [`Replica::close`](crate::Replica::close) was called or the last handle dropped.
     #[error("closed")]
     Closed,
     /// The node could not go on and stopped as a whole.
@@ -201,7 +234,7 @@ pub enum StopReason {
 
 /// What made a node stop on its own: a thread died or hit an error after which the
 /// node's state can no longer be trusted. The first such cause is kept; every call
-/// after it reports it, and [`Db::status`](crate::Db::status) shows it.
+/// after it reports it, and [`Replica::status`](crate::Replica::status) shows it.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{kind} in thread {thread}: {detail}")]
 pub struct Fatal {
@@ -294,6 +327,34 @@ pub type Result<T> = std::result::Result<T, Error>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retryable_and_unknown_outcomes_do_not_overlap() {
+        let stopped = StopReason::Closed;
+        let all = [
+            Error::NotLeader { leader: None },
+            Error::Busy(1),
+            Error::ProposalDropped("x".into()),
+            Error::ProposalLost("x".into()),
+            Error::Timeout(std::time::Duration::from_secs(1)),
+            Error::Indeterminate(UnknownOutcome::Stopped(stopped.clone())),
+            Error::Stopped(stopped),
+            Error::Undecodable {
+                index: 3,
+                reason: "x".into(),
+            },
+        ];
+        let retryable: Vec<bool> = all.iter().map(Error::is_retryable).collect();
+        let unknown: Vec<bool> = all.iter().map(Error::outcome_unknown).collect();
+        assert_eq!(
+            retryable,
+            [true, true, true, true, false, false, false, false]
+        );
+        assert_eq!(
+            unknown,
+            [false, false, false, false, true, true, false, false]
+        );
+    }
 
     #[test]
     fn raft_errors_become_keel_variants() {

@@ -162,7 +162,7 @@ pub use config::{
 };
 pub use db::Db;
 pub use error::{Error, Fatal, FatalKind, MembershipRefusal, Result, StopReason, UnknownOutcome};
-/// Membership types used by [`Db::change_membership`], from raft-core.
+/// Membership types used by [`Replica::change_membership`], from keel-raft.
 pub use keel_raft::{
     ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, ConfState,
 };

@@ -51,6 +51,8 @@ pub struct Metrics {
     /// Snapshots from a leader refused or failed on arrival (over
     /// `max_snapshot_receive_bytes`, damaged, or not for this node).
     pub snapshots_refused: IntCounter,
+    /// Snapshots from a leader installed into the state machine.
+    pub snapshots_installed: IntCounter,
 }
 
 fn make<T: prometheus::core::Collector + Clone + 'static>(
@@ -174,6 +176,13 @@ impl Metrics {
                 IntCounter::new(
                     "snapshot_receive_refused_total",
                     "Snapshots from a leader refused or failed on arrival.",
+                ),
+            )?,
+            snapshots_installed: make(
+                r,
+                IntCounter::new(
+                    "snapshot_installed_total",
+                    "Snapshots from a leader installed into the state machine.",
                 ),
             )?,
             registry,

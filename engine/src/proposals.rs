@@ -142,14 +142,16 @@ impl<R: Send + 'static> Proposals<R> {
             }
             if let Some(id) = mine {
                 let outcome = match a.response {
-                    Some(response) => Ok(response),
-                    // Entries of this run are never at or below what the state machine
-                    // held at start (ids are never reused), so this is a command that
-                    // did not decode: skipped by every replica.
-                    None => Err(Error::ProposalLost(format!(
-                        "the command at index {} did not decode; no replica applied it",
-                        a.index
-                    ))),
+                    Some(Ok(response)) => Ok(response),
+                    Some(Err(reason)) => Err(Error::Undecodable {
+                        index: a.index,
+                        reason,
+                    }),
+                    // Only entries a persistent state machine held before this run
+                    // go unapplied, and request ids are never reused across runs.
+                    None => Err(Error::Indeterminate(UnknownOutcome::SnapshotReplaced {
+                        index: a.index,
+                    })),
                 };
                 finish(&mut inner, id, outcome, &mut answers);
             }
@@ -230,8 +232,9 @@ pub(crate) struct Applied<R> {
     pub(crate) term: u64,
     /// (origin node, request id) if the entry carried a write.
     pub(crate) request: Option<(u64, u64)>,
-    /// The response of the command the state machine applied, if it applied one.
-    pub(crate) response: Option<R>,
+    /// The response of the command the state machine applied, or why the entry's
+    /// command did not decode; `None` for an entry without a command for it.
+    pub(crate) response: Option<std::result::Result<R, String>>,
 }
 
 // Outcomes decided under the registry's lock and delivered after it is released:
@@ -331,7 +334,7 @@ mod tests {
             index,
             term,
             request,
-            response: request.map(|_| index),
+            response: request.map(|_| Ok(index)),
         }]
     }
 

@@ -60,62 +60,20 @@ pub struct Status {
 /// like to the data directory, minus the page cache: everything acknowledged was
 /// already synced).
 ///
+/// The crate documentation opens with a whole program around a state machine of its
+/// own; here, keel's key-value store through the generic calls:
+///
 /// ```
-/// use std::io::{self, Read, Write};
-/// use keel_engine::state_machine::{Command, DecodeError, StateMachine};
-/// use keel_engine::{Config, Replica};
-///
-/// /// A replicated counter.
-/// #[derive(Default)]
-/// struct Counter {
-///     total: u64,
-///     applied: u64,
-/// }
-///
-/// /// Adds to the counter.
-/// struct Add(u64);
-///
-/// impl Command for Add {
-///     fn encode(&self, out: &mut Vec<u8>) {
-///         out.extend_from_slice(&self.0.to_le_bytes());
-///     }
-///     fn decode(bytes: &[u8]) -> Result<Add, DecodeError> {
-///         Ok(Add(u64::from_le_bytes(bytes.try_into()?)))
-///     }
-/// }
-///
-/// impl StateMachine for Counter {
-///     type Command = Add;
-///     type Response = u64; // the total after the addition
-///
-///     fn applied_index(&self) -> u64 {
-///         self.applied
-///     }
-///     fn apply(&mut self, index: u64, Add(n): Add) -> io::Result<u64> {
-///         self.total = self.total.wrapping_add(n);
-///         self.applied = index;
-///         Ok(self.total)
-///     }
-///     fn mark_applied(&mut self, index: u64) {
-///         self.applied = index;
-///     }
-///     fn write_snapshot(&self, out: &mut dyn Write) -> io::Result<()> {
-///         out.write_all(&self.total.to_le_bytes())
-///     }
-///     fn restore_snapshot(&mut self, index: u64, input: &mut dyn Read) -> io::Result<()> {
-///         let mut total = [0u8; 8];
-///         input.read_exact(&mut total)?;
-///         self.total = u64::from_le_bytes(total);
-///         self.applied = index;
-///         Ok(())
-///     }
-/// }
+/// use keel_engine::state_machine::KvStore;
+/// use keel_engine::{Config, Op, Replica};
 ///
 /// # let dir = tempfile::tempdir().unwrap();
-/// let counter = Replica::open(Config::single_node(dir.path()), Counter::default())?;
-/// assert_eq!(counter.propose(Add(2))?, 2);
-/// assert_eq!(counter.read(|c| c.total)?, 2);
-/// counter.close()?;
+/// let config = Config::single_node(dir.path());
+/// let kv = Replica::open(config.clone(), KvStore::open(&config)?)?;
+/// kv.propose(Op::Put { key: b"k".to_vec(), value: b"v".to_vec() })?;
+/// assert_eq!(kv.read(|kv| kv.get(b"k"))??, Some(b"v".to_vec()));
+/// assert_eq!(kv.read_local(|kv| kv.len())?, 1);
+/// kv.close()?;
 /// # Ok::<(), keel_engine::Error>(())
 /// ```
 pub struct Replica<S: StateMachine> {
@@ -246,6 +204,23 @@ impl<S: StateMachine> Replica<S> {
         self.read_index(timeout)?;
         // The state machine only moves forward, so it is at or past the read index.
         Ok(read(&*self.node.sm.read()))
+    }
+
+    /// Waits until this node has applied log index `index` (from a
+    /// [`status`](Self::status), say, to see a write made through another node), for
+    /// at most `timeout`: [`Error::Timeout`] if it did not.
+    pub fn wait_applied(&self, index: u64, timeout: Duration) -> Result<()> {
+        self.check_running()?;
+        match self
+            .node
+            .shared
+            .applied
+            .wait_for(index, Instant::now() + timeout)
+        {
+            Waited::Reached => Ok(()),
+            Waited::TimedOut => Err(Error::Timeout(timeout)),
+            Waited::Stopped => Err(self.node.shared.stopped_error()),
+        }
     }
 
     /// Runs `read` over this node's state machine as it is, without asking the leader:

@@ -96,7 +96,7 @@ impl Shared {
         let _ = self.wake_raft.try_send(());
     }
 
-    /// Marks the node closed (by `Db::close` or the last handle), unless it stopped
+    /// Marks the node closed (by `Replica::close` or the last handle), unless it stopped
     /// already.
     pub(crate) fn close(&self) {
         let mut stop = self.stop.lock();

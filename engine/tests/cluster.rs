@@ -111,6 +111,11 @@ fn follower_down_during_compaction<M: KvModel>() -> (Cluster<M>, u64, u64) {
         "follower did not install a snapshot: {st:?}"
     );
     assert!(st.first_index > before.applied_index + 1, "{st:?}");
+    let installed = metric_value(
+        &c.db(down).replica().metrics_text(),
+        "keel_snapshot_installed_total",
+    );
+    assert!(installed >= 1.0, "installs counted: {installed}");
     for i in 80..120 {
         assert_eq!(c.db(down).get_local(&key(i % 40)).unwrap(), Some(value(i)));
     }

@@ -22,6 +22,8 @@ struct Numbers {
 }
 
 const POISON: u64 = 666;
+// A number the codec cannot read back: a codec bug.
+const UNREADABLE: u64 = 999;
 
 struct Append(u64);
 
@@ -37,7 +39,10 @@ impl Command for Append {
         if pad.len() != 8 {
             return Err("bad padding".into());
         }
-        Ok(Append(u64::from_be_bytes(*n)))
+        match u64::from_be_bytes(*n) {
+            UNREADABLE => Err("the codec has a bug".into()),
+            n => Ok(Append(n)),
+        }
     }
 
     fn size_bytes(&self, _encoded_bytes: usize) -> u64 {
@@ -121,6 +126,20 @@ fn responses_reads_and_limits() {
 }
 
 #[test]
+fn a_command_that_does_not_decode_is_skipped_everywhere_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let numbers = Replica::open(single(dir.path()), Numbers::default()).unwrap();
+    numbers.propose(Append(1)).unwrap();
+    let err = numbers.propose(Append(UNREADABLE)).unwrap_err();
+    assert!(matches!(err, Error::Undecodable { .. }), "{err}");
+    assert!(!err.is_retryable() && !err.outcome_unknown(), "{err}");
+    // Not applied, and the node goes on.
+    assert_eq!(numbers.propose(Append(2)).unwrap(), 1);
+    assert_eq!(numbers.read(|s| s.values.clone()).unwrap(), [1, 2]);
+    numbers.close().unwrap();
+}
+
+#[test]
 fn a_failing_state_machine_stops_the_node_as_a_whole() {
     let dir = tempfile::tempdir().unwrap();
     let numbers = Replica::open(single(dir.path()), Numbers::default()).unwrap();
@@ -161,4 +180,16 @@ fn a_follower_gets_the_response_of_its_own_proposal() {
         Some(b"2".to_vec())
     );
     assert_eq!(node.read(|r| r.len()).unwrap(), 0);
+    // Every node reaches the leader's applied index; a stale local read then sees it.
+    let applied = c.db(leader).status().applied_index;
+    for id in c.ids().to_vec() {
+        c.db(id)
+            .wait_applied(applied, Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(c.db(id).read_local(|r| r.len()).unwrap(), 0);
+    }
+    assert!(matches!(
+        node.wait_applied(applied + 1_000, Duration::from_millis(50)),
+        Err(Error::Timeout(_))
+    ));
 }

@@ -82,9 +82,11 @@ pub trait StateMachine: Send + Sync + 'static {
         Ok(responses)
     }
 
-    /// Records that the entries up to `index` are applied although they carried no
-    /// command for this state machine (a leader's empty entry, a membership change,
-    /// bytes that did not decode). Nothing needs persisting: replaying such entries
+    /// Records that the entries up to `index` are applied, including entries that
+    /// carried no command for this state machine (a leader's empty entry, a membership
+    /// change, bytes that did not decode). keel calls it after every batch with the
+    /// batch's last index, which may be one `apply` already recorded; the index never
+    /// goes down. Nothing needs persisting: replaying entries without a command
     /// changes nothing.
     fn mark_applied(&mut self, index: u64);
 
