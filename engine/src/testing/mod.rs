@@ -25,7 +25,7 @@
 //! a twin that returns an `Option` or a [`ClusterError`] instead (`open`, `node`,
 //! `try_net`, `try_wait_*`); `keel bench cluster` and `keel demo` use only those.
 //!
-//! ```no_run
+//! ```
 //! use keel_engine::testing::{Cluster, CrashMode, Options, Storage};
 //!
 //! let c = Cluster::open(Options::new(3).storage(Storage::Simulated).seed(42))?;

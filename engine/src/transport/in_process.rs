@@ -67,6 +67,15 @@ impl Default for InProcessNetwork {
 
 impl InProcessNetwork {
     /// A fully connected network; `seed` drives which messages a drop rate drops.
+    /// Nodes join it through [`Config::cluster`](crate::Config::cluster) (a whole
+    /// three-node example is there); tests then cut and heal it:
+    ///
+    /// ```
+    /// let net = keel_engine::transport::InProcessNetwork::new(42);
+    /// net.isolate(1); // cut node 1 off from every node registered
+    /// net.set_drop_rate(0.1); // and a tenth of the other messages are lost
+    /// net.heal(); // every link back, no more drops
+    /// ```
     pub fn new(seed: u64) -> InProcessNetwork {
         InProcessNetwork {
             links: Arc::new(Mutex::new(Links {
