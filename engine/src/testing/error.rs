@@ -37,7 +37,7 @@ pub enum ClusterError {
         #[source]
         source: std::io::Error,
     },
-    /// [`Db::close`](crate::Db::close) reported an error (the node stopped anyway).
+    /// [`Replica::close`](crate::Replica::close) reported an error (the node stopped anyway).
     #[error("node {id} did not close cleanly: {source}")]
     Close {
         /// The node.

@@ -1,4 +1,4 @@
-//! Reading a node's metrics from its Prometheus text ([`Db::metrics_text`](crate::Db::metrics_text)).
+//! Reading a node's metrics from its Prometheus text ([`Replica::metrics_text`](crate::Replica::metrics_text)).
 
 /// The value of the first sample of `name` (labels ignored) in Prometheus text; 0 if
 /// absent.
