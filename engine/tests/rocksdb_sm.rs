@@ -249,9 +249,7 @@ fn a_damaged_snapshot_leaves_the_live_state_whole() {
     let mut src = MemoryStateMachine::new();
     src.apply_batch(workload(n)).unwrap();
     let store = store(&dir.path().join("snap"));
-    let saved = src
-        .save_snapshot(&store, &meta(src.applied_index()))
-        .unwrap();
+    let saved = save_to_store(&src, &store, &meta(src.applied_index())).unwrap();
     // Damage a byte well inside the data, after many records were already streamed.
     let mut bytes = std::fs::read(&saved.path).unwrap();
     let at = bytes.len() * 3 / 4;
