@@ -561,8 +561,9 @@ pub struct Report {
     pub ledgers: BTreeMap<u64, Ledger>,
     /// The node that crashed and came back.
     pub crashed: u64,
-    /// Whether every other node had compacted its log past the crashed node's last
-    /// entry when it restarted, so it could only catch up from a snapshot.
+    /// Whether the crashed node caught up by installing a leader's snapshot (its
+    /// `keel_snapshot_installed_total` metric), as it must have if every other node
+    /// compacted its log past the node's last entry while it was down.
     pub caught_up_by_snapshot: bool,
     /// Transfers applied, refused, and of unknown outcome.
     pub counts: Counts,
@@ -602,6 +603,10 @@ pub enum RunError {
     /// A setup command's outcome is unknown.
     #[error("outcome of a setup command unknown: {0}")]
     Unknown(keel_engine::Error),
+    /// The node caught up although the others had compacted their logs past it, and
+    /// counted no snapshot installed.
+    #[error("node {0} caught up past the others' compacted logs without a snapshot")]
+    NoSnapshotInstalled(u64),
     /// The nodes did not all apply the same entries in time.
     #[error("nodes did not converge on index {target} (applied: {applied:?})")]
     NotConverged {
@@ -856,7 +861,7 @@ pub fn run(root: &Path, w: Workload) -> Result<Report, RunError> {
     let down = run_clients(&survivors, w.clients, w.transfers_each_while_down, 200)?;
     counts += down;
     let survivor_status: Vec<_> = survivors.iter().map(|n| n.status()).collect();
-    let caught_up_by_snapshot = survivor_status
+    let compacted_past_it = survivor_status
         .iter()
         .all(|s| s.first_index > crashed_status.last_index + 1);
     for s in &survivor_status {
@@ -909,6 +914,10 @@ pub fn run(root: &Path, w: Workload) -> Result<Report, RunError> {
         ledgers.insert(node.id(), ledger);
     }
     drop(all);
+    let caught_up_by_snapshot = snapshots_installed(&nodes[&crashed]) > 0;
+    if compacted_past_it && !caught_up_by_snapshot {
+        return Err(RunError::NoSnapshotInstalled(crashed));
+    }
     for node in nodes.values() {
         node.close()?;
     }
@@ -921,6 +930,17 @@ pub fn run(root: &Path, w: Workload) -> Result<Report, RunError> {
     };
     check(&report)?;
     Ok(report)
+}
+
+/// Snapshots `node` installed from a leader, from its metrics.
+fn snapshots_installed(node: &Replica<Ledger>) -> u64 {
+    let metrics = node.metrics_text();
+    metrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("keel_snapshot_installed_total"))
+        .filter_map(|rest| rest.rsplit(' ').next())
+        .find_map(|value| value.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
 }
 
 /// The invariants: every node holds the same accounts, and as much money as was put
@@ -964,7 +984,7 @@ fn main() -> Result<(), RunError> {
         "node {} caught up {}",
         report.crashed,
         if report.caught_up_by_snapshot {
-            "through a snapshot (the others had compacted their logs past it)"
+            "through a snapshot from the leader (the others had compacted their logs past it)"
         } else {
             "from the log"
         }
