@@ -34,6 +34,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use keel_engine::codec::{put_bytes, put_varint, Reader};
 use keel_engine::state_machine::{Command, DecodeError, StateMachine};
 use keel_engine::transport::InProcessNetwork;
 use keel_engine::{Config, Replica, Role};
@@ -259,11 +260,11 @@ impl StateMachine for Ledger {
 }
 
 // ---------------------------------------------------------------------------------
-// The command encoding: what a log entry carries.
+// The command encoding: what a log entry carries, built from keel's codec helpers.
 //
 //   version (1) | tag (b'O', b'D' or b'T') | fields
-//   a name:   u32 little-endian length, then its UTF-8 bytes
-//   an amount: u64 little-endian
+//   a name:    varint length, then its UTF-8 bytes
+//   an amount: varint
 //
 // Open: name, initial balance. Deposit: name, amount. Transfer: from, to, amount.
 // Decoding checks the structure only; what the fields mean (a name too long, an
@@ -275,33 +276,8 @@ const TAG_OPEN: u8 = b'O';
 const TAG_DEPOSIT: u8 = b'D';
 const TAG_TRANSFER: u8 = b'T';
 
-fn put_name(out: &mut Vec<u8>, name: &str) {
-    // A name over 4 GiB cannot be proposed anyway (`Config::max_entry_bytes`); its
-    // length saturates here and the entry is refused as too large.
-    let len = u32::try_from(name.len()).unwrap_or(u32::MAX);
-    out.extend_from_slice(&len.to_le_bytes());
-    out.extend_from_slice(name.as_bytes());
-}
-
-fn take_u64(bytes: &mut &[u8]) -> Result<u64, DecodeError> {
-    let (value, rest) = bytes
-        .split_first_chunk::<8>()
-        .ok_or("ledger command cut short in an amount")?;
-    *bytes = rest;
-    Ok(u64::from_le_bytes(*value))
-}
-
-fn take_name(bytes: &mut &[u8]) -> Result<String, DecodeError> {
-    let (len, rest) = bytes
-        .split_first_chunk::<4>()
-        .ok_or("ledger command cut short in a name's length")?;
-    let len = usize::try_from(u32::from_le_bytes(*len))?;
-    if rest.len() < len {
-        return Err("ledger command cut short in a name".into());
-    }
-    let (name, rest) = rest.split_at(len);
-    *bytes = rest;
-    Ok(std::str::from_utf8(name)?.to_owned())
+fn take_name(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    Ok(String::from_utf8(r.bytes()?)?)
 }
 
 impl Command for LedgerCommand {
@@ -313,52 +289,49 @@ impl Command for LedgerCommand {
                 initial_balance,
             } => {
                 out.push(TAG_OPEN);
-                put_name(out, account);
-                out.extend_from_slice(&initial_balance.to_le_bytes());
+                put_bytes(out, account.as_bytes());
+                put_varint(out, *initial_balance);
             }
             LedgerCommand::Deposit { account, amount } => {
                 out.push(TAG_DEPOSIT);
-                put_name(out, account);
-                out.extend_from_slice(&amount.to_le_bytes());
+                put_bytes(out, account.as_bytes());
+                put_varint(out, *amount);
             }
             LedgerCommand::Transfer { from, to, amount } => {
                 out.push(TAG_TRANSFER);
-                put_name(out, from);
-                put_name(out, to);
-                out.extend_from_slice(&amount.to_le_bytes());
+                put_bytes(out, from.as_bytes());
+                put_bytes(out, to.as_bytes());
+                put_varint(out, *amount);
             }
         }
     }
 
     fn decode(bytes: &[u8]) -> Result<LedgerCommand, DecodeError> {
-        let [version, tag, rest @ ..] = bytes else {
-            return Err("ledger command shorter than its header".into());
-        };
-        if *version != COMMAND_VERSION {
+        let mut r = Reader::new(bytes);
+        let version = r.u8()?;
+        if version != COMMAND_VERSION {
             return Err(
                 format!("ledger command version {version}, expected {COMMAND_VERSION}").into(),
             );
         }
-        let mut rest = rest;
-        let command = match *tag {
+        let command = match r.u8()? {
             TAG_OPEN => LedgerCommand::Open {
-                account: take_name(&mut rest)?,
-                initial_balance: take_u64(&mut rest)?,
+                account: take_name(&mut r)?,
+                initial_balance: r.varint()?,
             },
             TAG_DEPOSIT => LedgerCommand::Deposit {
-                account: take_name(&mut rest)?,
-                amount: take_u64(&mut rest)?,
+                account: take_name(&mut r)?,
+                amount: r.varint()?,
             },
             TAG_TRANSFER => LedgerCommand::Transfer {
-                from: take_name(&mut rest)?,
-                to: take_name(&mut rest)?,
-                amount: take_u64(&mut rest)?,
+                from: take_name(&mut r)?,
+                to: take_name(&mut r)?,
+                amount: r.varint()?,
             },
             other => return Err(format!("unknown ledger command tag {other}").into()),
         };
-        if !rest.is_empty() {
-            return Err("bytes after a ledger command".into());
-        }
+        // Nothing may follow the command.
+        r.finish()?;
         Ok(command)
     }
 }
@@ -1129,24 +1102,8 @@ mod tests {
             other_tag[1] = b'X';
             assert!(LedgerCommand::decode(&other_tag).is_err());
         }
-        // A name that is not UTF-8.
-        let bytes = [
-            COMMAND_VERSION,
-            TAG_DEPOSIT,
-            1,
-            0,
-            0,
-            0,
-            0xff,
-            1,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-        ];
+        // A name that is not UTF-8: length 1, byte 0xff, then an amount of 1.
+        let bytes = [COMMAND_VERSION, TAG_DEPOSIT, 1, 0xff, 1];
         assert!(LedgerCommand::decode(&bytes).is_err());
     }
 

@@ -131,6 +131,7 @@
 
 mod apply_stage;
 mod budget;
+pub mod codec;
 mod command;
 mod config;
 pub mod data_dir;

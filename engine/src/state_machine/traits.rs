@@ -37,6 +37,10 @@ pub trait Command: Sized + Send + 'static {
 
 /// A deterministic state machine replicated through keel's log.
 ///
+/// The [crate documentation](crate) opens with a whole one (a counter, in 40 lines);
+/// `engine/examples/bank_ledger.rs` and `job_queue.rs` are complete programs with
+/// their own commands, responses and snapshot formats.
+///
 /// keel calls [`apply`](Self::apply) (or [`apply_batch`](Self::apply_batch)) on one
 /// thread, in log order, with each committed command exactly once per state: never
 /// for an index at or below [`applied_index`](Self::applied_index), which is how a
