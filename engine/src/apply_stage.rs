@@ -284,6 +284,7 @@ impl<S: StateMachine> ApplyStage<S> {
             self.applied_term = e.term;
             self.logged_bytes_since_snapshot += e.data.len() as u64;
             let mut request = None;
+            let mut response = None;
             if e.entry_type == EntryType::Normal && !e.data.is_empty() {
                 let decoded = Envelope::decode(&e.data)
                     .map_err(|err| err.to_string())
@@ -291,7 +292,6 @@ impl<S: StateMachine> ApplyStage<S> {
                         request = Some((env.origin, env.request_id));
                         S::Command::decode(env.command).map_err(|err| err.to_string())
                     });
-                let mut response = None;
                 match decoded {
                     // At or below `held` the state already has it (a persistent state
                     // machine's restart): applying is idempotent by index.
@@ -306,19 +306,12 @@ impl<S: StateMachine> ApplyStage<S> {
                         response = Some(Err(err));
                     }
                 }
-                answers.push(Applied {
-                    index: e.index,
-                    term: e.term,
-                    request,
-                    response,
-                });
-                continue;
             }
             answers.push(Applied {
                 index: e.index,
                 term: e.term,
                 request,
-                response: None,
+                response,
             });
         }
         if let (Some((first, _)), Some((last, _))) = (commands.first(), commands.last()) {

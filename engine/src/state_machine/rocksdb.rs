@@ -329,7 +329,7 @@ impl RocksStateMachine {
 
 // The state machine's own errors, as the trait reports them.
 fn to_io(e: Error) -> io::Error {
-    io::Error::other(e.to_string())
+    io::Error::other(e)
 }
 
 impl StateMachine for RocksStateMachine {
